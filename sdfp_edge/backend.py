@@ -1,0 +1,265 @@
+"""One llama.cpp model and context, as the speculative loop needs them.
+
+This is the only module that drives llama.cpp's low-level API (through llama-cpp-python's
+ctypes bindings and owning wrappers). It exposes what draft and verify need and nothing
+more: decode tokens at explicit positions with logits for chosen rows, cut the KV cache
+back to a position, and switch the layer mask. Draft and target are the same object:
+`set_skip(layers)` before drafting, `set_skip(None)` before verifying.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sdfp_edge import layer_skip
+from sdfp_edge.errors import (
+    ContextOverflowError,
+    ModelFileError,
+    RuntimeBuildError,
+    UnsupportedArchitectureError,
+)
+from sdfp_edge.metadata import check_gguf_file, read_model_info
+
+SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+
+
+def _import_llama_cpp() -> tuple[Any, Any]:
+    # ggml's CPU backend uses OpenMP. With the default (active, spinning) wait policy a decode
+    # takes 100x longer as soon as another process competes for the cores (measured: 22 ms
+    # -> 3 s per token on 2 cores); passive waiting costs little and degrades gracefully.
+    # It must be set before libgomp loads; a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        import llama_cpp
+        from llama_cpp import _internals
+    except ImportError as e:
+        raise RuntimeBuildError(f"llama-cpp-python is not installed ({e}); {layer_skip.FIX}") from e
+    return llama_cpp, _internals
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
+
+
+def default_threads() -> int:
+    """llama.cpp's own default: the physical cores, approximated by the usable CPUs."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class LlamaBackend:
+    """A GGUF opened once: tokenizer, one context, one KV cache (sequence 0), a layer mask."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        n_batch: int = 512,
+        verbose: bool = False,
+    ) -> None:
+        path = check_gguf_file(model_path)
+        self.path = path
+        self.arch, self.n_layer = read_model_info(path)
+
+        llama_cpp, internals = _import_llama_cpp()
+        self._llama_cpp = llama_cpp
+        llama_cpp._logger.set_verbose(verbose)
+        self._set_skip_fn = layer_skip.bind()
+
+        if n_gpu_layers is None:  # all layers when a GPU backend is built, as llama.cpp users expect
+            n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+        try:
+            self._model = internals.LlamaModel(path_model=str(path), params=mparams, verbose=verbose)
+        except ValueError as e:
+            raise ModelFileError(
+                f"{path}: llama.cpp could not load this model ({e}); "
+                f"architecture '{self.arch}' may be unsupported by this llama.cpp, or the file is damaged"
+            ) from e
+
+        n_threads = n_threads or default_threads()
+        n_ctx_train = self._model.n_ctx_train()
+        if n_ctx <= 0:
+            n_ctx = n_ctx_train
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.no_perf = True
+        self._ctx = internals.LlamaContext(model=self._model, params=cparams, verbose=verbose)
+        self._batch = internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=verbose)
+        # llama.cpp may round the KV cache up (to a multiple of 256); the limit is what was asked
+        self.n_ctx = min(n_ctx, self._ctx.n_ctx())
+        self.n_batch = n_batch
+        self.n_threads = n_threads
+        self.n_gpu_layers = n_gpu_layers
+        self.n_vocab = self._model.n_vocab()
+        self.skip: tuple[int, ...] = ()
+        self.kv_tokens: list[int] = []  # the tokens at positions 0.. of sequence 0 in the KV cache
+
+    @property
+    def n_past(self) -> int:
+        return len(self.kv_tokens)
+
+    # --- tokenizer ---------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        return self._model.tokenize(text.encode("utf-8"), add_special, parse_special)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The token's text as raw bytes (may be part of a UTF-8 character)."""
+        return self._model.detokenize([token], special=False)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._model.detokenize(list(tokens), special=False).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        return self._model.token_get_text(token)
+
+    @property
+    def bos_token(self) -> int:
+        return self._model.token_bos()
+
+    @property
+    def eos_token(self) -> int:
+        return self._model.token_eos()
+
+    def metadata(self) -> dict[str, str]:
+        return self._model.metadata()
+
+    # --- layer mask --------------------------------------------------------------------
+    def set_skip(self, layers: Sequence[int] | None) -> None:
+        """Leave `layers` out of later decodes (None or empty: the full model)."""
+        layers = tuple(sorted(layers)) if layers else ()
+        if layers == self.skip:
+            return
+        mask = layer_skip.mask_from_layers(layers, self.n_layer) if layers else None
+        layer_skip.set_layer_skip(self._set_skip_fn, self._ctx.ctx, mask)
+        self.skip = layers
+
+    def set_raw_mask(self, mask: Sequence[int] | None, n: int | None = None) -> None:
+        """Pass a mask to C unchanged (tests of the C contract)."""
+        layer_skip.set_layer_skip(self._set_skip_fn, self._ctx.ctx, mask, n=n)
+        self.skip = tuple(i for i, m in enumerate(mask or []) if m)
+
+    def check_skip_supported(self) -> None:
+        if self.arch not in SKIP_ARCHITECTURES:
+            raise UnsupportedArchitectureError(
+                f"architecture '{self.arch}' does not support layer skipping "
+                f"(supported: {', '.join(SKIP_ARCHITECTURES)}); use --mode lookup or --mode off"
+            )
+
+    # --- decoding ----------------------------------------------------------------------
+    def decode(self, tokens: Sequence[int], *, logits: str = "all") -> npt.NDArray[np.float32]:
+        """Append `tokens` at positions n_past.. and return their logits.
+
+        Args:
+            tokens: token ids, placed at positions n_past, n_past+1, ...
+            logits: "all" (one row per token) or "last" (only the last token's row).
+        Returns:
+            float32 array [n_rows, n_vocab], a copy.
+        """
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("decode needs at least one token")
+        if self.n_past + n > self.n_ctx:
+            raise ContextOverflowError(
+                f"{self.n_past + n} tokens do not fit in the context of {self.n_ctx}; "
+                "use a larger --ctx-size or a shorter prompt"
+            )
+        if logits == "all" and n > self.n_batch:
+            raise ValueError(f"cannot return all logits for more than n_batch={self.n_batch} tokens")
+        b = self._batch.batch
+        out = None
+        for start in range(0, n, self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last_chunk = start + len(chunk) == n
+            b.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                b.token[i] = tok
+                b.pos[i] = self.n_past + i
+                b.seq_id[i][0] = 0
+                b.n_seq_id[i] = 1
+                b.logits[i] = last_chunk and (logits == "all" or i == len(chunk) - 1)
+            rc = self._llama_cpp.llama_decode(self._ctx.ctx, b)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with code {rc}")
+            self.kv_tokens.extend(chunk)
+            if last_chunk:
+                n_rows = len(chunk) if logits == "all" else 1
+                ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)
+                out = np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab)).copy()
+        assert out is not None
+        return out
+
+    def truncate(self, n_past: int) -> None:
+        """Forget KV positions >= n_past (rejected drafts, or a new conversation)."""
+        if n_past < self.n_past:
+            ok = self._ctx.kv_cache_seq_rm(0, n_past, -1)
+            if not ok:
+                raise RuntimeError(f"could not remove KV cache positions >= {n_past}")
+            del self.kv_tokens[n_past:]
+
+    def sync(self, context: Sequence[int]) -> int:
+        """Make the KV cache hold exactly `context`, reusing the longest common prefix.
+
+        Returns how many tokens were reused (a chat turn reuses the whole earlier history).
+        """
+        keep = common_prefix_len(self.kv_tokens, context)
+        self.truncate(keep)
+        if len(context) > keep:
+            self.decode(list(context[keep:]), logits="last")
+        return keep
+
+    def reset(self) -> None:
+        self._ctx.kv_cache_clear()
+        self.kv_tokens.clear()
+
+    def close(self) -> None:
+        for obj in ("_batch", "_ctx", "_model"):
+            o = getattr(self, obj, None)
+            if o is not None:
+                o.close()
+                setattr(self, obj, None)
+
+    def __enter__(self) -> LlamaBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def describe(backend: LlamaBackend) -> dict[str, Any]:
+    """What a benchmark or a bug report needs to know about the loaded model."""
+    md = backend.metadata()
+    return {
+        "model": Path(backend.path).name,
+        "architecture": backend.arch,
+        "n_layer": backend.n_layer,
+        "n_vocab": backend.n_vocab,
+        "n_ctx": backend.n_ctx,
+        "n_threads": backend.n_threads,
+        "n_gpu_layers": backend.n_gpu_layers,
+        "file_type": md.get("general.file_type", ""),
+    }

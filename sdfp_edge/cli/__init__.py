@@ -1,0 +1,66 @@
+"""The `sdfp-edge` command line.
+
+One file per command. Every error a user can cause is an `SdfpError`: it is printed as one
+line, `error: ...`, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sdfp_edge import __version__
+from sdfp_edge.errors import SdfpError
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options llama.cpp users expect on every command that loads a model."""
+    options = [
+        click.option("-m", "--model", default=None, metavar="PATH|NAME",
+                     help="GGUF file, or a name from `sdfp-edge models list` (default: the default model)."),
+        click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads (default: all available cores)."),
+        click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=4096, show_default=True,
+                     help="Context size in tokens (0: the model's training context)."),
+        click.option("-ngl", "--n-gpu-layers", type=int, default=None,
+                     help="Layers to offload to the GPU (default: all when a GPU backend is built, else 0)."),
+        click.option("-s", "--seed", type=int, default=0, show_default=True, help="Random seed for sampling."),
+        click.option("-v", "--verbose", is_flag=True, help="Show llama.cpp's own log."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def user_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn SdfpError into a one-line message and exit code 2."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except SdfpError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sdfp-edge")
+def main() -> None:
+    """Faster local LLM decoding with layer-skip drafts from the same GGUF, same output."""
+
+
+def _register() -> None:
+    from sdfp_edge.cli import generate, models
+
+    main.add_command(models.models)
+    main.add_command(generate.generate)
+
+
+_register()

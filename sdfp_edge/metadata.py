@@ -1,0 +1,195 @@
+"""The `sdfp.*` GGUF metadata: which layers the draft leaves out, and why.
+
+The skip list travels inside the one GGUF that ships to laptops. Keys live in their own
+namespace so that llama.cpp and every other GGUF tool ignore them. `sdfp.n_layer` and
+`sdfp.architecture` let the runtime refuse a list that was made for another model.
+
+Reading uses gguf's memory-mapped reader (no tensor is loaded). Writing uses gguf-py's
+own `copy_with_new_metadata` recipe, streaming the tensors into a temporary file beside
+the output that is renamed at the end: the input is never modified and a killed run
+leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdfp_edge.errors import ModelFileError, SkipListError
+
+FORMAT_VERSION = 1
+
+KEY_VERSION = "sdfp.version"
+KEY_ARCH = "sdfp.architecture"
+KEY_N_LAYER = "sdfp.n_layer"
+KEY_SKIP_LAYERS = "sdfp.skip_layers"
+KEY_LAYER_SCORES = "sdfp.layer_scores"
+KEY_SCORE_METHOD = "sdfp.score_method"
+KEY_CALIBRATION = "sdfp.calibration"
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class SkipMetadata:
+    """What `sdfp-edge convert` decided for one model."""
+
+    architecture: str
+    n_layer: int
+    skip_layers: tuple[int, ...]
+    layer_scores: tuple[float, ...] = ()  # [n_layer], higher = more sensitive; may be empty
+    score_method: str = ""
+    calibration: str = ""
+    version: int = FORMAT_VERSION
+
+    def check(self, *, architecture: str | None = None, n_layer: int | None = None) -> None:
+        """Refuse a list made for another model, or one the runtime cannot run."""
+        if architecture is not None and architecture != self.architecture:
+            raise SkipListError(
+                f"sdfp metadata was made for architecture '{self.architecture}', "
+                f"but the model is '{architecture}'"
+            )
+        if n_layer is not None and n_layer != self.n_layer:
+            raise SkipListError(
+                f"sdfp metadata was made for {self.n_layer} layers, but the model has {n_layer}"
+            )
+        validate_skip_layers(self.skip_layers, self.n_layer)
+        if self.layer_scores and len(self.layer_scores) != self.n_layer:
+            raise SkipListError(
+                f"sdfp.layer_scores has {len(self.layer_scores)} entries for {self.n_layer} layers"
+            )
+
+
+def validate_skip_layers(skip_layers: tuple[int, ...] | list[int], n_layer: int) -> None:
+    """The runtime's rules for a skip list: in range, unique, never the last layer."""
+    seen: set[int] = set()
+    for i in skip_layers:
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise SkipListError(f"layer index {i!r} is not an integer")
+        if i < 0 or i >= n_layer:
+            raise SkipListError(f"layer {i} is out of range: the model has layers 0..{n_layer - 1}")
+        if i in seen:
+            raise SkipListError(f"layer {i} appears twice in the skip list")
+        if i == n_layer - 1:
+            raise SkipListError(
+                f"layer {i} is the last layer, which produces the output and cannot be skipped"
+            )
+        seen.add(i)
+
+
+def check_gguf_file(path: str | os.PathLike[str]) -> Path:
+    """Clear errors for what llama.cpp would only report as 'failed to load'."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"{p}: no such file")
+    if not p.is_file():
+        raise ModelFileError(f"{p}: not a file")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if len(head) < 4:
+        raise ModelFileError(f"{p}: empty or truncated file, not a GGUF model")
+    if head != GGUF_MAGIC:
+        raise ModelFileError(f"{p}: not a GGUF file (starts with {head!r}, expected b'GGUF')")
+    return p
+
+
+def _reader(path: str | os.PathLike[str]) -> Any:
+    import gguf
+
+    p = check_gguf_file(path)
+    try:
+        return gguf.GGUFReader(p, "r")
+    except Exception as e:  # gguf raises ValueError, IndexError, struct errors...
+        raise ModelFileError(f"{p}: corrupt or truncated GGUF ({type(e).__name__}: {e})") from e
+
+
+def _field_value(reader: Any, key: str) -> Any:
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+
+def read_model_info(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The model's architecture and layer count, from llama.cpp's own keys."""
+    reader = _reader(path)
+    arch = _field_value(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{path}: GGUF has no general.architecture")
+    n_layer = _field_value(reader, f"{arch}.block_count")
+    if not isinstance(n_layer, int):
+        raise ModelFileError(f"{path}: GGUF has no {arch}.block_count")
+    return arch, n_layer
+
+
+def read_skip_metadata(path: str | os.PathLike[str]) -> SkipMetadata | None:
+    """The file's `sdfp.*` metadata, or None when it has none (plain GGUF)."""
+    reader = _reader(path)
+    if reader.get_field(KEY_SKIP_LAYERS) is None:
+        return None
+    try:
+        return SkipMetadata(
+            architecture=str(_field_value(reader, KEY_ARCH)),
+            n_layer=int(_field_value(reader, KEY_N_LAYER)),
+            skip_layers=tuple(int(i) for i in _field_value(reader, KEY_SKIP_LAYERS)),
+            layer_scores=tuple(float(s) for s in (_field_value(reader, KEY_LAYER_SCORES) or [])),
+            score_method=str(_field_value(reader, KEY_SCORE_METHOD) or ""),
+            calibration=str(_field_value(reader, KEY_CALIBRATION) or ""),
+            version=int(_field_value(reader, KEY_VERSION) or 0),
+        )
+    except (TypeError, ValueError) as e:
+        raise SkipListError(f"{path}: malformed sdfp metadata ({e})") from e
+
+
+def write_skip_metadata(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], meta: SkipMetadata
+) -> Path:
+    """Copy src to dst with `meta` added (replacing any earlier sdfp.* keys).
+
+    The model in src must match meta (architecture and layer count). dst is written to
+    a temporary file in its directory and renamed, so it is complete or absent.
+    """
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    src_p, dst_p = Path(src), Path(dst)
+    if src_p.resolve() == dst_p.resolve():
+        raise ModelFileError(f"{dst_p}: refusing to overwrite the input file; choose another output")
+    arch, n_layer = read_model_info(src_p)
+    meta.check(architecture=arch, n_layer=n_layer)
+
+    reader = _reader(src_p)
+    T = gguf.GGUFValueType
+    new: dict[str, Any] = {
+        KEY_VERSION: MetadataDetails(T.UINT32, meta.version),
+        KEY_ARCH: MetadataDetails(T.STRING, meta.architecture),
+        KEY_N_LAYER: MetadataDetails(T.UINT32, meta.n_layer),
+        KEY_SKIP_LAYERS: MetadataDetails(T.ARRAY, list(meta.skip_layers), sub_type=T.INT32),
+        KEY_SCORE_METHOD: MetadataDetails(T.STRING, meta.score_method),
+        KEY_CALIBRATION: MetadataDetails(T.STRING, meta.calibration),
+    }
+    if meta.layer_scores:
+        new[KEY_LAYER_SCORES] = MetadataDetails(
+            T.ARRAY, [float(s) for s in meta.layer_scores], sub_type=T.FLOAT32
+        )
+    old_sdfp = [name for name in reader.fields if name.startswith("sdfp.")]
+
+    dst_p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dst_p.parent, prefix=f".{dst_p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp_name, arch=arch, endianess=reader.endianess)
+        alignment = _field_value(reader, "general.alignment")
+        if alignment is not None:
+            writer.data_alignment = int(alignment)
+        copy_with_new_metadata(reader, writer, new, old_sdfp)
+        os.replace(tmp_name, dst_p)
+    except OSError as e:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise ModelFileError(f"{dst_p}: could not write ({e.strerror or e})") from e
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return dst_p
+

@@ -1,0 +1,66 @@
+"""Shared fixtures: real models from the offline catalogue (fetched once into the cache)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sdfp_edge import models
+
+
+def _fetch(name: str) -> Path:
+    return models.fetch(name, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    return _fetch("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def qwen05() -> Path:
+    return _fetch("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def gemma3() -> Path:
+    return _fetch("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_plain(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 without any sdfp.* metadata (the fetched file may carry a committed skip list)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import copy_with_new_metadata
+
+    reader = gguf.GGUFReader(smollm2, "r")
+    sdfp_keys = [k for k in reader.fields if k.startswith("sdfp.")]
+    if not sdfp_keys:
+        return smollm2
+    out = tmp_path_factory.mktemp("plain") / "smollm2-plain.gguf"
+    writer = gguf.GGUFWriter(out, arch="llama")
+    copy_with_new_metadata(reader, writer, {}, sdfp_keys)
+    return out
+
+
+@pytest.fixture(scope="session")
+def foreign_arch_gguf(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's weights relabelled as IBM Granite: an architecture llama.cpp loads and runs,
+    whose graph builder does not honour layer masks (so llama_set_layer_skip must refuse it)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(smollm2, "r")
+    out = tmp_path_factory.mktemp("foreign") / "smollm2-as-granite.gguf"
+    writer = gguf.GGUFWriter(out, arch="granite")
+    renamed = {}
+    for name, field in reader.fields.items():
+        if name.startswith("llama."):
+            t = field.types[0]
+            sub = field.types[-1] if t == gguf.GGUFValueType.ARRAY else None
+            renamed["granite." + name[len("llama."):]] = MetadataDetails(t, field.contents(), sub_type=sub)
+    renamed["granite.logit_scale"] = MetadataDetails(gguf.GGUFValueType.FLOAT32, 1.0)
+    drop = [n for n in reader.fields if n.startswith(("llama.", "sdfp."))]
+    copy_with_new_metadata(reader, writer, renamed, drop)
+    return out

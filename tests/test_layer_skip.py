@@ -1,0 +1,167 @@
+"""The C contract of llama_set_layer_skip, on the real patched build and real models."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdfp_edge import layer_skip
+from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.errors import RuntimeBuildError, SkipListError, UnsupportedArchitectureError
+
+PROMPT = "The quick brown fox jumps over the lazy dog. Then it"
+
+
+def open_backend(path: Path) -> LlamaBackend:
+    return LlamaBackend(path, n_ctx=256, n_threads=2)
+
+
+def prompt_logits(b: LlamaBackend, mask: list[int] | None) -> np.ndarray:
+    b.reset()
+    b.set_raw_mask(mask)
+    try:
+        return b.decode(b.tokenize(PROMPT), logits="all")
+    finally:
+        b.set_raw_mask(None)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2: Path):
+    b = open_backend(smollm2)
+    yield b
+    b.close()
+
+
+def test_zero_mask_is_bitwise_no_mask_and_a_real_mask_changes_logits(smol: LlamaBackend) -> None:
+    n = smol.n_layer
+    plain = prompt_logits(smol, None)
+    zeros = prompt_logits(smol, [0] * n)
+    assert np.array_equal(plain, zeros)
+    mask = [0] * n
+    mask[3] = mask[10] = 1
+    skipped = prompt_logits(smol, mask)
+    assert skipped.shape == plain.shape
+    assert np.abs(skipped - plain).max() > 1e-2
+
+
+def test_switching_masks_matches_a_fresh_context_per_mask(smollm2: Path) -> None:
+    """None, A, None, B, A on one context: each step equals a fresh context with that mask.
+
+    Single-token decodes at the same position have the same graph shape, so llama.cpp
+    would reuse the previous graph if the mask did not take part in the reuse check.
+    """
+    n = 30
+    a = [1 if i in (2, 5, 8) else 0 for i in range(n)]
+    b_ = [1 if i in (12, 20) else 0 for i in range(n)]
+    schedule = [None, a, None, b_, a]
+    ctx = open_backend(smollm2)
+    prompt = ctx.tokenize(PROMPT)
+    ctx.decode(prompt[:-1], logits="last")
+    got = []
+    for mask in schedule:
+        ctx.truncate(len(prompt) - 1)
+        ctx.set_raw_mask(mask)
+        got.append(ctx.decode(prompt[-1:], logits="all")[0])
+    ctx.close()
+
+    expected = {}
+    for key, mask in (("none", None), ("a", a), ("b", b_)):
+        fresh = open_backend(smollm2)
+        fresh.decode(prompt[:-1], logits="last")
+        fresh.set_raw_mask(mask)
+        expected[key] = fresh.decode(prompt[-1:], logits="all")[0]
+        fresh.close()
+    for mask, logits in zip(schedule, got):
+        key = "none" if mask is None else ("a" if mask is a else "b")
+        assert np.array_equal(logits, expected[key]), f"step with mask {key} reused a stale graph"
+    assert not np.array_equal(expected["a"], expected["none"])
+    assert not np.array_equal(expected["b"], expected["a"])
+
+
+def shared_cache_check(path: Path, skip: list[int]) -> None:
+    """Draft with a mask, cut those positions, verify with the full model: as if never drafted."""
+    drafted_then_verified = open_backend(path)
+    plain = open_backend(path)
+    try:
+        prompt = plain.tokenize(PROMPT)
+        cont = plain.tokenize(" went home and slept", add_special=False)
+        for b in (drafted_then_verified, plain):
+            b.decode(prompt, logits="last")
+        start = drafted_then_verified.n_past
+        drafted_then_verified.set_skip(skip)
+        for t in cont:  # draft steps write scratch KV at positions start..
+            drafted_then_verified.decode([t], logits="last")
+        drafted_then_verified.set_skip(None)
+        drafted_then_verified.truncate(start)
+        got = drafted_then_verified.decode(cont, logits="all")
+        want = plain.decode(cont, logits="all")
+        assert np.array_equal(got, want)
+    finally:
+        drafted_then_verified.close()
+        plain.close()
+
+
+def test_shared_kv_cache_smollm2(smollm2: Path) -> None:
+    shared_cache_check(smollm2, [4, 9, 14, 19])
+
+
+@pytest.mark.slow
+def test_qwen2_layer_skip(qwen05: Path) -> None:
+    b = open_backend(qwen05)
+    assert (b.arch, b.n_layer) == ("qwen2", 24)
+    plain = prompt_logits(b, None)
+    assert np.array_equal(plain, prompt_logits(b, [0] * 24))
+    assert np.abs(prompt_logits(b, [1 if i in (6, 13) else 0 for i in range(24)]) - plain).max() > 1e-2
+    b.close()
+    shared_cache_check(qwen05, [6, 13, 17])
+
+
+@pytest.mark.slow
+def test_gemma3_layer_skip(gemma3: Path) -> None:
+    b = open_backend(gemma3)
+    assert (b.arch, b.n_layer) == ("gemma3", 18)
+    plain = prompt_logits(b, None)
+    assert np.array_equal(plain, prompt_logits(b, [0] * 18))
+    assert np.abs(prompt_logits(b, [1 if i in (4, 9) else 0 for i in range(18)]) - plain).max() > 1e-2
+    b.close()
+    shared_cache_check(gemma3, [4, 9, 12])
+
+
+def test_wrong_length_and_last_layer_are_refused(smol: LlamaBackend) -> None:
+    fn = layer_skip.bind()
+    n = smol.n_layer
+    for bad_n in (n - 1, n + 1, 0):
+        arr = (ctypes.c_uint8 * (n + 1))()
+        assert fn(smol._ctx.ctx, arr, bad_n) == layer_skip.ERR_N_LAYER
+    last = (ctypes.c_uint8 * n)(*([0] * (n - 1) + [1]))
+    assert fn(smol._ctx.ctx, last, n) == layer_skip.ERR_LAST
+    with pytest.raises(SkipListError, match="entries"):
+        smol.set_raw_mask([0] * (n - 1))
+    with pytest.raises(SkipListError, match="last layer"):
+        smol.set_raw_mask([0] * (n - 1) + [1])
+    # a refused mask leaves the previous one in force: here none, so logits are the model's own
+    assert np.array_equal(prompt_logits(smol, None), prompt_logits(smol, [0] * n))
+
+
+def test_unsupported_architecture_is_refused(foreign_arch_gguf: Path) -> None:
+    b = open_backend(foreign_arch_gguf)
+    try:
+        fn = layer_skip.bind()
+        mask = (ctypes.c_uint8 * b.n_layer)(*([1] + [0] * (b.n_layer - 1)))
+        assert fn(b._ctx.ctx, mask, b.n_layer) == layer_skip.ERR_ARCH
+        with pytest.raises(UnsupportedArchitectureError, match="does not support layer skipping"):
+            b.set_skip([0])
+        fn(b._ctx.ctx, None, 0)  # clearing is always allowed
+    finally:
+        b.close()
+
+
+def test_stock_build_is_named_with_the_fix() -> None:
+    stub = ctypes.CDLL(None)  # the process itself: a library without llama_set_layer_skip
+    with pytest.raises(RuntimeBuildError) as e:
+        layer_skip.bind(stub)
+    msg = str(e.value)
+    assert "stock build" in msg and "tools/build_runtime.py --install" in msg

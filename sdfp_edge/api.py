@@ -1,0 +1,271 @@
+"""The Python API: open a GGUF once, generate from prompts or chat messages, streaming.
+
+    from sdfp_edge import Model
+
+    with Model() as m:                       # the default model; or Model("path/to/model.gguf")
+        for chunk in m.stream_chat([{"role": "user", "content": "Hi!"}], max_tokens=64):
+            print(chunk.text, end="", flush=True)
+        print(m.last_stats["tokens_per_second"])
+
+Drafters are built once from the GGUF: layer-skip from its `sdfp.*` metadata (or
+`skip_layers=`), prompt lookup always, a separate draft model when `draft_model=` is given.
+Text is decoded incrementally (a token may end inside a UTF-8 character) and held back
+while it could still be the start of a stop string, so stop strings never leak.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
+from sdfp_edge.drafters.base import Drafter
+from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, SkipListError
+from sdfp_edge.metadata import read_skip_metadata, validate_skip_layers
+from sdfp_edge.models import resolve_model
+from sdfp_edge.sampling import SamplingParams
+
+MAX_TOKENS_LIMIT = 1 << 20
+
+
+@dataclass
+class Chunk:
+    text: str  # new text (may be empty while a stop string is still possible)
+    tokens: list[int]  # the token ids behind it
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[int]
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_messages(messages: Any) -> list[dict[str, str]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InvalidRequestError("messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidRequestError(f"messages[{i}] must be an object with a string 'role'")
+        if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
+            raise InvalidRequestError(f"messages[{i}].role '{m['role']}' is not a known role")
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise InvalidRequestError(f"messages[{i}].content: only text parts are supported")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise InvalidRequestError(f"messages[{i}].content must be a string")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+class Model:
+    """One GGUF, one llama.cpp context and KV cache, speculative decoding on top."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        mode: str = "auto",
+        skip_layers: Sequence[int] | None = None,
+        draft_model: str | os.PathLike[str] | None = None,
+        k_max: int = 4,
+        threshold: float = 0.8,
+        verbose: bool = False,
+        log: Any = None,
+    ) -> None:
+        path = resolve_model(None if model is None else str(model))
+        self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads,
+                                    n_gpu_layers=n_gpu_layers, verbose=verbose)
+        self.path = self.backend.path
+        self.notes: list[str] = []  # things the user should know once (e.g. no skip list)
+        self._draft_backend: LlamaBackend | None = None
+        try:
+            drafters = self._build_drafters(skip_layers, draft_model, threshold, n_threads,
+                                            n_gpu_layers, verbose)
+            self.decoder = SpeculativeDecoder(self.backend, drafters, mode=mode, k_max=k_max)
+        except BaseException:
+            self.close()
+            raise
+        if log is not None:
+            for note in self.notes:
+                log(note)
+        self._formatter: Any = None
+        self.last_stats: dict[str, Any] = {}
+
+    def _build_drafters(self, skip_layers: Sequence[int] | None, draft_model: Any, threshold: float,
+                        n_threads: int | None, n_gpu_layers: int | None, verbose: bool) -> list[Drafter]:
+        b = self.backend
+        drafters: list[Drafter] = [PromptLookupDrafter()]
+        if skip_layers is not None:
+            validate_skip_layers(list(skip_layers), b.n_layer)
+            self.skip_source = "command line"
+        else:
+            meta = read_skip_metadata(b.path)
+            if meta is None:
+                self.notes.append(f"note: {b.path.name} has no sdfp.* skip list: "
+                                  "layer-skip drafts are off (prompt lookup and plain decoding remain); "
+                                  "add one with `sdfp-edge convert` or pass --skip-layers")
+                skip_layers = ()
+            else:
+                meta.check(architecture=b.arch, n_layer=b.n_layer)
+                skip_layers = meta.skip_layers
+                self.skip_source = f"GGUF metadata ({meta.score_method or 'unknown method'})"
+        self.skip_layers = tuple(skip_layers)
+        if self.skip_layers:
+            b.check_skip_supported()
+            drafters.append(SkipLayersDrafter(b, self.skip_layers, threshold=threshold))
+        if draft_model is not None:
+            self._draft_backend = LlamaBackend(resolve_model(str(draft_model)), n_ctx=b.n_ctx,
+                                               n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                               verbose=verbose)
+            drafters.append(DraftModelDrafter(self._draft_backend, target_vocab=b.n_vocab,
+                                              threshold=threshold))
+        return drafters
+
+    # --- text in, text out -----------------------------------------------------------------
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        return self.backend.tokenize(prompt, add_special=True, parse_special=True)
+
+    def render_chat(self, messages: Any) -> str:
+        msgs = _check_messages(messages)
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            md = self.backend.metadata()
+            template = md.get("tokenizer.chat_template")
+            if not template:
+                raise InvalidRequestError(f"{self.path.name} has no chat template; use a plain prompt")
+            b = self.backend
+            self._formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=b.token_text(b.eos_token) if b.eos_token >= 0 else "",
+                bos_token=b.token_text(b.bos_token) if b.bos_token >= 0 else "",
+            )
+        return self._formatter(messages=msgs).prompt
+
+    def tokenize_chat(self, messages: Any) -> list[int]:
+        text = self.render_chat(messages)
+        b = self.backend
+        bos = b.token_text(b.bos_token) if b.bos_token >= 0 else None
+        # the template may write the BOS token itself; never add a second one
+        add_special = not (bos and text.startswith(bos))
+        return b.tokenize(text, add_special=add_special, parse_special=True)
+
+    def stream_tokens(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] | str | None = None,
+        mode: str | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream text chunks; when the stream ends, `last_stats` holds the statistics.
+
+        Arguments are checked here, before the first chunk, so a bad request fails early.
+        """
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 < max_tokens <= MAX_TOKENS_LIMIT:
+            raise InvalidRequestError(f"max_tokens must be an integer in 1..{MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise InvalidRequestError("stop strings must be non-empty strings")
+        if not prompt_tokens:
+            raise InvalidRequestError("the prompt is empty")
+        if len(prompt_tokens) >= self.backend.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt_tokens)} tokens but the context holds {self.backend.n_ctx}; "
+                "shorten the prompt or raise --ctx-size"
+            )
+        if mode is not None:
+            self.decoder.set_mode(mode)
+        return self._stream(list(prompt_tokens), max_tokens, sampling, stops)
+
+    def _stream(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
+                stops: list[str]) -> Iterator[Chunk]:
+        stats = GenerationStats()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""  # generated text so far
+        sent = 0  # how much of it has been yielded
+        pending: list[int] = []
+        gen = self.decoder.generate(prompt_tokens, max_tokens=max_tokens, sampling=sampling, stats=stats)
+        try:
+            for tok in gen:
+                if self.backend.is_eog(tok):
+                    stats.finish_reason = "stop"
+                    break
+                pending.append(tok)
+                text += decoder.decode(self.backend.token_bytes(tok))
+                cut = min((i for i in (text.find(s, max(0, sent - len(s))) for s in stops) if i >= 0),
+                          default=-1)
+                if cut >= 0:
+                    text = text[:cut]
+                    stats.finish_reason = "stop"
+                    break
+                # hold back a tail that could still grow into a stop string
+                hold = max((j for s in stops for j in range(len(s) - 1, 0, -1) if text.endswith(s[:j])),
+                           default=0)
+                safe = len(text) - hold
+                if safe > sent:
+                    yield Chunk(text[sent:safe], pending)
+                    sent, pending = safe, []
+        finally:
+            gen.close()
+            self.last_stats = stats.as_dict()
+            self.last_stats["skip_layers"] = list(self.skip_layers)
+            self.last_stats["mode"] = self.decoder.mode
+            self.last_stats["cost_model"] = self.decoder.controller.cost.relative()
+        if stats.finish_reason != "stop":
+            text += decoder.decode(b"", final=True)
+        if len(text) > sent or pending:
+            yield Chunk(text[sent:], pending)
+
+    def generate(self, prompt: str, **kwargs: Any) -> Completion:
+        return self._collect(self.stream_tokens(self.tokenize_prompt(prompt), **kwargs))
+
+    def stream(self, prompt: str, **kwargs: Any) -> Iterator[Chunk]:
+        return self.stream_tokens(self.tokenize_prompt(prompt), **kwargs)
+
+    def chat(self, messages: Any, **kwargs: Any) -> Completion:
+        return self._collect(self.stream_tokens(self.tokenize_chat(messages), **kwargs))
+
+    def stream_chat(self, messages: Any, **kwargs: Any) -> Iterator[Chunk]:
+        return self.stream_tokens(self.tokenize_chat(messages), **kwargs)
+
+    def _collect(self, chunks: Iterator[Chunk]) -> Completion:
+        parts, toks = [], []
+        for c in chunks:
+            parts.append(c.text)
+            toks.extend(c.tokens)
+        return Completion("".join(parts), toks, self.last_stats.get("finish_reason", ""), self.last_stats)
+
+    def close(self) -> None:
+        for b in (getattr(self, "_draft_backend", None), getattr(self, "backend", None)):
+            if b is not None:
+                b.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Model", "Completion", "Chunk", "SkipListError"]

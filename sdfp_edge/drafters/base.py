@@ -1,0 +1,73 @@
+"""The data contract between drafters and the speculative loop."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from sdfp_edge.sampling import SamplingParams, probs_from_logits, sample, softmax
+
+
+@dataclass(frozen=True)
+class Proposal:
+    tokens: npt.NDArray[np.int64]  # [k] drafted token ids (k may be 0)
+    probs: npt.NDArray[np.float64] | None  # [k, V] draft distributions; None: deterministic (one-hot)
+    steps: int  # model evaluations spent (a confidence stop can spend one more than k)
+
+    @property
+    def k(self) -> int:
+        return len(self.tokens)
+
+    @staticmethod
+    def empty(steps: int = 0) -> Proposal:
+        return Proposal(np.zeros(0, dtype=np.int64), None, steps)
+
+
+class Drafter(Protocol):
+    name: str
+    uses_model: bool  # False: proposals cost no model evaluation (prompt lookup)
+
+    def propose(
+        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> Proposal: ...
+
+
+def draft_autoregressively(
+    backend: Any,
+    first_token: int,
+    k: int,
+    sampling: SamplingParams,
+    rng: np.random.Generator,
+    threshold: float,
+) -> Proposal:
+    """Decode up to k tokens one at a time, stopping early at low confidence.
+
+    The confidence is the draft's top-1 probability (of the sampling distribution when
+    sampling, of the raw softmax when greedy). The caller restores the KV cache.
+    """
+    drafted: list[int] = []
+    dists: list[npt.NDArray[np.float64]] = []
+    steps = 0
+    cur = first_token
+    for _ in range(k):
+        logits = backend.decode([cur], logits="last")[0]
+        steps += 1
+        if sampling.greedy:
+            confidence = float(softmax(logits).max())
+            tok = int(np.argmax(logits))
+        else:
+            q = probs_from_logits(logits, sampling)[0]
+            confidence = float(q.max())
+            tok = sample(q, rng)
+        if confidence < threshold:
+            break
+        drafted.append(tok)
+        if not sampling.greedy:
+            dists.append(q)
+        cur = tok
+    probs = np.stack(dists) if dists else None
+    return Proposal(np.asarray(drafted, dtype=np.int64), probs, steps)

@@ -1,0 +1,43 @@
+"""A separate, smaller draft model with the same vocabulary (the classic approach).
+
+Kept as the baseline users of llama.cpp's speculative decoding know (e.g. Qwen2.5-Coder-0.5B
+drafting for 1.5B). The draft model has its own context and KV cache; before each proposal
+it catches up on the tokens the target accepted since the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.drafters.base import Proposal, draft_autoregressively
+from sdfp_edge.errors import InvalidRequestError
+from sdfp_edge.sampling import SamplingParams
+
+
+class DraftModelDrafter:
+    name = "draft-model"
+    uses_model = True
+
+    def __init__(self, draft: LlamaBackend, *, target_vocab: int, threshold: float = 0.8) -> None:
+        if draft.n_vocab != target_vocab:
+            raise InvalidRequestError(
+                f"the draft model's vocabulary ({draft.n_vocab} tokens) differs from the target's "
+                f"({target_vocab}); a draft model must share the target's tokenizer"
+            )
+        self.backend = draft
+        self.threshold = threshold
+
+    def propose(
+        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> Proposal:
+        if k <= 0:
+            return Proposal.empty()
+        self.backend.sync(tokens[:-1])
+        start = self.backend.n_past
+        try:
+            return draft_autoregressively(self.backend, tokens[-1], k, sampling, rng, self.threshold)
+        finally:
+            self.backend.truncate(start)

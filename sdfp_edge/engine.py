@@ -1,0 +1,266 @@
+"""The speculative loop: draft, verify in one batch, keep what the target would produce.
+
+Invariant between cycles: the KV cache holds every token but the last (`tokens[:-1]`).
+A cycle drafts d_1..d_k (drafters restore the cache and the layer mask), decodes
+[last, d_1..d_k] with the full model in one batch, accepts a prefix (verify.py), cuts the
+rejected positions from the KV cache, and emits the accepted drafts plus the target's own
+next token. k = 0 is a plain decoding step. A `finally` always restores the invariant for
+the tokens actually emitted, so a consumer may stop the generator at any token (stop
+string, EOS, a client that went away) and the cache stays right for the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.controller import Controller, Stopwatch
+from sdfp_edge.drafters.base import Drafter, Proposal
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.sampling import SamplingParams, probs_from_logits
+from sdfp_edge.verify import accept_greedy, rejection_sample
+
+MODES = ("auto", "layerskip", "lookup", "draft-model", "off")
+
+
+@dataclass
+class GenerationStats:
+    """Counters of one generation. 'tokens per verify' = emitted / verify steps."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose KV was already cached
+    tokens: int = 0  # emitted tokens (including a final end-of-generation token)
+    verifies: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    draft_steps: int = 0
+    t_prefill: float = 0.0
+    t_draft: float = 0.0
+    t_verify: float = 0.0
+    t_total: float = 0.0
+    per_drafter: dict[str, dict[str, int]] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+    finish_reason: str = ""
+
+    def observe(self, drafter: str | None, proposal: Proposal, n_accepted: int) -> None:
+        self.verifies += 1
+        self.draft_steps += proposal.steps
+        key = f"{drafter or 'plain'}:{proposal.k}"
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        if drafter is not None:
+            self.drafted += proposal.k
+            self.accepted += n_accepted
+            d = self.per_drafter.setdefault(drafter, {"cycles": 0, "drafted": 0, "accepted": 0, "steps": 0})
+            d["cycles"] += 1
+            d["drafted"] += proposal.k
+            d["accepted"] += n_accepted
+            d["steps"] += proposal.steps
+
+    def as_dict(self) -> dict[str, Any]:
+        gen_time = self.t_total - self.t_prefill
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "reused_prompt_tokens": self.reused_tokens,
+            "tokens": self.tokens,
+            "tokens_per_second": self.tokens / gen_time if gen_time > 0 else 0.0,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            "tokens_per_verify": self.tokens / self.verifies if self.verifies else 0.0,
+            "verifies": self.verifies,
+            "draft_steps": self.draft_steps,
+            "time_prefill_s": self.t_prefill,
+            "time_draft_s": self.t_draft,
+            "time_verify_s": self.t_verify,
+            "time_total_s": self.t_total,
+            "per_drafter": self.per_drafter,
+            "decisions": self.decisions,
+            "finish_reason": self.finish_reason,
+        }
+
+
+class SpeculativeDecoder:
+    """Generation on one backend (one context, one KV cache), with pluggable drafters."""
+
+    def __init__(
+        self,
+        backend: LlamaBackend,
+        drafters: Sequence[Drafter] = (),
+        *,
+        mode: str = "auto",
+        k_max: int = 4,
+    ) -> None:
+        self.backend = backend
+        self.drafters = {d.name: d for d in drafters}
+        self.controller = Controller(k_max=k_max)
+        self.k_max = k_max
+        self.set_mode(mode)
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise InvalidRequestError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
+        if mode not in ("auto", "off") and mode not in self.drafters:
+            raise InvalidRequestError(f"mode '{mode}' is not available for this model ({self.why_missing(mode)})")
+        self.mode = mode
+
+    def why_missing(self, mode: str) -> str:
+        return {
+            "layerskip": "no skip list: the GGUF has no sdfp.* metadata and no --skip-layers was given",
+            "draft-model": "no --draft-model was given",
+        }.get(mode, "not configured")
+
+    # --- measurement ---------------------------------------------------------------------
+    def calibrate(self) -> None:
+        """Warm-up: time verifies of 1..k_max+1 tokens and a draft step of each model drafter.
+
+        Runs at the end of the current KV cache and removes what it added. Once per decoder:
+        later generations reuse and keep refining the figures.
+        """
+        b = self.backend
+        start = b.n_past
+        room = b.n_ctx - start
+        sizes = [n for n in range(1, self.k_max + 2) if n <= room]
+        if not sizes:
+            return
+        probe = [b.kv_tokens[-1] if b.kv_tokens else b.bos_token] * max(sizes)
+        sw = Stopwatch()
+
+        def measure(n: int) -> float:
+            with sw:
+                b.decode(probe[:n], logits="all")
+            b.truncate(start)
+            return sw.last
+
+        measure(1)  # first decode of a new graph shape allocates; not representative
+        self.controller.cost.calibrate(measure, sizes)
+        for name, d in self.drafters.items():
+            if d.uses_model and room >= 2:
+                rng = np.random.default_rng(0)
+                with sw:
+                    p = d.propose(b.kv_tokens + [probe[0]], 1, SamplingParams(), rng)
+                self.controller.cost.observe_step(name, max(p.steps, 1), sw.last)
+            elif not d.uses_model:
+                self.controller.cost.t_step[name] = 0.0
+
+    # --- the loop ------------------------------------------------------------------------
+    def _candidates(self, tokens: list[int], k_cap: int, sampling: SamplingParams,
+                    rng: np.random.Generator) -> tuple[dict[str, int], Proposal | None]:
+        """Drafters the controller may choose now, with their caps; lookup's free proposal."""
+        lookup = None
+        cands: dict[str, int] = {}
+        for name, d in self.drafters.items():
+            if self.mode not in ("auto", name):
+                continue
+            if not d.uses_model:
+                lookup = d.propose(tokens, k_cap, sampling, rng)
+                if lookup.k:
+                    cands[name] = lookup.k
+            else:
+                cands[name] = k_cap
+        return cands, lookup
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        *,
+        max_tokens: int,
+        sampling: SamplingParams = SamplingParams(),
+        stats: GenerationStats | None = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids one at a time (the last may be an end-of-generation token)."""
+        b = self.backend
+        stats = stats if stats is not None else GenerationStats()
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty")
+        if max_tokens <= 0:
+            raise InvalidRequestError(f"max_tokens must be > 0, got {max_tokens}")
+        if len(prompt) >= b.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt)} tokens but the context holds {b.n_ctx}; "
+                "shorten the prompt or raise --ctx-size"
+            )
+        rng = np.random.default_rng(sampling.seed)
+        tokens = list(prompt)
+        total = Stopwatch()
+        stats.prompt_tokens = len(prompt)
+        with total:
+            with Stopwatch() as sw:
+                stats.reused_tokens = b.sync(tokens[:-1])
+            stats.t_prefill = sw.total
+        if self.mode != "off" and not self.controller.cost.t_verify:
+            self.calibrate()
+        produced = 0
+        try:
+            while produced < max_tokens:
+                with total:
+                    free = b.n_ctx - b.n_past  # positions left; verifying k drafts takes k + 1
+                    if free < 1:
+                        stats.finish_reason = "length"
+                        return
+                    k_cap = max(0, min(self.k_max, free - 1, max_tokens - produced - 1))
+                    emitted = self._cycle(tokens, k_cap, sampling, rng, stats)
+                for t in emitted:
+                    tokens.append(t)
+                    produced += 1
+                    stats.tokens += 1
+                    yield t
+                    if b.is_eog(t):
+                        stats.finish_reason = "stop"
+                        return
+            stats.finish_reason = stats.finish_reason or "length"
+        finally:
+            # the KV cache must hold exactly the emitted tokens but the last
+            b.set_skip(None)
+            b.truncate(len(tokens) - 1)
+            stats.t_total += total.total
+            stats.decisions = dict(stats.decisions)
+
+    def _cycle(self, tokens: list[int], k_cap: int, sampling: SamplingParams,
+               rng: np.random.Generator, stats: GenerationStats) -> list[int]:
+        """One draft-verify cycle; returns the tokens to emit (accepted drafts + one)."""
+        b = self.backend
+        drafter_name: str | None = None
+        proposal = Proposal.empty()
+        if self.mode != "off" and k_cap > 0:
+            cands, lookup = self._candidates(tokens, k_cap, sampling, rng)
+            if self.mode == "auto":
+                decision = self.controller.choose(cands) if cands else None
+                if decision is not None and decision.drafter is not None:
+                    drafter_name, k = decision.drafter, decision.k
+                else:
+                    drafter_name, k = None, 0
+            else:  # forced: draft with the named drafter at the full cap
+                drafter_name, k = (self.mode, cands[self.mode]) if self.mode in cands else (None, 0)
+            if drafter_name is not None:
+                if lookup is not None and drafter_name == lookup_name(self.drafters):
+                    proposal = Proposal(lookup.tokens[:k], None, 0)
+                else:
+                    with Stopwatch() as sw:
+                        proposal = self.drafters[drafter_name].propose(tokens, k, sampling, rng)
+                    stats.t_draft += sw.total
+                    self.controller.cost.observe_step(drafter_name, proposal.steps, sw.total)
+
+        start = b.n_past
+        batch = [tokens[-1], *proposal.tokens.tolist()]
+        with Stopwatch() as sw:
+            logits = b.decode(batch, logits="all")  # [k+1, V]
+        stats.t_verify += sw.total
+        self.controller.cost.observe_verify(len(batch), sw.total)
+        if sampling.greedy:
+            verdict = accept_greedy(proposal.tokens, logits)
+        else:
+            p = probs_from_logits(logits, sampling)
+            verdict = rejection_sample(proposal.tokens, proposal.probs, p, rng)
+        b.truncate(start + 1 + verdict.n_accepted)
+        if drafter_name is not None and proposal.k:
+            self.controller.observe(drafter_name, proposal.k, verdict.n_accepted)
+        stats.observe(drafter_name if proposal.k else None, proposal, verdict.n_accepted)
+        return [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]
+
+
+def lookup_name(drafters: dict[str, Drafter]) -> str | None:
+    return next((n for n, d in drafters.items() if not d.uses_model), None)

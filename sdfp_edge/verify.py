@@ -1,0 +1,72 @@
+"""Acceptance of drafted tokens: exact greedy matching and speculative (rejection) sampling.
+
+Terms (as in vLLM's rejection sampler):
+  draft tokens     d_1..d_k proposed by a drafter, with the drafter's distributions q_i
+                   (None for a deterministic drafter such as prompt lookup: q_i = one-hot(d_i));
+  target rows      p_0..p_k, the target's distributions after [last, d_1..d_k] in one batch
+                   (p_{i-1} is the target's distribution for the position of d_i);
+  accepted         the longest prefix d_1..d_n the rule keeps;
+  recovered token  after a rejection at i, a draw from normalize(max(0, p_{i-1} - q_i));
+  bonus token      after all k are accepted, a draw from p_k.
+Every cycle therefore emits n + 1 tokens.
+
+Greedy: d_i is kept while it equals argmax p_{i-1}; the next token is argmax p_n.
+Sampling (Leviathan et al. 2023, Chen et al. 2023): d_i is kept with probability
+min(1, p_{i-1}(d_i) / q_i(d_i)). The emitted sequence is distributed exactly as
+sampling from p alone, whatever q is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from sdfp_edge.sampling import sample
+
+
+@dataclass(frozen=True)
+class Verdict:
+    n_accepted: int  # how many of the k draft tokens are kept
+    next_token: int  # recovered token (after a rejection) or bonus token (all accepted)
+
+
+def accept_greedy(draft_tokens: npt.NDArray[np.integer], target_logits: npt.NDArray[np.floating]) -> Verdict:
+    """Args: draft_tokens [k]; target_logits [k+1, V]."""
+    k = len(draft_tokens)
+    target_top = np.argmax(target_logits[: k + 1], axis=-1)  # [k+1]
+    agree = target_top[:k] == np.asarray(draft_tokens)
+    n = k if agree.all() else int(np.argmin(agree))
+    return Verdict(n, int(target_top[n]))
+
+
+def rejection_sample(
+    draft_tokens: npt.NDArray[np.integer],
+    q: npt.NDArray[np.float64] | None,
+    p: npt.NDArray[np.float64],
+    rng: np.random.Generator,
+) -> Verdict:
+    """Args: draft_tokens [k]; q [k, V] draft probabilities or None (one-hot drafts);
+    p [k+1, V] target probabilities (same sampling transform as q)."""
+    d = np.asarray(draft_tokens, dtype=np.int64)
+    k = len(d)
+    rows = np.arange(k)
+    p_d = p[rows, d]  # [k]
+    q_d = np.ones(k) if q is None else q[rows, d]  # [k]
+    u = rng.random(k)  # [k]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(q_d > 0, p_d / q_d, 0.0)
+    accepted = u < np.minimum(1.0, ratio)
+    n = k if accepted.all() else int(np.argmin(accepted))
+    if n == k:
+        return Verdict(k, sample(p[k], rng))
+    if q is None:
+        residual = p[n].copy()
+        residual[d[n]] = 0.0
+    else:
+        residual = np.maximum(p[n] - q[n], 0.0)
+    total = residual.sum()
+    if total <= 0.0:  # p == q at this row: a rejection has probability 0; fall back safely
+        return Verdict(n, sample(p[n], rng))
+    return Verdict(n, sample(residual / total, rng))

@@ -1,0 +1,206 @@
+"""End to end on real models: the speculative loop keeps exactly the target's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from sdfp_edge import verify as verify_module
+from sdfp_edge.api import Model
+from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.sampling import SamplingParams, probs_from_logits
+from sdfp_edge.verify import Verdict
+
+SMOL_SKIP = [4, 9, 14, 19, 24]
+
+PROMPTS = [
+    "Explain in two sentences why the sky is blue.",
+    "Copy this list exactly: apples, pears, plums, apples, pears, plums, apples, pears, plums.",
+    "Rename the variable x to total in this code:\ndef f(x):\n    x = x + 1\n    return x * x\n",
+]
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_plain: Path, smollm2: Path):
+    # smollm2 itself serves as its own draft model: every draft must then be accepted
+    m = Model(smollm2_plain, n_ctx=1024, n_threads=2, skip_layers=SMOL_SKIP, draft_model=smollm2)
+    yield m
+    m.close()
+
+
+def greedy_ids(m: Model, messages: list[dict], mode: str, n: int = 48) -> list[int]:
+    return m.chat(messages, max_tokens=n, mode=mode).tokens
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_every_mode_matches_plain_decoding_smollm2(smol: Model, prompt: str) -> None:
+    msgs = [{"role": "user", "content": prompt}]
+    plain = greedy_ids(smol, msgs, "off")
+    assert len(plain) > 5
+    for mode in ("lookup", "layerskip", "draft-model", "auto"):
+        assert greedy_ids(smol, msgs, mode) == plain, mode
+        stats = smol.last_stats
+        if mode == "draft-model":  # the model drafting for itself agrees with itself
+            assert stats["drafted"] > 0 and stats["acceptance_rate"] > 0.95
+        if mode == "layerskip":
+            assert stats["drafted"] > 0
+
+
+def first_divergence_margin(path: Path, prompt_ids: list[int], plain: list[int], other: list[int]) -> float:
+    """Top-2 logit margin of the target where `other` first leaves `plain` (single-token decoding)."""
+    i = next(j for j, (a, b) in enumerate(zip(plain, other)) if a != b)
+    b = LlamaBackend(path, n_ctx=1024, n_threads=2)
+    try:
+        logits = b.decode(prompt_ids + plain[:i], logits="last")[0] if i + len(prompt_ids) <= 512 else None
+        assert logits is not None
+        top2 = np.sort(logits)[-2:]
+        return float(top2[1] - top2[0])
+    finally:
+        b.close()
+
+
+@pytest.mark.slow
+def test_greedy_qwen_differs_only_at_near_ties(qwen05: Path) -> None:
+    """llama.cpp is not batch-invariant: a batched verify may flip a near-tied argmax."""
+    skip = [5, 9, 13, 17]
+    with Model(qwen05, n_ctx=1024, n_threads=2, skip_layers=skip) as m:
+        checked = 0
+        for prompt in PROMPTS:
+            msgs = [{"role": "user", "content": prompt}]
+            ids = m.tokenize_chat(msgs)
+            plain = greedy_ids(m, msgs, "off", 40)
+            for mode in ("lookup", "layerskip", "auto"):
+                other = greedy_ids(m, msgs, mode, 40)
+                if other != plain[: len(other)] or len(other) != len(plain):
+                    margin = first_divergence_margin(qwen05, ids, plain, other)
+                    assert margin < 0.5, f"{mode}: diverged at a margin of {margin:.3f} logits"
+                checked += 1
+        assert checked == 9
+
+
+def test_sampling_end_to_end_matches_the_target_distribution(smol: Model, monkeypatch) -> None:
+    """Joint law of the first two tokens when the first goes through draft and verify.
+
+    The prompt repeats a pattern, so prompt lookup drafts the first token; with max_tokens=2
+    each trial is one draft of 1 token, one verify of 2, and (after a rejection) one plain
+    step. The exact joint is computed from the target's own logits. A broken acceptance
+    rule (accept every draft) must fail the same check.
+    """
+    params = dict(temperature=1.0, top_k=4)
+    sp = SamplingParams(**params)
+    prompt = smol.tokenize_prompt("one two three four, one two three four, one two three")
+    b = smol.backend
+    b.reset()
+    p0 = probs_from_logits(b.decode(prompt, logits="last"), sp)[0]
+    firsts = np.flatnonzero(p0)
+    joint = {}
+    for t in firsts:
+        b.truncate(len(prompt))
+        p1 = probs_from_logits(b.decode([int(t)], logits="last"), sp)[0]
+        for u in np.flatnonzero(p1):
+            joint[(int(t), int(u))] = p0[t] * p1[u]
+    b.reset()
+    cells = sorted(joint)
+
+    def run(n: int) -> np.ndarray:
+        counts = dict.fromkeys(cells, 0)
+        drafted = 0
+        for seed in range(n):
+            toks = smol.stream_tokens(prompt, max_tokens=2, mode="lookup", seed=seed, **params)
+            ids = [t for c in toks for t in c.tokens]
+            counts[tuple(ids)] += 1
+            drafted += smol.last_stats["drafted"]
+        assert drafted == n  # every trial drafted its first token
+        return np.array([counts[c] for c in cells], dtype=float)
+
+    n = 2000
+    observed = run(n)
+    expected = np.array([joint[c] for c in cells]) * n
+    assert chisquare(observed, expected).pvalue > 0.01
+
+    def accept_all(d, q, p, rng):
+        return Verdict(len(d), int(rng.choice(len(p[len(d)]), p=p[len(d)])))
+
+    monkeypatch.setattr("sdfp_edge.engine.rejection_sample", accept_all)
+    n_bad = 400
+    observed = run(n_bad)
+    assert chisquare(observed, np.array([joint[c] for c in cells]) * n_bad).pvalue < 0.01
+    assert verify_module.rejection_sample is not accept_all
+
+
+def test_context_end_shrinks_drafts_and_never_overruns(smollm2_plain: Path) -> None:
+    n_ctx = 48
+    with Model(smollm2_plain, n_ctx=n_ctx, n_threads=2, skip_layers=SMOL_SKIP) as m:
+        prompt = m.tokenize_prompt("a b c d e f a b c d e f a b c d e f a b c d e f a b c d e f a b c")
+        assert n_ctx - 20 < len(prompt) < n_ctx
+        for mode in ("lookup", "layerskip", "auto", "off"):
+            out = list(m.stream_tokens(prompt, max_tokens=200, mode=mode))
+            ids = [t for c in out for t in c.tokens]
+            s = m.last_stats
+            assert m.backend.n_past <= n_ctx
+            if s["finish_reason"] == "length":  # ran to the end of the context
+                assert len(prompt) + len(ids) == n_ctx + 1
+            else:
+                assert s["finish_reason"] == "stop"
+
+
+def cycles_of(m: Model, monkeypatch) -> list[list[int]]:
+    """Record what each draft-verify cycle emits."""
+    seen: list[list[int]] = []
+    real = m.decoder._cycle
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append(list(out))
+        return out
+
+    monkeypatch.setattr(m.decoder, "_cycle", spy)
+    return seen
+
+
+def test_stop_string_inside_an_accepted_draft_cuts_exactly_there(smol: Model, monkeypatch) -> None:
+    msgs = [{"role": "user", "content": PROMPTS[1]}]
+    plain = smol.chat(msgs, max_tokens=48, mode="off")
+    cycles = cycles_of(smol, monkeypatch)
+    spec = smol.chat(msgs, max_tokens=48, mode="lookup")
+    assert spec.text == plain.text
+    # a token that came out of a cycle in the middle of accepted drafts
+    cycle = next(c for c in cycles if len(c) >= 3)
+    prefix_ids = [t for c in cycles[: cycles.index(cycle)] for t in c] + cycle[:2]
+    prefix_text = smol.backend.detokenize(prefix_ids)
+    stop = prefix_text[-3:]
+    assert stop.strip(), "pick a visible stop string"
+    cut = plain.text.find(stop)
+    got = smol.chat(msgs, max_tokens=48, mode="lookup", stop=[stop])
+    assert got.text == plain.text[:cut]
+    assert got.finish_reason == "stop"
+    # the KV cache holds exactly the prompt and the consumed tokens (all but the last)
+    b = smol.backend
+    assert b.kv_tokens == (smol.tokenize_chat(msgs) + got.tokens)[:-1]
+
+
+def test_eos_inside_an_accepted_draft_ends_there(smol: Model, monkeypatch) -> None:
+    msgs = [{"role": "user", "content": PROMPTS[1]}]
+    cycles = cycles_of(smol, monkeypatch)
+    full = smol.chat(msgs, max_tokens=48, mode="draft-model")
+    # a token emitted after an accepted draft token in the same cycle, not emitted earlier
+    emitted: list[int] = []
+    before, fake_eos = None, None
+    for c in cycles:
+        for j in range(1, len(c)):
+            if c[j] not in emitted + c[:j]:
+                before, fake_eos = emitted + c[:j], c[j]
+                break
+        if fake_eos is not None:
+            break
+        emitted += c
+    assert fake_eos is not None, "no cycle accepted a draft"
+    real_is_eog = smol.backend.is_eog
+    monkeypatch.setattr(smol.backend, "is_eog", lambda t: t == fake_eos or real_is_eog(t))
+    got = smol.chat(msgs, max_tokens=48, mode="draft-model")
+    assert got.tokens == before and got.finish_reason == "stop"
+    assert full.tokens[: len(before)] == before
+    assert smol.backend.kv_tokens == smol.tokenize_chat(msgs) + before

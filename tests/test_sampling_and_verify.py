@@ -1,0 +1,103 @@
+"""Pure numpy: the sampling transform, greedy acceptance and the rejection sampler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from sdfp_edge.errors import InvalidRequestError
+from sdfp_edge.sampling import SamplingParams, probs_from_logits, sample
+from sdfp_edge.verify import Verdict, accept_greedy, rejection_sample
+
+LOGITS = np.log(np.array([[0.05, 0.4, 0.25, 0.15, 0.1, 0.05]]))
+
+
+def test_greedy_is_one_hot_on_argmax() -> None:
+    p = probs_from_logits(LOGITS, SamplingParams())
+    assert p.tolist() == [[0, 1, 0, 0, 0, 0]]
+
+
+def test_filters() -> None:
+    p = probs_from_logits(LOGITS, SamplingParams(temperature=1.0, top_k=2))
+    assert np.count_nonzero(p) == 2 and p[0, 1] == pytest.approx(0.4 / 0.65)
+    p = probs_from_logits(LOGITS, SamplingParams(temperature=1.0, top_p=0.7))
+    assert set(np.flatnonzero(p[0])) == {1, 2, 3}  # 0.4 + 0.25 < 0.7 <= 0.8
+    p = probs_from_logits(LOGITS, SamplingParams(temperature=1.0, min_p=0.3))
+    assert set(np.flatnonzero(p[0])) == {1, 2, 3}  # >= 0.3 * 0.4
+    hot = probs_from_logits(LOGITS, SamplingParams(temperature=0.5))
+    assert hot[0, 1] == pytest.approx(0.4**2 / np.sum(np.exp(LOGITS) ** 2))
+    assert np.allclose(probs_from_logits(LOGITS, SamplingParams(temperature=1.0)), np.exp(LOGITS))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"temperature": -0.1}, {"temperature": math.nan}, {"temperature": math.inf},
+    {"top_p": 0.0}, {"top_p": 1.5}, {"top_p": math.nan}, {"min_p": -1}, {"top_k": -3},
+])
+def test_bad_sampling_params_are_refused(kwargs: dict) -> None:
+    with pytest.raises(InvalidRequestError):
+        SamplingParams(**kwargs)
+
+
+def test_sample_never_picks_zero_probability() -> None:
+    rng = np.random.default_rng(0)
+    p = np.array([0.0, 0.5, 0.0, 0.5, 0.0])
+    draws = {sample(p, rng) for _ in range(2000)}
+    assert draws == {1, 3}
+
+
+def test_accept_greedy() -> None:
+    logits = np.eye(5)[[1, 2, 3, 4]]  # target argmax per row: 1, 2, 3, 4
+    assert accept_greedy(np.array([1, 2, 3]), logits) == Verdict(3, 4)
+    assert accept_greedy(np.array([1, 0, 3]), logits) == Verdict(1, 2)
+    assert accept_greedy(np.array([0, 2, 3]), logits) == Verdict(0, 1)
+    assert accept_greedy(np.array([], dtype=int), logits[:1]) == Verdict(0, 1)
+
+
+P0 = np.array([0.1, 0.3, 0.05, 0.25, 0.2, 0.1])
+P1 = np.array([0.3, 0.1, 0.2, 0.1, 0.25, 0.05])
+Q0 = np.array([0.4, 0.1, 0.2, 0.1, 0.1, 0.1])
+Q1 = np.array([0.05, 0.05, 0.6, 0.1, 0.1, 0.1])
+
+
+def two_token_joint(rule, n: int, *, one_hot_draft: int | None = None, seed: int = 0) -> np.ndarray:
+    """Emit two tokens per trial with k=2 drafts; when fewer come out, the target continues.
+
+    p_1 does not depend on the first token here, so the exact joint is outer(P0, P1).
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((6, 6))
+    p = np.stack([P0, P1, P1])
+    for _ in range(n):
+        if one_hot_draft is None:
+            d = np.array([sample(Q0, rng), sample(Q1, rng)])
+            q = np.stack([Q0, Q1])
+        else:
+            d, q = np.array([one_hot_draft, one_hot_draft]), None
+        v = rule(d, q, p, rng)
+        out = [*d[: v.n_accepted].tolist(), v.next_token]
+        if len(out) == 1:
+            out.append(sample(P1, rng))
+        counts[out[0], out[1]] += 1
+    return counts
+
+
+def accept_everything(d, q, p, rng) -> Verdict:
+    return Verdict(len(d), sample(p[len(d)], rng))
+
+
+@pytest.mark.parametrize("one_hot", [None, 1])
+def test_rejection_sampler_reproduces_the_target_distribution(one_hot: int | None) -> None:
+    n = 20000
+    counts = two_token_joint(rejection_sample, n, one_hot_draft=one_hot)
+    expected = np.outer(P0, P1).ravel() * n
+    assert chisquare(counts.ravel(), expected).pvalue > 0.01
+
+
+def test_the_chi_square_check_catches_a_broken_rule() -> None:
+    n = 5000
+    counts = two_token_joint(accept_everything, n)
+    expected = np.outer(P0, P1).ravel() * n
+    assert chisquare(counts.ravel(), expected).pvalue < 1e-6

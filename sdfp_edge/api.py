@@ -232,6 +232,7 @@ class Model:
             self.last_stats["skip_layers"] = list(self.skip_layers)
             self.last_stats["mode"] = self.decoder.mode
             self.last_stats["cost_model"] = self.decoder.controller.cost.relative()
+            self.last_stats["calibration_s"] = self.decoder.calibration_seconds
         if stats.finish_reason != "stop":
             text += decoder.decode(b"", final=True)
         if len(text) > sent or pending:

@@ -11,6 +11,7 @@ string, EOS, a client that went away) and the cache stays right for the next req
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,7 @@ class SpeculativeDecoder:
         self.drafters = {d.name: d for d in drafters}
         self.controller = Controller(k_max=k_max)
         self.k_max = k_max
+        self.calibration_seconds: float | None = None  # None: not measured yet
         self.set_mode(mode)
 
     def set_mode(self, mode: str) -> None:
@@ -120,6 +122,7 @@ class SpeculativeDecoder:
         Runs at the end of the current KV cache and removes what it added. Once per decoder:
         later generations reuse and keep refining the figures.
         """
+        t0 = time.perf_counter()
         b = self.backend
         start = b.n_past
         room = b.n_ctx - start
@@ -145,6 +148,7 @@ class SpeculativeDecoder:
                 self.controller.cost.observe_step(name, max(p.steps, 1), sw.last)
             elif not d.uses_model:
                 self.controller.cost.t_step[name] = 0.0
+        self.calibration_seconds = time.perf_counter() - t0
 
     # --- the loop ------------------------------------------------------------------------
     def _candidates(self, tokens: list[int], k_cap: int, sampling: SamplingParams,
@@ -191,7 +195,7 @@ class SpeculativeDecoder:
             with Stopwatch() as sw:
                 stats.reused_tokens = b.sync(tokens[:-1])
             stats.t_prefill = sw.total
-        if self.mode != "off" and not self.controller.cost.t_verify:
+        if self.mode != "off" and self.calibration_seconds is None:
             self.calibrate()
         produced = 0
         try:

@@ -186,10 +186,15 @@ def main() -> None:
         wheel = build_wheel(src, wheel_dir, cmake_args)
         print(f"runtime: built {wheel}")
     if args.install:
+        marker = Path(sys.prefix) / ".sdfp-edge-runtime"  # which cached wheel this env holds
+        if marker.exists() and marker.read_text() == wheel.name + key and not args.rebuild:
+            print("runtime: already installed in this environment")
+            return
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)],
             check=True,
         )
+        marker.write_text(wheel.name + key)
 
 
 if __name__ == "__main__":

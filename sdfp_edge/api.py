@@ -19,14 +19,20 @@ import codecs
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.backend import SKIP_ARCHITECTURES, LlamaBackend
 from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
 from sdfp_edge.drafters.base import Drafter
 from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
-from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, SkipListError
-from sdfp_edge.metadata import read_skip_metadata, validate_skip_layers
+from sdfp_edge.errors import (
+    ContextOverflowError,
+    InvalidRequestError,
+    SkipListError,
+    UnsupportedArchitectureError,
+)
+from sdfp_edge.metadata import read_model_info, read_skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
 from sdfp_edge.sampling import SamplingParams
 
@@ -68,6 +74,38 @@ def _check_messages(messages: Any) -> list[dict[str, str]]:
     return out
 
 
+def check_max_tokens(max_tokens: Any) -> None:
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 < max_tokens <= MAX_TOKENS_LIMIT:
+        raise InvalidRequestError(f"max_tokens must be an integer in 1..{MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+
+
+def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> tuple[tuple[int, ...], str, str | None]:
+    """The draft's layers: given explicitly, else the GGUF's sdfp.* metadata, else none.
+
+    Returns (layers, where they came from, a note for the user or None). Refuses a list the
+    model cannot run (range, duplicates, last layer, another model's list, an architecture
+    without layer-skip support) before llama.cpp loads anything.
+    """
+    arch, n_layer = read_model_info(path)
+    if skip_layers is not None:
+        layers, source = tuple(skip_layers), "command line"
+        validate_skip_layers(list(layers), n_layer)
+    else:
+        meta = read_skip_metadata(path)
+        if meta is None:
+            return (), "none", (f"note: {path.name} has no sdfp.* skip list: layer-skip drafts are off "
+                                "(prompt lookup and plain decoding remain); add one with "
+                                "`sdfp-edge convert` or pass --skip-layers")
+        meta.check(architecture=arch, n_layer=n_layer)
+        layers, source = meta.skip_layers, f"GGUF metadata ({meta.score_method or 'unknown method'})"
+    if layers and arch not in SKIP_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"architecture '{arch}' does not support layer skipping "
+            f"(supported: {', '.join(SKIP_ARCHITECTURES)}); use --mode lookup or --mode off"
+        )
+    return tuple(sorted(layers)), source, None
+
+
 class Model:
     """One GGUF, one llama.cpp context and KV cache, speculative decoding on top."""
 
@@ -87,14 +125,15 @@ class Model:
         log: Any = None,
     ) -> None:
         path = resolve_model(None if model is None else str(model))
+        # everything that can be checked from the file's metadata is checked before loading
+        self.skip_layers, self.skip_source, note = resolve_skip_layers(path, skip_layers)
+        self.notes: list[str] = [note] if note else []  # things the user should know once
         self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads,
                                     n_gpu_layers=n_gpu_layers, verbose=verbose)
         self.path = self.backend.path
-        self.notes: list[str] = []  # things the user should know once (e.g. no skip list)
         self._draft_backend: LlamaBackend | None = None
         try:
-            drafters = self._build_drafters(skip_layers, draft_model, threshold, n_threads,
-                                            n_gpu_layers, verbose)
+            drafters = self._build_drafters(draft_model, threshold, n_threads, n_gpu_layers, verbose)
             self.decoder = SpeculativeDecoder(self.backend, drafters, mode=mode, k_max=k_max)
         except BaseException:
             self.close()
@@ -105,27 +144,11 @@ class Model:
         self._formatter: Any = None
         self.last_stats: dict[str, Any] = {}
 
-    def _build_drafters(self, skip_layers: Sequence[int] | None, draft_model: Any, threshold: float,
-                        n_threads: int | None, n_gpu_layers: int | None, verbose: bool) -> list[Drafter]:
+    def _build_drafters(self, draft_model: Any, threshold: float, n_threads: int | None,
+                        n_gpu_layers: int | None, verbose: bool) -> list[Drafter]:
         b = self.backend
         drafters: list[Drafter] = [PromptLookupDrafter()]
-        if skip_layers is not None:
-            validate_skip_layers(list(skip_layers), b.n_layer)
-            self.skip_source = "command line"
-        else:
-            meta = read_skip_metadata(b.path)
-            if meta is None:
-                self.notes.append(f"note: {b.path.name} has no sdfp.* skip list: "
-                                  "layer-skip drafts are off (prompt lookup and plain decoding remain); "
-                                  "add one with `sdfp-edge convert` or pass --skip-layers")
-                skip_layers = ()
-            else:
-                meta.check(architecture=b.arch, n_layer=b.n_layer)
-                skip_layers = meta.skip_layers
-                self.skip_source = f"GGUF metadata ({meta.score_method or 'unknown method'})"
-        self.skip_layers = tuple(skip_layers)
         if self.skip_layers:
-            b.check_skip_supported()
             drafters.append(SkipLayersDrafter(b, self.skip_layers, threshold=threshold))
         if draft_model is not None:
             self._draft_backend = LlamaBackend(resolve_model(str(draft_model)), n_ctx=b.n_ctx,
@@ -181,8 +204,7 @@ class Model:
 
         Arguments are checked here, before the first chunk, so a bad request fails early.
         """
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 0 < max_tokens <= MAX_TOKENS_LIMIT:
-            raise InvalidRequestError(f"max_tokens must be an integer in 1..{MAX_TOKENS_LIMIT}, got {max_tokens!r}")
+        check_max_tokens(max_tokens)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):

@@ -9,8 +9,10 @@ from typing import Any
 import click
 
 from sdfp_edge.cli import model_options, user_errors
+from sdfp_edge.api import Model, check_max_tokens
 from sdfp_edge.engine import MODES
 from sdfp_edge.errors import SkipListError
+from sdfp_edge.sampling import SamplingParams
 
 
 def parse_layer_list(value: str | None) -> list[int] | None:
@@ -59,8 +61,6 @@ def speculation_options(f: Any) -> Any:
 def open_model(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None,
                verbose: bool, mode: str, draft_model: str | None, skip_layers: str | None,
                draft_max: int, draft_p_min: float) -> Any:
-    from sdfp_edge.api import Model
-
     return Model(model, n_ctx=ctx_size, n_threads=threads, n_gpu_layers=n_gpu_layers, mode=mode,
                  skip_layers=parse_layer_list(skip_layers), draft_model=draft_model, k_max=draft_max,
                  threshold=draft_p_min, verbose=verbose, log=lambda m: click.echo(m, err=True))
@@ -85,6 +85,9 @@ def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers
         if sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")
         prompt = sys.stdin.read()
+    # fail fast, before loading the model
+    check_max_tokens(max_tokens)
+    SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
     with open_model(model, threads, ctx_size, n_gpu_layers, verbose, mode, draft_model, skip_layers,
                     draft_max, draft_p_min) as m:
         kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import codecs
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ class Model:
         seed: int = 0,
         stop: Sequence[str] | str | None = None,
         mode: str | None = None,
-    ) -> Iterator[Chunk]:
+    ) -> Generator[Chunk, None, None]:
         """Stream text chunks; when the stream ends, `last_stats` holds the statistics.
 
         Arguments are checked here, before the first chunk, so a bad request fails early.
@@ -217,11 +217,22 @@ class Model:
                 "shorten the prompt or raise --ctx-size"
             )
         if mode is not None:
-            self.decoder.set_mode(mode)
-        return self._stream(list(prompt_tokens), max_tokens, sampling, stops)
+            self.decoder.check_mode(mode)
+        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode)
 
     def _stream(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
-                stops: list[str]) -> Iterator[Chunk]:
+                stops: list[str], mode: str | None) -> Generator[Chunk, None, None]:
+        """The mode given to one call applies to that call only."""
+        default_mode = self.decoder.mode
+        if mode is not None:
+            self.decoder.set_mode(mode)
+        try:
+            yield from self._stream_text(prompt_tokens, max_tokens, sampling, stops)
+        finally:
+            self.decoder.set_mode(default_mode)
+
+    def _stream_text(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
+                     stops: list[str]) -> Generator[Chunk, None, None]:
         stats = GenerationStats()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""  # generated text so far

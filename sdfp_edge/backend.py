@@ -202,10 +202,16 @@ class LlamaBackend:
                 b.seq_id[i][0] = 0
                 b.n_seq_id[i] = 1
                 b.logits[i] = last_chunk and (logits == "all" or i == len(chunk) - 1)
-            rc = self._llama_cpp.llama_decode(self._ctx.ctx, b)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed with code {rc}")
-            self.kv_tokens.extend(chunk)
+            try:
+                rc = self._llama_cpp.llama_decode(self._ctx.ctx, b)
+                if rc != 0:
+                    raise RuntimeError(f"llama_decode failed with code {rc}")
+                self.kv_tokens.extend(chunk)
+            except BaseException:
+                # e.g. KeyboardInterrupt between the decode and the bookkeeping: the cache
+                # may no longer match kv_tokens, so drop it rather than trust it
+                self.reset()
+                raise
             if last_chunk:
                 n_rows = len(chunk) if logits == "all" else 1
                 ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)

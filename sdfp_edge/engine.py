@@ -102,11 +102,14 @@ class SpeculativeDecoder:
         self.calibration_seconds: float | None = None  # None: not measured yet
         self.set_mode(mode)
 
-    def set_mode(self, mode: str) -> None:
+    def check_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise InvalidRequestError(f"unknown mode '{mode}'; choose one of {', '.join(MODES)}")
         if mode not in ("auto", "off") and mode not in self.drafters:
             raise InvalidRequestError(f"mode '{mode}' is not available for this model ({self.why_missing(mode)})")
+
+    def set_mode(self, mode: str) -> None:
+        self.check_mode(mode)
         self.mode = mode
 
     def why_missing(self, mode: str) -> str:

@@ -36,6 +36,8 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {p!r}")
         if not isinstance(m, (int, float)) or math.isnan(m) or not 0 <= m <= 1:
             raise InvalidRequestError(f"min_p must be in [0, 1], got {m!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise InvalidRequestError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise InvalidRequestError(f"top_k must be an integer >= 0, got {self.top_k!r}")
 

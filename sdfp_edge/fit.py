@@ -1,0 +1,296 @@
+"""Per-decoder-layer sensitivity scores: which layers can the draft leave out?
+
+A draft that skips decoder layer l runs the same model with that layer's residual
+branches removed. The cheapest layers to remove are those whose removal changes the
+language-model loss least. Three estimates of that change, each higher = more sensitive:
+
+"fit" -- Fisher Information Trace (FIT, Zandonati et al., "FIT: A Metric for Model
+Sensitivity", ICLR 2023). Expand the expected loss around the trained parameters theta
+for a small zero-mean perturbation delta, independent across parameters:
+
+    E[dL] ~ g^T E[delta] + 1/2 E[delta^T H delta] = 1/2 sum_i H_ii E[delta_i^2]
+
+(the gradient term vanishes in expectation; cross terms vanish by independence). At a
+(near) minimum the Hessian is approximated by the empirical Fisher F, whose diagonal is
+the mean squared per-sample gradient. Grouping the parameters of layer l and taking the
+perturbation variance as constant within the group:
+
+    E[dL_l] ~ 1/2 Tr(F_l) sigma_l^2,
+    Tr(F_l) = (1/N) sum_n ||grad_{theta_l} loss(x_n)||^2      (N calibration sequences)
+
+Removing a layer moves each of its parameters to zero, delta = -theta, so the
+perturbation variance is sigma_l^2 = mean(theta_l^2). The score is Tr(F_l) * sigma_l^2
+(the constant 1/2 dropped). This is a large perturbation for a second-order expansion:
+the score ranks layers, it does not predict the loss.
+
+"gate_fisher" -- a scalar gate g_l = 1 multiplies both residual branches of layer l
+(attention output and MLP output). Setting g_l = 0 removes exactly those branches, i.e.
+exactly what the draft does. Its expected second-order loss change is
+1/2 F_gg (dg)^2 = 1/2 F_gg with F_gg = (1/N) sum_n (d loss(x_n) / d g_l)^2: the score.
+
+"block_influence" -- ShortGPT's Block Influence (Men et al., 2024): the mean over
+tokens of 1 - cos(h_in, h_out), h_in and h_out the hidden states entering and leaving
+layer l. No gradient.
+
+All three run one forward (and, for the first two, one backward) per calibration
+sequence. Squared gradients are summed per layer by hooks that fire as each parameter's
+gradient is ready and then drop it, so at most one parameter's gradient exists at a time:
+peak memory is the model plus one sequence's activations (a 7-8B model in bf16 fits in
+32 GB with sequences of a few hundred tokens).
+
+Example (model: a transformers causal LM, sequences: calibration token ids):
+
+    scores = score_layers(model, sequences, methods=("fit",))     # {"fit": [n_layer]}
+    skip = choose_skip_layers(scores["fit"], 6)   # the 6 least sensitive, sorted
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from sdfp_edge.errors import SkipListError
+
+METHODS = ("fit", "gate_fisher", "block_influence")
+
+# Where the decoder layers live, most common first.
+_LAYER_PATHS = (
+    "model.layers",  # llama, mistral, qwen2, qwen3, gemma2/3 (text), phi3, smollm3
+    "model.language_model.layers",  # multimodal wrappers (gemma3 conditional generation)
+    "model.decoder.layers",  # opt
+    "transformer.h",  # gpt2, falcon
+    "gpt_neox.layers",
+)
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder layers, in order (e.g. `model.model.layers` for llama/qwen/gemma)."""
+    for path in _LAYER_PATHS:
+        obj: Any = model
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise ValueError(
+        f"cannot find the decoder layers of {type(model).__name__}: "
+        f"none of {', '.join(_LAYER_PATHS)} is a ModuleList"
+    )
+
+
+def residual_branches(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The two modules whose outputs are added to the residual stream of a decoder layer.
+
+    Pre-norm layers (llama, qwen2/3, mistral) add `self_attn` and `mlp` outputs directly.
+    Sandwich-norm layers (gemma2/3) normalise each branch before adding it, so the gate
+    must go after that norm: `post_attention_layernorm` and `post_feedforward_layernorm`.
+    """
+    attn: nn.Module | None
+    mlp: nn.Module | None
+    if hasattr(layer, "post_feedforward_layernorm") and hasattr(layer, "post_attention_layernorm"):
+        attn, mlp = layer.get_submodule("post_attention_layernorm"), layer.get_submodule("post_feedforward_layernorm")
+    else:
+        attn = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
+        mlp = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
+    if attn is None or mlp is None:
+        raise ValueError(f"cannot find the attention and MLP branches of {type(layer).__name__}")
+    return attn, mlp
+
+
+def score_layers(
+    model: nn.Module,
+    sequences: Sequence[torch.Tensor],
+    *,
+    methods: Iterable[str] = METHODS,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Score every decoder layer of a causal LM on calibration sequences.
+
+    Args:
+        model: a Hugging Face causal LM (returns `.loss` when given `labels`). It is moved
+            to `device` unless it was loaded with a device map; its train/eval mode and
+            `requires_grad` flags are restored on return.
+        sequences: token ids, each of shape [T] or [1, T] with T >= 2.
+        methods: any of "fit", "gate_fisher", "block_influence".
+        device: "cpu", "cuda", "cuda:1", "mps"...
+        seed: seeds torch before scoring (the scores themselves have no randomness).
+        progress: show a tqdm progress bar over the sequences.
+
+    Returns:
+        {method: scores}, scores of shape [n_layer], float64, higher = more sensitive.
+    """
+    methods = tuple(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown scoring method(s) {unknown}; choose from {', '.join(METHODS)}")
+    seqs = [_as_batch(s) for s in sequences]
+    if not seqs:
+        raise ValueError("no calibration sequences")
+
+    layers = find_decoder_layers(model)
+    n_layer = len(layers)
+    need_grad = "fit" in methods or "gate_fisher" in methods
+    torch.manual_seed(seed)
+    if getattr(model, "hf_device_map", None) is None:
+        model.to(device)
+    run_device = next(model.parameters()).device
+
+    sq_grad = torch.zeros(n_layer, dtype=torch.float64)  # [n_layer] sum_n ||grad_l||^2
+    gate_sq = torch.zeros(n_layer, dtype=torch.float64)  # [n_layer] sum_n (dL/dg_l)^2
+    bi_sum = torch.zeros(n_layer, dtype=torch.float64)  # [n_layer] sum_n mean_t (1 - cos)
+    per_seq = torch.zeros(n_layer, dtype=torch.float32, device=run_device)
+    gates = [torch.ones((), device=run_device, requires_grad=True) for _ in range(n_layer)]
+
+    was_training = model.training
+    requires_grad = {p: p.requires_grad for p in model.parameters()}
+    layer_params = {id(p) for layer in layers for p in layer.parameters()}
+    model.eval()
+    try:
+        with ExitStack() as stack:
+            for p in model.parameters():
+                # Only the decoder layers' gradients are needed (FIT); for the gates alone
+                # no parameter needs one: backward then stops at the gates.
+                p.requires_grad_("fit" in methods and id(p) in layer_params)
+            if "fit" in methods:
+                for l, layer in enumerate(layers):
+                    for p in layer.parameters():
+                        h = p.register_post_accumulate_grad_hook(_sq_grad_hook(per_seq, l))
+                        stack.callback(h.remove)
+            if "gate_fisher" in methods:
+                for layer, gate in zip(layers, gates):
+                    for branch in residual_branches(layer):
+                        stack.callback(branch.register_forward_hook(_gate_hook(gate)).remove)
+            bi_seq: list[float] = [0.0] * n_layer
+            if "block_influence" in methods:
+                for l, layer in enumerate(layers):
+                    h = layer.register_forward_hook(_influence_hook(bi_seq, l), with_kwargs=True)
+                    stack.callback(h.remove)
+
+            for ids in _progress(seqs, progress):
+                ids = ids.to(run_device)
+                with torch.set_grad_enabled(need_grad):
+                    out = model(input_ids=ids, labels=ids, use_cache=False)
+                if need_grad:
+                    per_seq.zero_()
+                    out.loss.backward()
+                    sq_grad += per_seq.double().cpu()
+                    for l, gate in enumerate(gates):
+                        if gate.grad is not None:
+                            gate_sq[l] += float(gate.grad) ** 2
+                            gate.grad = None
+                bi_sum += torch.tensor(bi_seq, dtype=torch.float64)
+                del out
+    finally:
+        for p, flag in requires_grad.items():
+            p.grad = None
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+    n = len(seqs)
+    result: dict[str, npt.NDArray[np.float64]] = {}
+    if "fit" in methods:
+        sigma2 = np.array([_mean_square(layer.parameters()) for layer in layers])
+        result["fit"] = (sq_grad / n).numpy() * sigma2
+    if "gate_fisher" in methods:
+        result["gate_fisher"] = (gate_sq / n).numpy()
+    if "block_influence" in methods:
+        result["block_influence"] = (bi_sum / n).numpy()
+    return {m: result[m] for m in methods}
+
+
+def choose_skip_layers(
+    scores: npt.ArrayLike, n_skip: int, *, keep_first: bool = True
+) -> list[int]:
+    """The `n_skip` least sensitive layers, sorted by index.
+
+    Never the last layer (it produces the output), nor layer 0 unless keep_first=False.
+    Ties go to the lower index.
+
+    Args:
+        scores: [n_layer], higher = more sensitive.
+        n_skip: how many layers to skip, 0 <= n_skip <= number of candidates.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise SkipListError(f"layer scores must be a non-empty 1-D array, got shape {s.shape}")
+    if not np.all(np.isfinite(s)):
+        raise SkipListError(f"layer scores contain NaN or infinity at layers {np.flatnonzero(~np.isfinite(s)).tolist()}")
+    n_layer = s.size
+    candidates = [i for i in range(n_layer - 1) if i > 0 or not keep_first]
+    if isinstance(n_skip, bool) or not isinstance(n_skip, (int, np.integer)):
+        raise SkipListError(f"the number of layers to skip must be an integer, got {n_skip!r}")
+    if not 0 <= n_skip <= len(candidates):
+        rule = "the first and the last" if keep_first else "the last"
+        raise SkipListError(
+            f"cannot skip {n_skip} of {n_layer} layers: {rule} layer are kept, "
+            f"so at most {len(candidates)} can be skipped"
+        )
+    ranked = sorted(candidates, key=lambda i: (s[i], i))
+    return sorted(ranked[: int(n_skip)])
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _as_batch(ids: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(ids, dtype=torch.long)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.shape[0] != 1 or t.shape[1] < 2:
+        raise ValueError(f"each calibration sequence must be [T] or [1, T] with T >= 2, got {tuple(t.shape)}")
+    return t
+
+
+def _sq_grad_hook(acc: torch.Tensor, layer: int) -> Callable[[torch.Tensor], None]:
+    def hook(p: torch.Tensor) -> None:
+        assert p.grad is not None
+        acc[layer] += torch.linalg.vector_norm(p.grad, dtype=torch.float32).square()
+        p.grad = None  # free it now: never more than one parameter's gradient alive
+
+    return hook
+
+
+def _gate_hook(gate: torch.Tensor) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):  # attention returns (output, weights)
+            return (output[0] * gate.to(output[0].dtype), *output[1:])
+        return output * gate.to(output.dtype)
+
+    return hook
+
+
+def _influence_hook(acc: list[float], layer: int) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        h_in = args[0] if args else kwargs["hidden_states"]
+        h_out = output[0] if isinstance(output, tuple) else output
+        cos = nn.functional.cosine_similarity(h_in.detach().float(), h_out.detach().float(), dim=-1)
+        acc[layer] = float((1.0 - cos).mean())
+
+    return hook
+
+
+def _mean_square(params: Iterable[torch.Tensor]) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for p in params:
+            total += float(torch.linalg.vector_norm(p, dtype=torch.float32)) ** 2
+            count += p.numel()
+    return total / count if count else math.nan
+
+
+def _progress(seqs: list[torch.Tensor], enabled: bool) -> Iterable[torch.Tensor]:
+    if not enabled:
+        return seqs
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(seqs, desc="scoring layers", unit="seq")

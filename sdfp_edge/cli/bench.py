@@ -1,0 +1,103 @@
+"""`sdfp-edge bench`: every system on MT-Bench and HumanEval, one process, paired ratios."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sdfp_edge.cli import model_options, user_errors
+from sdfp_edge.cli.generate import parse_layer_list, speculation_options
+
+# --quick: every system, one prompt per category, short answers; meant to finish in under
+# 10 minutes on the default model on the project's 2-core machine when it is quiet
+QUICK = {"limit": 1, "max_tokens": 64}
+DEFAULT_MAX_TOKENS = 128
+
+
+def bench_speculation_options(f: Any) -> Any:
+    """generate's speculation options without --mode (the bench runs every mode)."""
+    f = speculation_options(f)
+    f.__click_params__ = [p for p in f.__click_params__ if p.name != "mode"]
+    return f
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [x.strip() for x in value.split(",") if x.strip()]
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed, rebuilt from the parsed options that differ from their defaults."""
+    parts = ["sdfp-edge", ctx.info_name or "bench"]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name or "")
+        if not isinstance(p, click.Option) or value is None or value == p.default or value is False:
+            continue
+        name = max(p.opts, key=len)
+        parts += [name] if p.is_flag else [name, str(value)]
+    return shlex.join(parts)
+
+
+@click.command()
+@model_options
+@bench_speculation_options
+@click.option("--data", default="mtbench,humaneval", show_default=True, metavar="LIST",
+              help="Data sets: mtbench (80 questions, first turns), humaneval (164 problems).")
+@click.option("--categories", default=None, metavar="LIST",
+              help="Only these categories (MT-Bench categories and/or humaneval).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Prompts per category, chosen with --seed (default: all; 1 with --quick).")
+@click.option("-n", "--max-tokens", type=click.IntRange(min=2), default=None,
+              help=f"New tokens per prompt (default {DEFAULT_MAX_TOKENS}; {QUICK['max_tokens']} with --quick).")
+@click.option("--temperature", "--temp", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 = greedy; > 0 samples (every system with the same temperature and seed).")
+@click.option("--systems", default=None, metavar="LIST",
+              help="Systems to compare (default: every available one): off, auto, layerskip, lookup, "
+                   "draft-model, llama-cpp, llama-cpp-lookup, layerskip-random, layerskip-uniform, "
+                   "layerskip-lastk.")
+@click.option("--quick", is_flag=True,
+              help=f"Preset: {QUICK['limit']} prompt per category, {QUICK['max_tokens']} new tokens.")
+@click.option("--out", "out_dir", default="bench-out", show_default=True, metavar="DIR",
+              help="Writes bench.json, bench.md and bench.png here.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--from-json", "from_json", default=None, metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="Run nothing: rewrite bench.md and bench.png in --out from an earlier bench.json.")
+@user_errors
+def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
+          verbose: bool, draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
+          data: str, categories: str | None, limit: int | None, max_tokens: int | None, temperature: float,
+          systems: str | None, quick: bool, out_dir: str, no_progress: bool, from_json: str | None) -> None:
+    """Tokens/s of every system against plain decoding, on MT-Bench and HumanEval prompts."""
+    from sdfp_edge.bench import data as bench_data
+    from sdfp_edge.bench import report, runner
+
+    if from_json is not None:
+        result = json.loads(Path(from_json).read_text())
+        paths = report.write(result, out_dir, formats=("md", "png"))
+        click.echo(report.markdown(result))
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
+        return
+    wanted = _csv(systems)
+    unknown = [s for s in wanted or [] if s not in runner.SYSTEMS]
+    if unknown:
+        raise click.BadParameter(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(runner.SYSTEMS)}",
+                                 param_hint="--systems")
+    if quick:
+        limit = limit if limit is not None else QUICK["limit"]
+        max_tokens = max_tokens if max_tokens is not None else QUICK["max_tokens"]
+    cfg = runner.BenchConfig(
+        model=model, n_ctx=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose,
+        max_tokens=max_tokens or DEFAULT_MAX_TOKENS, temperature=temperature, systems=wanted,
+        skip_layers=parse_layer_list(skip_layers), draft_model=draft_model, k_max=draft_max,
+        threshold=draft_p_min, data=_csv(data) or [], categories=_csv(categories), limit=limit,
+        command=_command_line(click.get_current_context()), extra={"quick": quick},
+    )
+    prompts = bench_data.load(cfg.data, categories=cfg.categories, limit=cfg.limit, seed=seed)
+    click.echo(f"{len(prompts)} prompts, up to {cfg.max_tokens} new tokens each", err=True)
+    result = runner.run(prompts, cfg, progress=not no_progress, log=lambda m: click.echo(m, err=True))
+    paths = report.write(result, out_dir)
+    click.echo(report.markdown(result))
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)

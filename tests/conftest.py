@@ -64,3 +64,41 @@ def foreign_arch_gguf(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -
     drop = [n for n in reader.fields if n.startswith(("llama.", "sdfp."))]
     copy_with_new_metadata(reader, writer, renamed, drop)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen3_gguf(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2's weights relabelled as a Qwen3 model (plus unit q/k norms, which Qwen3 has):
+    no Qwen3 GGUF ships offline, and this is enough to run llama.cpp's qwen3 graph."""
+    import gguf
+    import numpy as np
+    from gguf.scripts.gguf_new_metadata import MetadataDetails
+
+    reader = gguf.GGUFReader(smollm2, "r")
+    out = tmp_path_factory.mktemp("qwen3") / "smollm2-as-qwen3.gguf"
+    writer = gguf.GGUFWriter(out, arch="qwen3")
+    head_dim = int(reader.get_field("llama.rope.dimension_count").contents())
+    n_layer = int(reader.get_field("llama.block_count").contents())
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name.startswith("sdfp."):
+            continue
+        t = field.types[0]
+        sub = field.types[-1] if t == gguf.GGUFValueType.ARRAY else None
+        key = "qwen3." + name[len("llama."):] if name.startswith("llama.") else name
+        d = MetadataDetails(t, field.contents(), sub_type=sub)
+        writer.add_key_value(key, d.value, d.type, sub_type=d.sub_type)
+    norms = {f"blk.{i}.attn_{qk}_norm.weight": np.ones(head_dim, dtype=np.float32)
+             for i in range(n_layer) for qk in ("q", "k")}
+    for t in reader.tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    for name, arr in norms.items():
+        writer.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes, gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in reader.tensors:
+        writer.write_tensor_data(t.data)
+    for arr in norms.values():
+        writer.write_tensor_data(arr)
+    writer.close()
+    return out

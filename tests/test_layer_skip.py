@@ -165,3 +165,14 @@ def test_stock_build_is_named_with_the_fix() -> None:
         layer_skip.bind(stub)
     msg = str(e.value)
     assert "stock build" in msg and "tools/build_runtime.py --install" in msg
+
+
+def test_qwen3_layer_skip(qwen3_gguf: Path) -> None:
+    b = open_backend(qwen3_gguf)
+    assert (b.arch, b.n_layer) == ("qwen3", 30)
+    plain = prompt_logits(b, None)
+    assert np.isfinite(plain).all()
+    assert np.array_equal(plain, prompt_logits(b, [0] * 30))
+    assert np.abs(prompt_logits(b, [1 if i in (6, 13) else 0 for i in range(30)]) - plain).max() > 1e-2
+    b.close()
+    shared_cache_check(qwen3_gguf, [6, 13, 17])

@@ -74,7 +74,15 @@ class CostModel:
         self.t_step[drafter] = per if old is None else (1 - EMA) * old + EMA * per
 
     def verify(self, n: int) -> float:
-        """t_verify(n), linearly inter/extrapolated from the measured sizes."""
+        """t_verify(n), linearly inter/extrapolated from the measured sizes.
+
+        Never below a smaller batch's cost: verifying more tokens cannot be cheaper, and a
+        noisy sample saying otherwise would make long drafts look free.
+        """
+        floor = max((t for m, t in self.t_verify.items() if m < n), default=0.0)
+        return max(floor, self._verify_raw(n))
+
+    def _verify_raw(self, n: int) -> float:
         if n in self.t_verify:
             return self.t_verify[n]
         known = sorted(self.t_verify)
@@ -101,10 +109,17 @@ class CostModel:
         }
 
     def calibrate(self, measure: Callable[[int], float], sizes: list[int], *, repeats: int = 1) -> None:
-        """Warm-up: time `measure(n)` (seconds to verify n tokens) for each n; keep the minimum."""
-        for n in sizes:
-            best = min(measure(n) for _ in range(repeats))
-            self.t_verify[n] = best
+        """Warm-up: time `measure(n)` (seconds to verify n tokens) for each n; keep the minimum.
+
+        The sizes are interleaved across repeats, so a burst of noise spoils one sample of
+        several sizes rather than every sample of one size.
+        """
+        samples: dict[int, list[float]] = {n: [] for n in sizes}
+        for _ in range(repeats):
+            for n in sizes:
+                samples[n].append(measure(n))
+        for n, ts in samples.items():
+            self.t_verify[n] = min(ts)
 
 
 @dataclass(frozen=True)
@@ -117,7 +132,7 @@ class Decision:
 @dataclass
 class Controller:
     k_max: int = 4
-    margin: float = 1.02  # speculation must beat plain decoding by this factor to be chosen
+    margin: float = 1.05  # speculation must beat plain decoding by this factor (timing noise)
     cost: CostModel = field(default_factory=CostModel)
     acceptance: dict[str, Acceptance] = field(default_factory=dict)
     decisions: Counter[str] = field(default_factory=Counter)

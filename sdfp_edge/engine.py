@@ -142,7 +142,7 @@ class SpeculativeDecoder:
             return sw.last
 
         measure(1)  # first decode of a new graph shape allocates; not representative
-        self.controller.cost.calibrate(measure, sizes, repeats=2)
+        self.controller.cost.calibrate(measure, sizes, repeats=3)
         for name, d in self.drafters.items():
             if d.uses_model and room >= 2:
                 rng = np.random.default_rng(0)

@@ -72,3 +72,9 @@ def test_verify_cost_interpolates() -> None:
     m = cost({1: 1.0, 3: 2.0}, {})
     assert m.verify(2) == pytest.approx(1.5)
     assert m.verify(5) == pytest.approx(3.0)
+
+
+def test_a_noisy_cheap_long_verify_does_not_make_long_drafts_free() -> None:
+    m = cost({1: 0.020, 2: 0.040, 5: 0.021}, {})  # V(5) sample hit by noise
+    assert m.verify(5) == pytest.approx(0.040)
+    assert m.verify(3) >= m.verify(2)

@@ -48,7 +48,11 @@ ChunkMaker = Callable[..., dict[str, Any]]  # (rid, created, model, text_or_delt
 
 async def parse_body(request: Request, schema: type[B]) -> B:
     """The JSON body, validated; whatever the Content-Type says (curl -d sends a form type)."""
-    raw = await request.body()
+    return parse_json(await request.body(), schema)
+
+
+def parse_json(raw: bytes, schema: type[B]) -> B:
+    """Bytes -> a validated request, or an APIError (400) saying what is wrong."""
     try:
         data = json.loads(raw)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError

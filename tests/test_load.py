@@ -93,3 +93,16 @@ def test_eight_streaming_clients(server: Server) -> None:
     assert health["busy"] is False and health["queued"] == 0
     assert after["VmRSS"] - before["VmRSS"] < 64 * 1024, "server memory grew under load"
     assert one_request(server.url, 1, 1, False) == "ok"  # every disconnect freed the model
+
+
+def test_server_listens_on_loopback_only_by_default(server: Server) -> None:
+    """The fixture starts `serve` without --host: its socket must be bound to 127.0.0.1."""
+    port_hex = f"{server.port:04X}"
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if Path(table).exists():
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                if state == "0A" and local.endswith(":" + port_hex):  # 0A = LISTEN
+                    listening.append(local.split(":")[0])
+    assert listening == ["0100007F"], listening  # 127.0.0.1, little-endian hex

@@ -47,8 +47,8 @@ def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
     )
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def save_tiny_llama(out: Path) -> Path:
+    """A tiny random llama with the tiny tokenizer, saved as an HF folder."""
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
@@ -56,10 +56,14 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )
-    out = tmp_path_factory.mktemp("tiny-hf")
     transformers.LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-hf"))
 
 
 @pytest.fixture(scope="module")

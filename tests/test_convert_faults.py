@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from test_convert import N_LAYER, tiny_tokenizer  # noqa: E402
+pytest.importorskip("transformers")
+from test_convert import save_tiny_llama  # noqa: E402
 
 from sdfp_edge import convert as cv  # noqa: E402
 from sdfp_edge.errors import SdfpError  # noqa: E402
@@ -29,22 +29,11 @@ def digest(p: Path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    import torch
-
     try:
         cv.llama_cpp_source()
     except SdfpError as e:
         pytest.skip(f"no patched llama.cpp source tree for its converter: {e}")
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=N_LAYER,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-    )
-    hf = tmp_path_factory.mktemp("hf")
-    transformers.LlamaForCausalLM(config).save_pretrained(hf)
-    tok.save_pretrained(hf)
+    hf = save_tiny_llama(tmp_path_factory.mktemp("hf"))
     gguf_in = cv.convert_to_gguf(hf, tmp_path_factory.mktemp("gguf"), quant="F16")
     return hf, gguf_in
 

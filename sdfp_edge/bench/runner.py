@@ -15,7 +15,6 @@ verify and draft costs.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import platform
 import subprocess
@@ -31,6 +30,7 @@ from sdfp_edge.bench.data import HUMANEVAL_INSTRUCTION, SOURCES, Prompt
 from sdfp_edge.bench.stats import RunRecord, decode_window, first_divergence, summarize
 from sdfp_edge.bench.systems import BASELINE_LISTS, EngineSystem, LlamaCppSystem, Trace
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.models import sha256_file
 from sdfp_edge.sampling import SamplingParams
 
 SCHEMA = "sdfp-edge-bench/1"
@@ -133,14 +133,6 @@ def build_info() -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_info(backend: Any) -> dict[str, Any]:
     import gguf
 
@@ -153,7 +145,7 @@ def model_info(backend: Any) -> dict[str, Any]:
     except (ValueError, TypeError):
         d["weight_format"] = f"file_type {ft}" if ft else "unknown"
     p = Path(backend.path)
-    d.update(path=str(p), size_bytes=p.stat().st_size, sha256=_sha256(p))
+    d.update(path=str(p), size_bytes=p.stat().st_size, sha256=sha256_file(p))
     return d
 
 

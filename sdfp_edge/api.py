@@ -32,7 +32,7 @@ from sdfp_edge.errors import (
     SkipListError,
     UnsupportedArchitectureError,
 )
-from sdfp_edge.metadata import read_model_info, read_skip_metadata, validate_skip_layers
+from sdfp_edge.metadata import model_info, read_kv, skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
 from sdfp_edge.sampling import SamplingParams
 
@@ -79,23 +79,26 @@ def check_max_tokens(max_tokens: Any) -> None:
         raise InvalidRequestError(f"max_tokens must be an integer in 1..{MAX_TOKENS_LIMIT}, got {max_tokens!r}")
 
 
-def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> tuple[tuple[int, ...], str, str | None]:
+def resolve_skip_layers(
+    path: Path, skip_layers: Sequence[int] | None
+) -> tuple[tuple[int, ...], str, str | None, tuple[str, int]]:
     """The draft's layers: given explicitly, else the GGUF's sdfp.* metadata, else none.
 
-    Returns (layers, where they came from, a note for the user or None). Refuses a list the
+    Returns (layers, where they came from, a note for the user or None, (arch, n_layer)). Refuses a list the
     model cannot run (range, duplicates, last layer, another model's list, an architecture
     without layer-skip support) before llama.cpp loads anything.
     """
-    arch, n_layer = read_model_info(path)
+    kv = read_kv(path)  # one header read for both
+    arch, n_layer = model_info(kv, path)
     if skip_layers is not None:
         layers, source = tuple(skip_layers), "command line"
         validate_skip_layers(list(layers), n_layer)
     else:
-        meta = read_skip_metadata(path)
+        meta = skip_metadata(kv, path)
         if meta is None:
             return (), "none", (f"note: {path.name} has no sdfp.* skip list: layer-skip drafts are off "
                                 "(prompt lookup and plain decoding remain); add one with "
-                                "`sdfp-edge convert` or pass --skip-layers")
+                                "`sdfp-edge convert` or pass --skip-layers"), (arch, n_layer)
         meta.check(architecture=arch, n_layer=n_layer)
         layers, source = meta.skip_layers, f"GGUF metadata ({meta.score_method or 'unknown method'})"
     if layers and arch not in SKIP_ARCHITECTURES:
@@ -103,7 +106,7 @@ def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> tuple[
             f"architecture '{arch}' does not support layer skipping "
             f"(supported: {', '.join(SKIP_ARCHITECTURES)}); use --mode lookup or --mode off"
         )
-    return tuple(sorted(layers)), source, None
+    return tuple(sorted(layers)), source, None, (arch, n_layer)
 
 
 class Model:
@@ -126,10 +129,10 @@ class Model:
     ) -> None:
         path = resolve_model(None if model is None else str(model))
         # everything that can be checked from the file's metadata is checked before loading
-        self.skip_layers, self.skip_source, note = resolve_skip_layers(path, skip_layers)
+        self.skip_layers, self.skip_source, note, self._info = resolve_skip_layers(path, skip_layers)
         self.notes: list[str] = [note] if note else []  # things the user should know once
         self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads,
-                                    n_gpu_layers=n_gpu_layers, verbose=verbose)
+                                    n_gpu_layers=n_gpu_layers, verbose=verbose, info=self._info)
         self.path = self.backend.path
         self._draft_backend: LlamaBackend | None = None
         try:

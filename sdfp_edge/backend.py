@@ -71,10 +71,12 @@ class LlamaBackend:
         n_gpu_layers: int | None = None,
         n_batch: int = 512,
         verbose: bool = False,
+        info: tuple[str, int] | None = None,
     ) -> None:
+        """`info` is (architecture, n_layer) when the caller already read the header."""
         path = check_gguf_file(model_path)
         self.path = path
-        self.arch, self.n_layer = read_model_info(path)
+        self.arch, self.n_layer = info if info is not None else read_model_info(path)
 
         llama_cpp, internals = _import_llama_cpp()
         self._llama_cpp = llama_cpp

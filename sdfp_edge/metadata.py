@@ -169,19 +169,27 @@ def read_kv(path: str | os.PathLike[str], keys: set[str] | None = None) -> dict[
 
 def read_model_info(path: str | os.PathLike[str]) -> tuple[str, int]:
     """The model's architecture and layer count, from llama.cpp's own keys."""
-    kv = read_kv(path)
-    arch = kv.get("general.architecture")
-    if not isinstance(arch, str):
-        raise ModelFileError(f"{path}: GGUF has no general.architecture")
-    n_layer = kv.get(f"{arch}.block_count")
-    if not isinstance(n_layer, int):
-        raise ModelFileError(f"{path}: GGUF has no {arch}.block_count")
-    return arch, n_layer
+    return model_info(read_kv(path), path)
 
 
 def read_skip_metadata(path: str | os.PathLike[str]) -> SkipMetadata | None:
     """The file's `sdfp.*` metadata, or None when it has none (plain GGUF)."""
-    kv = read_kv(path)
+    return skip_metadata(read_kv(path), path)
+
+
+def model_info(kv: dict[str, Any], source: object) -> tuple[str, int]:
+    """(architecture, layer count) from a `read_kv` result (one header read serves both)."""
+    arch = kv.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{source}: GGUF has no general.architecture")
+    n_layer = kv.get(f"{arch}.block_count")
+    if not isinstance(n_layer, int):
+        raise ModelFileError(f"{source}: GGUF has no {arch}.block_count")
+    return arch, n_layer
+
+
+def skip_metadata(kv: dict[str, Any], source: object) -> SkipMetadata | None:
+    """The `sdfp.*` metadata in a `read_kv` result, or None."""
     if KEY_SKIP_LAYERS not in kv:
         return None
     try:
@@ -195,7 +203,7 @@ def read_skip_metadata(path: str | os.PathLike[str]) -> SkipMetadata | None:
             version=int(kv.get(KEY_VERSION) or 0),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise SkipListError(f"{path}: malformed sdfp metadata ({e})") from e
+        raise SkipListError(f"{source}: malformed sdfp metadata ({e})") from e
 
 
 def write_skip_metadata(

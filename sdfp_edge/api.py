@@ -22,16 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdfp_edge.backend import SKIP_ARCHITECTURES, LlamaBackend
+from sdfp_edge.backend import LlamaBackend, check_skip_supported
 from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
 from sdfp_edge.drafters.base import Drafter
 from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
-from sdfp_edge.errors import (
-    ContextOverflowError,
-    InvalidRequestError,
-    SkipListError,
-    UnsupportedArchitectureError,
-)
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.metadata import model_info, read_kv, skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
 from sdfp_edge.sampling import SamplingParams
@@ -101,11 +96,8 @@ def resolve_skip_layers(
                                 "`sdfp-edge convert` or pass --skip-layers"), (arch, n_layer)
         meta.check(architecture=arch, n_layer=n_layer)
         layers, source = meta.skip_layers, f"GGUF metadata ({meta.score_method or 'unknown method'})"
-    if layers and arch not in SKIP_ARCHITECTURES:
-        raise UnsupportedArchitectureError(
-            f"architecture '{arch}' does not support layer skipping "
-            f"(supported: {', '.join(SKIP_ARCHITECTURES)}); use --mode lookup or --mode off"
-        )
+    if layers:
+        check_skip_supported(arch)
     return tuple(sorted(layers)), source, None, (arch, n_layer)
 
 
@@ -305,4 +297,4 @@ class Model:
         self.close()
 
 
-__all__ = ["Model", "Completion", "Chunk", "SkipListError"]
+__all__ = ["Model", "Completion", "Chunk"]

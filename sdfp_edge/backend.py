@@ -43,6 +43,15 @@ def _import_llama_cpp() -> tuple[Any, Any]:
     return llama_cpp, _internals
 
 
+def check_skip_supported(arch: str) -> None:
+    """Refuse, before llama.cpp is asked, an architecture whose graph ignores layer masks."""
+    if arch not in SKIP_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"architecture '{arch}' does not support layer skipping "
+            f"(supported: {', '.join(SKIP_ARCHITECTURES)}); use --mode lookup or --mode off"
+        )
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     if n == 0:
@@ -166,11 +175,7 @@ class LlamaBackend:
         self.skip = tuple(i for i, m in enumerate(mask or []) if m)
 
     def check_skip_supported(self) -> None:
-        if self.arch not in SKIP_ARCHITECTURES:
-            raise UnsupportedArchitectureError(
-                f"architecture '{self.arch}' does not support layer skipping "
-                f"(supported: {', '.join(SKIP_ARCHITECTURES)}); use --mode lookup or --mode off"
-            )
+        check_skip_supported(self.arch)
 
     # --- decoding ----------------------------------------------------------------------
     def decode(self, tokens: Sequence[int], *, logits: str = "all") -> npt.NDArray[np.float32]:

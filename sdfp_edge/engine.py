@@ -245,7 +245,7 @@ class SpeculativeDecoder:
             else:  # forced: draft with the named drafter at the full cap
                 drafter_name, k = (self.mode, cands[self.mode]) if self.mode in cands else (None, 0)
             if drafter_name is not None:
-                if lookup is not None and drafter_name == lookup_name(self.drafters):
+                if lookup is not None and not self.drafters[drafter_name].uses_model:
                     proposal = Proposal(lookup.tokens[:k], None, 0)
                 else:
                     with Stopwatch() as sw:
@@ -274,6 +274,3 @@ class SpeculativeDecoder:
         stats.observe(drafter_name if proposal.k else None, proposal, verdict.n_accepted)
         return [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]
 
-
-def lookup_name(drafters: dict[str, Drafter]) -> str | None:
-    return next((n for n, d in drafters.items() if not d.uses_model), None)

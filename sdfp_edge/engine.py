@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sdfp_edge.backend import LlamaBackend
-from sdfp_edge.controller import Controller, Stopwatch
+from sdfp_edge.controller import Candidate, Controller, Stopwatch
 from sdfp_edge.drafters.base import Drafter, Proposal
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
@@ -157,19 +157,19 @@ class SpeculativeDecoder:
 
     # --- the loop ------------------------------------------------------------------------
     def _candidates(self, tokens: list[int], k_cap: int, sampling: SamplingParams,
-                    rng: np.random.Generator) -> tuple[dict[str, int], Proposal | None]:
+                    rng: np.random.Generator) -> tuple[list[Candidate], Proposal | None]:
         """Drafters the controller may choose now, with their caps; lookup's free proposal."""
         lookup = None
-        cands: dict[str, int] = {}
+        cands: list[Candidate] = []
         for name, d in self.drafters.items():
             if self.mode not in ("auto", name):
                 continue
             if not d.uses_model:
                 lookup = d.propose(tokens, k_cap, sampling, rng)
                 if lookup.k:
-                    cands[name] = lookup.k
+                    cands.append(Candidate(name, lookup.k, lookup.source))
             else:
-                cands[name] = k_cap
+                cands.append(Candidate(name, k_cap))
         return cands, lookup
 
     def generate(
@@ -234,19 +234,17 @@ class SpeculativeDecoder:
         b = self.backend
         drafter_name: str | None = None
         proposal = Proposal.empty()
+        source = ""
         if self.mode != "off" and k_cap > 0:
             cands, lookup = self._candidates(tokens, k_cap, sampling, rng)
             if self.mode == "auto":
-                decision = self.controller.choose(cands) if cands else None
-                if decision is not None and decision.drafter is not None:
-                    drafter_name, k = decision.drafter, decision.k
-                else:
-                    drafter_name, k = None, 0
-            else:  # forced: draft with the named drafter at the full cap
-                drafter_name, k = (self.mode, cands[self.mode]) if self.mode in cands else (None, 0)
+                decision = self.controller.choose(cands)
+                drafter_name, k, source = decision.drafter, decision.k, decision.source
+            elif cands:  # forced: draft with the named drafter at the full cap
+                drafter_name, k, source = cands[0].drafter, cands[0].k_cap, cands[0].key
             if drafter_name is not None:
                 if lookup is not None and not self.drafters[drafter_name].uses_model:
-                    proposal = Proposal(lookup.tokens[:k], None, 0)
+                    proposal = Proposal(lookup.tokens[:k], None, 0, lookup.source)
                 else:
                     with Stopwatch() as sw:
                         proposal = self.drafters[drafter_name].propose(tokens, k, sampling, rng)
@@ -270,7 +268,7 @@ class SpeculativeDecoder:
             # nothing still cost a step and must count against it
             spent = proposal.steps if self.drafters[drafter_name].uses_model else proposal.k
             if spent:
-                self.controller.observe(drafter_name, spent, verdict.n_accepted)
+                self.controller.observe(source, spent, verdict.n_accepted)
         stats.observe(drafter_name if proposal.k else None, proposal, verdict.n_accepted)
         return [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]
 

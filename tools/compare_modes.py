@@ -3,9 +3,11 @@
 
     .venv/bin/python tools/compare_modes.py --model smollm2-135m --skip-layers 4,9,14,19,24
 
-Every prompt is run in every mode back to back (greedy, same context, the KV cache of the
-prompt dropped between runs), and the ratio to `off` is taken per prompt: the figure the
-engine issue asks for ("auto >= 0.97x of off on every prompt"). The full side-by-side
+Every prompt is run in every mode back to back, --repeats times with the order of the
+modes rotated (greedy; the prompt's KV cache dropped before each run); the ratio to `off`
+is taken per prompt and run, and its median per prompt is the figure the engine issue asks
+for ("auto >= 0.97x of off on every prompt"): on this VM a single run's tokens/s moves by
+10% or more between back-to-back runs. The full side-by-side
 benchmark on MT-Bench and HumanEval is `sdfp-edge bench`.
 """
 
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--skip-layers", default=None, help="comma-separated; default: the GGUF's sdfp metadata")
     ap.add_argument("--modes", default="off,auto,lookup,layerskip")
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of every (prompt, mode); the median ratio is reported")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--draft-max", type=int, default=4)
     ap.add_argument("--json", default=None, help="write the results here")
@@ -47,47 +50,57 @@ def main() -> None:
 
     skip = [int(x) for x in args.skip_layers.split(",")] if args.skip_layers else None
     modes = args.modes.split(",")
-    m = Model(args.model, n_ctx=2048, n_threads=args.threads, skip_layers=skip, k_max=args.draft_max)
+    if "off" not in modes:
+        modes.insert(0, "off")
+    # One Model per mode: each controller learns only from its own runs, as in a chat
+    # session or a server; the GGUF is memory-mapped, so the weights are shared.
+    ms = {mode: Model(args.model, n_ctx=2048, n_threads=args.threads, skip_layers=skip, k_max=args.draft_max)
+          for mode in modes}
+    for mode, m in ms.items():
+        m.chat([{"role": "user", "content": "Hi"}], max_tokens=4, mode=mode)  # page in, warm up, calibrate
     rows = []
-    with m:
-        m.chat([{"role": "user", "content": "Hi"}], max_tokens=4, mode="off")  # load pages, warm caches
-        for name, prompt in PROMPTS.items():
-            msgs = [{"role": "user", "content": prompt}]
-            ids = m.tokenize_chat(msgs)
-            res = {}
-            for mode in modes:
+    t0 = time.perf_counter()
+    for name, prompt in PROMPTS.items():
+        ids = ms["off"].tokenize_chat([{"role": "user", "content": prompt}])
+        runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+        for rep in range(args.repeats):
+            for mode in modes[rep % len(modes):] + modes[: rep % len(modes)]:  # rotate the order
+                m = ms[mode]
                 m.backend.reset()
-                c = m.stream_tokens(ids, max_tokens=args.max_tokens, mode=mode)
-                toks = [t for ch in c for t in ch.tokens]
-                s = dict(m.last_stats)
-                s["ids"] = toks
-                res[mode] = s
-            base = res["off"]
-            for mode in modes:
-                s = res[mode]
-                rows.append({
-                    "prompt": name, "mode": mode, "tokens": s["tokens"],
-                    "tok_s": round(s["tokens_per_second"], 2),
-                    "ratio_vs_off": round(s["tokens_per_second"] / base["tokens_per_second"], 3),
-                    "acceptance": round(s["acceptance_rate"], 3),
-                    "tokens_per_verify": round(s["tokens_per_verify"], 2),
-                    "same_ids_as_off": s["ids"] == base["ids"],
-                    "decisions": s["decisions"],
-                })
-        cost = m.decoder.controller.cost.relative()
+                toks = [t for ch in m.stream_tokens(ids, max_tokens=args.max_tokens, mode=mode) for t in ch.tokens]
+                runs[mode].append({**m.last_stats, "ids": toks})
+        base = runs["off"]
+        for mode in modes:
+            ratios = [r["tokens_per_second"] / b["tokens_per_second"] for r, b in zip(runs[mode], base)]
+            last = runs[mode][-1]
+            rows.append({
+                "prompt": name, "mode": mode, "tokens": last["tokens"],
+                "tok_s": round(statistics.median(r["tokens_per_second"] for r in runs[mode]), 2),
+                "ratio_vs_off": round(statistics.median(ratios), 3),
+                "ratios": [round(x, 3) for x in ratios],
+                "acceptance": round(last["acceptance_rate"], 3),
+                "tokens_per_verify": round(last["tokens_per_verify"], 2),
+                "same_ids_as_off": all(r["ids"] == b["ids"] for r, b in zip(runs[mode], base)),
+                "decisions": last["decisions"],
+            })
+    wall = time.perf_counter() - t0
+    cost = ms["auto"].decoder.controller.cost.relative() if "auto" in ms else {}
+    for m in ms.values():
+        m.close()
     print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()}, "
-          f"model {m.path.name}, skip {list(m.skip_layers)}, threads {m.backend.n_threads}")
-    print("| prompt | mode | tokens | tok/s | x off | accepted | tokens/verify | same ids |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"model {ms['off'].path.name}, skip {list(ms['off'].skip_layers)}, threads {ms['off'].backend.n_threads}, "
+          f"{args.repeats} repeats, {wall:.0f} s")
+    print("| prompt | mode | tokens | tok/s | x off (median) | x off (each run) | accepted | tokens/verify | same ids |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['prompt']} | {r['mode']} | {r['tokens']} | {r['tok_s']} | {r['ratio_vs_off']} | "
-              f"{r['acceptance']} | {r['tokens_per_verify']} | {r['same_ids_as_off']} |")
+              f"{', '.join(map(str, r['ratios']))} | {r['acceptance']} | {r['tokens_per_verify']} | {r['same_ids_as_off']} |")
     for mode in modes:
         ratios = [r["ratio_vs_off"] for r in rows if r["mode"] == mode]
         print(f"{mode}: median x{statistics.median(ratios):.3f}, min x{min(ratios):.3f}, max x{max(ratios):.3f}")
     v = {n: round(x, 2) for n, x in cost.get("V", {}).items()}
     c = {d: round(x, 2) for d, x in cost.get("c", {}).items()}
-    print(f"cost model: one token {cost.get('t_token_ms', 0):.1f} ms, V(n) {v}, c {c}")
+    print(f"auto's cost model: one token {cost.get('t_token_ms', 0):.1f} ms, V(n) {v}, c {c}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "cost": cost}, f, indent=1, default=str)

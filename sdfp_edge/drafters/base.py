@@ -17,6 +17,7 @@ class Proposal:
     tokens: npt.NDArray[np.int64]  # [k] drafted token ids (k may be 0)
     probs: npt.NDArray[np.float64] | None  # [k, V] draft distributions; None: deterministic (one-hot)
     steps: int  # model evaluations spent (a confidence stop can spend one more than k)
+    source: str = ""  # whose acceptance statistics judge it (see controller); "": the drafter's
 
     @property
     def k(self) -> int:

@@ -100,7 +100,7 @@ def convert(
     """
     hf = Path(hf_dir)
     out = Path(out_path)
-    config = _hf_config(hf)
+    config = hf_config(hf)
     count = _check_options(method=method, n_skip=n_skip, skip_ratio=skip_ratio, n_layer=config["num_hidden_layers"])
     if gguf_in is not None:
         if Path(gguf_in).resolve() == out.resolve():
@@ -190,6 +190,32 @@ def score_model(
     Returns:
         (scores [n_layer], the calibration description for the metadata).
     """
+    scores, description = score_model_methods(
+        hf_dir, methods=(method,), n_samples=n_samples, seq_len=seq_len,
+        calibration_file=calibration_file, device=device, seed=seed, progress=progress,
+    )
+    return scores[method], description
+
+
+def score_model_methods(
+    hf_dir: Path,
+    *,
+    methods: tuple[str, ...],
+    n_samples: int,
+    seq_len: int,
+    calibration_file: str | os.PathLike[str] | None,
+    device: str,
+    seed: int,
+    progress: bool,
+) -> tuple[dict[str, npt.NDArray[np.float64]], str]:
+    """`score_model` for several methods in one pass (one load, one calibration set).
+
+    The gate and block-influence hooks leave the forward values unchanged (gates are 1),
+    so each method's scores are those of a pass with that method alone.
+
+    Returns:
+        ({method: scores [n_layer]}, the calibration description).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -197,7 +223,7 @@ def score_model(
     from sdfp_edge.fit import score_layers
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
-    config = _hf_config(hf_dir)
+    config = hf_config(hf_dir)
     dtype: Any = "auto"
     if device == "cpu" and config.get("dtype", config.get("torch_dtype")) == "float16":
         dtype = torch.bfloat16  # same memory, and CPU kernels handle bf16 better than fp16
@@ -210,11 +236,11 @@ def score_model(
         else:
             seqs = cal.from_file(calibration_file, tokenizer, n_samples=n_samples, seq_len=seq_len)
             description = cal.describe_file(calibration_file, len(seqs), seq_len)
-        scores = score_layers(model, seqs, methods=(method,), device=device, seed=seed, progress=progress)
+        scores = score_layers(model, seqs, methods=methods, device=device, seed=seed, progress=progress)
     finally:
         del model
         gc.collect()
-    return scores[method], description
+    return scores, description
 
 
 def convert_to_gguf(hf_dir: Path, work_dir: Path, *, quant: str) -> Path:
@@ -384,7 +410,7 @@ def plot_scores(meta: SkipMetadata, png_path: str | os.PathLike[str]) -> Path:
 # --- helpers -------------------------------------------------------------------------
 
 
-def _hf_config(hf_dir: Path) -> dict[str, Any]:
+def hf_config(hf_dir: Path) -> dict[str, Any]:
     """config.json (its text_config for multimodal wrappers), checked for what convert needs."""
     path = hf_dir / "config.json"
     if not hf_dir.is_dir():

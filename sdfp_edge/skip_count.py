@@ -21,7 +21,7 @@ from sdfp_edge.controller import expected_tokens
 # held out: none of these is among the calibration prompts
 HELD_OUT_PROMPTS = (
     "Summarise the plot of a detective story in three sentences.",
-    "Write a Python function that checks whether a string is a palindrome.",
+    "Write a Python function that returns the second largest number in a list.",
     "What are three good habits for writing maintainable code? Answer briefly.",
     "Explain to a child why the moon changes shape during the month.",
 )
@@ -37,11 +37,17 @@ class CountTrial:
     best_k: int
     predicted_speedup: float  # this machine's measured V(n)
     projected_speedup: float  # memory-bound projection, V(n) = 1
+    draft_speedup: float = 0.0  # the best k >= 1 here, even below 1: how close drafting comes to paying
 
 
-def predict(alpha: float, c: float, verify_rel: Callable[[int], float], k_max: int) -> tuple[int, float]:
-    """Best k and its speedup over plain decoding: E(alpha, k) / (k c + V(k+1))."""
-    best_k, best = 0, 1.0
+def predict(
+    alpha: float, c: float, verify_rel: Callable[[int], float], k_max: int, *, floor: float = 1.0
+) -> tuple[int, float]:
+    """Best k and its speedup over plain decoding: E(alpha, k) / (k c + V(k+1)).
+
+    k = 0 (plain decoding, speedup 1) competes unless `floor` is lowered below any ratio.
+    """
+    best_k, best = 0, floor
     for k in range(1, k_max + 1):
         s = expected_tokens(alpha, k) / (k * c + verify_rel(k + 1))
         if s > best:
@@ -69,11 +75,15 @@ def measure_counts(
     from sdfp_edge.api import Model
     from sdfp_edge.drafters import SkipLayersDrafter
 
-    msgs = [[{"role": "user", "content": p}] for p in prompts]
     trials = []
     with Model(gguf_path, n_ctx=1024, n_threads=n_threads, skip_layers=(), k_max=k_max) as m:
+        if m.backend.metadata().get("tokenizer.chat_template"):
+            msgs = [m.tokenize_chat([{"role": "user", "content": p}]) for p in prompts]
+        else:  # a base model (e.g. gemma-3-270m): the prompts as plain text, as calibration does
+            msgs = [m.tokenize_prompt(f"{p}\n\n") for p in prompts]
         for mm in msgs:
-            m.chat(mm, max_tokens=max_tokens, mode="off")
+            for _ in m.stream_tokens(mm, max_tokens=max_tokens, mode="off"):
+                pass
         cost = m.decoder.controller.cost
         for n in counts:
             layers = tuple(sorted(rank(n)))
@@ -81,7 +91,8 @@ def measure_counts(
             cost.t_step.pop("layerskip", None)
             drafted = accepted = tokens = verifies = 0
             for mm in msgs:
-                m.chat(mm, max_tokens=max_tokens, mode="layerskip")
+                for _ in m.stream_tokens(mm, max_tokens=max_tokens, mode="layerskip"):
+                    pass
                 s = m.last_stats
                 drafted += s["drafted"]
                 accepted += s["accepted"]
@@ -90,9 +101,11 @@ def measure_counts(
             one = cost.verify(1)
             alpha = accepted / drafted if drafted else 0.0
             c = cost.t_step.get("layerskip", one) / one
-            k, predicted = predict(alpha, c, lambda n_: cost.verify(n_) / one, k_max)
+            here = {n_: cost.verify(n_) / one for n_ in range(1, k_max + 2)}
+            k, predicted = predict(alpha, c, here.__getitem__, k_max)
             _, projected = predict(alpha, c, lambda n_: 1.0, k_max)
-            t = CountTrial(n, layers, alpha, tokens / max(verifies, 1), c, k, predicted, projected)
+            _, drafting = predict(alpha, c, here.__getitem__, k_max, floor=0.0)
+            t = CountTrial(n, layers, alpha, tokens / max(verifies, 1), c, k, predicted, projected, drafting)
             log(f"  skip {n:>2} layers {list(layers)}: acceptance {alpha:.2f}, "
                 f"{t.tokens_per_verify:.2f} tokens/verify, c {c:.2f}, best k {k}, "
                 f"predicted x{predicted:.2f} here, x{projected:.2f} memory-bound")
@@ -102,5 +115,7 @@ def measure_counts(
 
 def choose_count(trials: Sequence[CountTrial]) -> CountTrial:
     """The best predicted speedup here; ties (e.g. all lose on a compute-bound CPU and
-    predict 1.0) go to the best memory-bound projection."""
-    return max(trials, key=lambda t: (round(t.predicted_speedup, 3), t.projected_speedup))
+    predict 1.0) go to the best memory-bound projection, then to the count whose drafts
+    come closest to paying here (without this, a tie went to the first count listed)."""
+    return max(trials, key=lambda t: (round(t.predicted_speedup, 3), round(t.projected_speedup, 3),
+                                      t.draft_speedup))

@@ -243,6 +243,23 @@ def tiny_lm(hf_dir: Path) -> tuple[torch.nn.Module, transformers.PreTrainedToken
     return model, tokenizer
 
 
+def test_held_out_prompts_are_not_calibration_prompts() -> None:
+    from sdfp_edge import skip_count
+
+    assert not set(skip_count.HELD_OUT_PROMPTS) & set(cal.PROMPTS)
+
+
+def test_auto_count_prefers_a_paying_count_and_breaks_ties_by_measurement() -> None:
+    from sdfp_edge.skip_count import CountTrial, choose_count
+
+    def trial(n: int, predicted: float, drafting: float) -> CountTrial:
+        return CountTrial(n, tuple(range(n)), 0.5, 2.0, 0.9, 0, predicted, 1.0, drafting)
+
+    # nothing pays on a compute-bound CPU: the count closest to paying, not the first listed
+    assert choose_count([trial(3, 1.0, 0.70), trial(6, 1.0, 0.75), trial(9, 1.0, 0.60)]).n_skip == 6
+    assert choose_count([trial(3, 1.0, 0.70), trial(9, 1.2, 1.2)]).n_skip == 9
+
+
 def test_self_generated_continues_the_rendered_prompts(tiny_lm: tuple) -> None:
     model, tokenizer = tiny_lm
     seqs = cal.self_generated(model, tokenizer, n_samples=2, seq_len=96, seed=0)

@@ -40,6 +40,10 @@ def test_lookup_sources_are_power_of_two_buckets_of_the_match_length() -> None:
         "lookup:1", "lookup:2+", "lookup:2+", "lookup:4+", "lookup:4+", "lookup:8+", "lookup:16+"]
     long_copy = list(range(100, 120)) + [7] + list(range(100, 110))
     assert PromptLookupDrafter().propose(long_copy, 4).source == "lookup:8+"
+    # [5, 6] was followed by 1 and later by 2: the latest continuation, judged as "mixed"
+    p = PromptLookupDrafter().propose([5, 6, 1, 5, 6, 2, 5, 6], 1)
+    assert p.tokens.tolist() == [2] and p.source == "lookup:2+/mixed"
+    assert PromptLookupDrafter().propose([5, 6, 1, 9, 5, 6, 1, 8, 5, 6], 1).source == "lookup:2+"
 
 
 def test_expected_tokens() -> None:

@@ -36,11 +36,17 @@ PROMPTS = {
 }
 
 
+def engine_mode(mode: str) -> str:
+    return "off" if mode == "off-again" else mode
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--skip-layers", default=None, help="comma-separated; default: the GGUF's sdfp metadata")
-    ap.add_argument("--modes", default="off,auto,lookup,layerskip")
+    ap.add_argument("--modes", default="off,off-again,auto,lookup,layerskip",
+                    help="'off-again' is a second model instance decoding plainly: the A/A control "
+                         "that shows how far two identical runs differ on this machine")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="runs of every (prompt, mode); the median ratio is reported")
     ap.add_argument("--threads", type=int, default=None)
@@ -57,7 +63,7 @@ def main() -> None:
     ms = {mode: Model(args.model, n_ctx=2048, n_threads=args.threads, skip_layers=skip, k_max=args.draft_max)
           for mode in modes}
     for mode, m in ms.items():
-        m.chat([{"role": "user", "content": "Hi"}], max_tokens=4, mode=mode)  # page in, warm up, calibrate
+        m.chat([{"role": "user", "content": "Hi"}], max_tokens=4, mode=engine_mode(mode))  # page in, warm up, calibrate
     rows = []
     t0 = time.perf_counter()
     for name, prompt in PROMPTS.items():
@@ -67,7 +73,8 @@ def main() -> None:
             for mode in modes[rep % len(modes):] + modes[: rep % len(modes)]:  # rotate the order
                 m = ms[mode]
                 m.backend.reset()
-                toks = [t for ch in m.stream_tokens(ids, max_tokens=args.max_tokens, mode=mode) for t in ch.tokens]
+                chunks = m.stream_tokens(ids, max_tokens=args.max_tokens, mode=engine_mode(mode))
+                toks = [t for ch in chunks for t in ch.tokens]
                 runs[mode].append({**m.last_stats, "ids": toks})
         base = runs["off"]
         for mode in modes:

@@ -7,9 +7,11 @@ extraction, quoting). Example, with max_ngram=3 and tokens
                      ^^^^^^^ last 3-gram [5, 6, 7] occurred at 0..2, followed by [8, 9, 5, ...]
 
 `propose(tokens, k=2)` returns [8, 9], with source "lookup:2+" (the match length's
-power-of-two bucket): longer matches are accepted far more often (SmolLM2, first draft:
-22% after a 1-token match, 51-64% after 2-3, 73-77% after 4-7, 94% after 8), and the
-controller keeps statistics per bucket.
+power-of-two bucket), or "lookup:2+/mixed" had the n-gram's earlier occurrences been
+followed by different tokens. Both predict acceptance, so the controller keeps statistics
+per source. SmolLM2's greedy answers to 24 chat prompts, first draft accepted after a match
+of 1 / 2-3 / 4-7 / 8 tokens: 31% / 60% / 75% / 95% when the earlier occurrences agree,
+15% / 32% / 41% / 69% when they do not.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class PromptLookupDrafter:
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self._text: list[int] = []  # the indexed tokens: all but the last of the latest call
-        self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> end of its latest occurrence
+        # n-gram -> (end of its latest occurrence, the token after it, whether every
+        # occurrence was followed by that same token)
+        self._seen: dict[tuple[int, ...], tuple[int, int, bool]] = {}
 
     def propose(
         self,
@@ -48,26 +52,34 @@ class PromptLookupDrafter:
         if k <= 0 or len(tokens) < 2:
             return Proposal.empty()
         tokens = list(tokens)
-        self._index(tokens[:-1])
+        self._index(tokens)
         n_tok = len(tokens)
         for n in range(min(self.max_ngram, n_tok - 1), self.min_ngram - 1, -1):
-            end = self._ends.get(tuple(tokens[n_tok - n :]))
-            if end is not None:  # end <= n_tok - 1: the continuation has at least one token
-                return Proposal(np.asarray(tokens[end : end + k], dtype=np.int64), None, 0, match_source(n))
+            hit = self._seen.get(tuple(tokens[n_tok - n :]))
+            if hit is not None:  # end <= n_tok - 1: the continuation has at least one token
+                end, _, agree = hit
+                cont = np.asarray(tokens[end : end + k], dtype=np.int64)
+                return Proposal(cont, None, 0, match_source(n, agree))
         return Proposal.empty()
 
-    def _index(self, text: list[int]) -> None:
+    def _index(self, tokens: list[int]) -> None:
+        """Index the n-grams of tokens[:-1] (each is followed by a known token)."""
+        text_len = len(tokens) - 1
         done = len(self._text)
-        if done > len(text) or text[:done] != self._text:
-            self._text, self._ends, done = [], {}, 0
-        ends = self._ends
-        for end in range(done + 1, len(text) + 1):
+        if done > text_len or tokens[:done] != self._text:
+            self._text, self._seen, done = [], {}, 0
+        seen = self._seen
+        for end in range(done + 1, text_len + 1):
+            nxt = tokens[end]
             for n in range(1, min(self.max_ngram, end) + 1):
-                ends[tuple(text[end - n : end])] = end
-        self._text.extend(text[done:])
+                key = tuple(tokens[end - n : end])
+                old = seen.get(key)
+                seen[key] = (end, nxt, old is None or (old[2] and old[1] == nxt))
+        self._text.extend(tokens[done:text_len])
 
 
-def match_source(n: int) -> str:
-    """The statistics bucket of an n-token match: lookup:1, lookup:2+, lookup:4+, lookup:8+..."""
+def match_source(n: int, agree: bool = True) -> str:
+    """The statistics bucket of an n-token match: lookup:1, lookup:2+, lookup:4+, lookup:8+...,
+    with "/mixed" when the n-gram's earlier occurrences were followed by different tokens."""
     low = 1 << (n.bit_length() - 1)
-    return "lookup:1" if low == 1 else f"lookup:{low}+"
+    return ("lookup:1" if low == 1 else f"lookup:{low}+") + ("" if agree else "/mixed")

@@ -120,10 +120,11 @@ def convert(
         else:
             src = Path(gguf_in)
         _say(progress, f"scoring {config['num_hidden_layers']} layers ({method}) on {device}")
-        scores, calibration = score_model(
-            hf, method=method, n_samples=n_samples, seq_len=seq_len,
+        by_method, calibration = score_model(
+            hf, methods=(method,), n_samples=n_samples, seq_len=seq_len,
             calibration_file=calibration_file, device=device, seed=seed, progress=progress,
         )
+        scores = by_method[method]
         n_layer = config["num_hidden_layers"]
         if count is None:
             count = _check_count(choose_n_skip_auto(scores, gguf_path=src, progress=progress), n_layer)
@@ -177,29 +178,6 @@ def choose_n_skip_auto(
 def score_model(
     hf_dir: Path,
     *,
-    method: str,
-    n_samples: int,
-    seq_len: int,
-    calibration_file: str | os.PathLike[str] | None,
-    device: str,
-    seed: int,
-    progress: bool,
-) -> tuple[npt.NDArray[np.float64], str]:
-    """Load the HF model, make calibration sequences, score the layers.
-
-    Returns:
-        (scores [n_layer], the calibration description for the metadata).
-    """
-    scores, description = score_model_methods(
-        hf_dir, methods=(method,), n_samples=n_samples, seq_len=seq_len,
-        calibration_file=calibration_file, device=device, seed=seed, progress=progress,
-    )
-    return scores[method], description
-
-
-def score_model_methods(
-    hf_dir: Path,
-    *,
     methods: tuple[str, ...],
     n_samples: int,
     seq_len: int,
@@ -208,7 +186,8 @@ def score_model_methods(
     seed: int,
     progress: bool,
 ) -> tuple[dict[str, npt.NDArray[np.float64]], str]:
-    """`score_model` for several methods in one pass (one load, one calibration set).
+    """Load the HF model, make calibration sequences, score the layers by each method in
+    one pass (one load, one calibration set).
 
     The gate and block-influence hooks leave the forward values unchanged (gates are 1),
     so each method's scores are those of a pass with that method alone.

@@ -43,7 +43,7 @@ from sdfp_edge.convert import (
     METHODS,
     check_gguf_matches,
     hf_config,
-    score_model_methods,
+    score_model,
 )
 from sdfp_edge.metadata import read_model_info
 
@@ -64,7 +64,7 @@ def get_scores(args: argparse.Namespace, gguf_path: Path) -> tuple[dict[str, lis
     hf = Path(args.hf_dir)
     check_gguf_matches(gguf_path, hf_config(hf), hf_dir=hf)
     t0 = time.perf_counter()
-    scores, calibration = score_model_methods(
+    scores, calibration = score_model(
         hf, methods=METHODS, n_samples=args.n_samples, seq_len=args.seq_len,
         calibration_file=None, device=args.device, seed=args.seed, progress=True,
     )

@@ -14,9 +14,11 @@ benchmark on MT-Bench and HumanEval is `sdfp-edge bench`.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import statistics
+import textwrap
 import time
 
 from sdfp_edge.api import Model
@@ -33,6 +35,10 @@ PROMPTS = {
     "explain": "Explain in a short paragraph why the sky is blue.",
     "poem": "Write a short poem about the sea at night.",
     "code": "Write a Python function that returns the n-th Fibonacci number iteratively.",
+    # a 40-line method whose edited copy is the answer (the text is this Python's stdlib source)
+    "edit-function": "Rename the variable `chunk` to `piece` in this method and show the whole method:\n"
+                     "```python\n" + textwrap.dedent(inspect.getsource(textwrap.TextWrapper._handle_long_word))
+                     + "```",
 }
 
 
@@ -47,6 +53,7 @@ def main() -> None:
     ap.add_argument("--modes", default="off,off-again,auto,lookup,layerskip",
                     help="'off-again' is a second model instance decoding plainly: the A/A control "
                          "that shows how far two identical runs differ on this machine")
+    ap.add_argument("--prompts", default=",".join(PROMPTS), help="comma-separated names of the prompts to run")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="runs of every (prompt, mode); the median ratio is reported")
     ap.add_argument("--threads", type=int, default=None)
@@ -66,7 +73,8 @@ def main() -> None:
         m.chat([{"role": "user", "content": "Hi"}], max_tokens=4, mode=engine_mode(mode))  # page in, warm up, calibrate
     rows = []
     t0 = time.perf_counter()
-    for name, prompt in PROMPTS.items():
+    for name in args.prompts.split(","):
+        prompt = PROMPTS[name]
         ids = ms["off"].tokenize_chat([{"role": "user", "content": prompt}])
         runs: dict[str, list[dict]] = {mode: [] for mode in modes}
         for rep in range(args.repeats):

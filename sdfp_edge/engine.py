@@ -84,6 +84,18 @@ class GenerationStats:
         }
 
 
+class PositionUniforms:
+    """One uniform per output position, from (seed, position): the target's own draws do not
+    depend on how the controller split the text into cycles (see verify.py)."""
+
+    def __init__(self, seed: int | None) -> None:
+        self._entropy = np.random.SeedSequence(seed).entropy
+
+    def at(self, position: int) -> float:
+        seq = np.random.SeedSequence(self._entropy, spawn_key=(position,))
+        return float(np.random.Generator(np.random.PCG64(seq)).random())
+
+
 class SpeculativeDecoder:
     """Generation on one backend (one context, one KV cache), with pluggable drafters."""
 
@@ -193,6 +205,7 @@ class SpeculativeDecoder:
                 "shorten the prompt or raise --ctx-size"
             )
         rng = np.random.default_rng(sampling.seed)
+        positions = PositionUniforms(sampling.seed)
         tokens = list(prompt)
         total = Stopwatch()
         stats.prompt_tokens = len(prompt)
@@ -211,7 +224,7 @@ class SpeculativeDecoder:
                         stats.finish_reason = "length"
                         return
                     k_cap = max(0, min(self.k_max, free - 1, max_tokens - produced - 1))
-                    emitted = self._cycle(tokens, k_cap, sampling, rng, stats)
+                    emitted = self._cycle(tokens, k_cap, sampling, rng, positions, stats)
                 for t in emitted:
                     tokens.append(t)
                     produced += 1
@@ -228,8 +241,8 @@ class SpeculativeDecoder:
             stats.t_total += total.total
             stats.decisions = dict(stats.decisions)
 
-    def _cycle(self, tokens: list[int], k_cap: int, sampling: SamplingParams,
-               rng: np.random.Generator, stats: GenerationStats) -> list[int]:
+    def _cycle(self, tokens: list[int], k_cap: int, sampling: SamplingParams, rng: np.random.Generator,
+               positions: PositionUniforms, stats: GenerationStats) -> list[int]:
         """One draft-verify cycle; returns the tokens to emit (accepted drafts + one)."""
         b = self.backend
         drafter_name: str | None = None
@@ -266,7 +279,8 @@ class SpeculativeDecoder:
             verdict = accept_greedy(proposal.tokens, logits)
         else:
             p = probs_from_logits(logits, sampling)
-            verdict = rejection_sample(proposal.tokens, proposal.probs, p, rng)
+            uniforms = [positions.at(len(tokens) + i) for i in range(len(batch))]
+            verdict = rejection_sample(proposal.tokens, proposal.probs, p, rng, uniforms)
         b.truncate(start + 1 + verdict.n_accepted)
         if drafter_name is not None:
             # a model drafter's acceptance is per step spent: a confidence stop that drafted

@@ -84,6 +84,10 @@ def probs_from_logits(logits: npt.NDArray[np.floating], params: SamplingParams) 
 
 def sample(probs: npt.NDArray[np.float64], rng: np.random.Generator) -> int:
     """One draw from a probability vector [V] (inverse CDF; one uniform per draw)."""
+    return sample_at(probs, rng.random())
+
+
+def sample_at(probs: npt.NDArray[np.float64], u: float) -> int:
+    """The draw from probs [V] that the uniform u in [0, 1) selects (inverse CDF)."""
     cdf = np.cumsum(probs)
-    u = rng.random() * cdf[-1]
-    return int(min(np.searchsorted(cdf, u, side="right"), len(probs) - 1))
+    return int(min(np.searchsorted(cdf, u * cdf[-1], side="right"), len(probs) - 1))

@@ -13,17 +13,24 @@ Every cycle therefore emits n + 1 tokens.
 Greedy: d_i is kept while it equals argmax p_{i-1}; the next token is argmax p_n.
 Sampling (Leviathan et al. 2023, Chen et al. 2023): d_i is kept with probability
 min(1, p_{i-1}(d_i) / q_i(d_i)). The emitted sequence is distributed exactly as
-sampling from p alone, whatever q is.
+sampling from p alone, whatever q is. For deterministic drafts (q one-hot) given one
+uniform per output position, the rule is applied as a coupling: the target draws its own
+token at each position with that position's uniform, d_i is kept while it equals the
+draw, and the first differing draw is emitted. P(keep d_i) = p(d_i) and a differing draw
+follows normalize(p with d_i removed), the same rule; and the output is what plain
+sampling with those uniforms gives, whatever was drafted, so a seed reproduces it
+whatever the controller chose.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from sdfp_edge.sampling import sample
+from sdfp_edge.sampling import sample, sample_at
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,18 @@ def rejection_sample(
     q: npt.NDArray[np.float64] | None,
     p: npt.NDArray[np.float64],
     rng: np.random.Generator,
+    uniforms: Sequence[float] | None = None,
 ) -> Verdict:
     """Args: draft_tokens [k]; q [k, V] draft probabilities or None (one-hot drafts);
-    p [k+1, V] target probabilities (same sampling transform as q)."""
+    p [k+1, V] target probabilities (same sampling transform as q); uniforms [k+1], one
+    per output position (used with one-hot drafts: see the module docstring)."""
     d = np.asarray(draft_tokens, dtype=np.int64)
     k = len(d)
+    if q is None and uniforms is not None:
+        for i in range(k + 1):
+            x = sample_at(p[i], uniforms[i])
+            if i == k or x != d[i]:
+                return Verdict(i, x)
     rows = np.arange(k)
     p_d = p[rows, d]  # [k]
     q_d = np.ones(k) if q is None else q[rows, d]  # [k]

@@ -121,7 +121,7 @@ def test_sampling_end_to_end_matches_the_target_distribution(smol: Model, monkey
     expected = np.array([joint[c] for c in cells]) * n
     assert chisquare(observed, expected).pvalue > 0.01
 
-    def accept_all(d, q, p, rng):
+    def accept_all(d, q, p, rng, uniforms=None):
         return Verdict(len(d), int(rng.choice(len(p[len(d)]), p=p[len(d)])))
 
     monkeypatch.setattr("sdfp_edge.engine.rejection_sample", accept_all)

@@ -279,7 +279,8 @@ class SpeculativeDecoder:
             verdict = accept_greedy(proposal.tokens, logits)
         else:
             p = probs_from_logits(logits, sampling)
-            uniforms = [positions.at(len(tokens) + i) for i in range(len(batch))]
+            uniforms = None if proposal.probs is not None else [  # only one-hot drafts use them
+                positions.at(len(tokens) + i) for i in range(len(batch))]
             verdict = rejection_sample(proposal.tokens, proposal.probs, p, rng, uniforms)
         b.truncate(start + 1 + verdict.n_accepted)
         if drafter_name is not None:

@@ -102,9 +102,9 @@ def measure_counts(
             alpha = accepted / drafted if drafted else 0.0
             c = cost.t_step.get("layerskip", one) / one
             here = {n_: cost.verify(n_) / one for n_ in range(1, k_max + 2)}
-            k, predicted = predict(alpha, c, here.__getitem__, k_max)
+            k_any, drafting = predict(alpha, c, here.__getitem__, k_max, floor=0.0)
+            k, predicted = (k_any, drafting) if drafting > 1.0 else (0, 1.0)  # plain decoding competes
             _, projected = predict(alpha, c, lambda n_: 1.0, k_max)
-            _, drafting = predict(alpha, c, here.__getitem__, k_max, floor=0.0)
             t = CountTrial(n, layers, alpha, tokens / max(verifies, 1), c, k, predicted, projected, drafting)
             log(f"  skip {n:>2} layers {list(layers)}: acceptance {alpha:.2f}, "
                 f"{t.tokens_per_verify:.2f} tokens/verify, c {c:.2f}, best k {k}, "

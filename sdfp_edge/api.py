@@ -74,14 +74,22 @@ def check_max_tokens(max_tokens: Any) -> None:
         raise InvalidRequestError(f"max_tokens must be an integer in 1..{MAX_TOKENS_LIMIT}, got {max_tokens!r}")
 
 
-def resolve_skip_layers(
-    path: Path, skip_layers: Sequence[int] | None
-) -> tuple[tuple[int, ...], str, str | None, tuple[str, int]]:
+@dataclass(frozen=True)
+class SkipChoice:
+    """The draft's layers and where they came from, read from the GGUF header before loading."""
+
+    layers: tuple[int, ...]
+    source: str  # "command line", "GGUF metadata (<method>)" or "none"
+    note: str | None  # something the user should be told once (no skip list), or None
+    architecture: str
+    n_layer: int
+
+
+def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> SkipChoice:
     """The draft's layers: given explicitly, else the GGUF's sdfp.* metadata, else none.
 
-    Returns (layers, where they came from, a note for the user or None, (arch, n_layer)). Refuses a list the
-    model cannot run (range, duplicates, last layer, another model's list, an architecture
-    without layer-skip support) before llama.cpp loads anything.
+    Refuses a list the model cannot run (range, duplicates, last layer, another model's
+    list, an architecture without layer-skip support) before llama.cpp loads anything.
     """
     kv = read_kv(path)  # one header read for both
     arch, n_layer = model_info(kv, path)
@@ -91,14 +99,14 @@ def resolve_skip_layers(
     else:
         meta = skip_metadata(kv, path)
         if meta is None:
-            return (), "none", (f"note: {path.name} has no sdfp.* skip list: layer-skip drafts are off "
-                                "(prompt lookup and plain decoding remain); add one with "
-                                "`sdfp-edge convert` or pass --skip-layers"), (arch, n_layer)
+            return SkipChoice((), "none", (f"note: {path.name} has no sdfp.* skip list: layer-skip drafts are off "
+                                           "(prompt lookup and plain decoding remain); add one with "
+                                           "`sdfp-edge convert` or pass --skip-layers"), arch, n_layer)
         meta.check(architecture=arch, n_layer=n_layer)
         layers, source = meta.skip_layers, f"GGUF metadata ({meta.score_method or 'unknown method'})"
     if layers:
         check_skip_supported(arch)
-    return tuple(sorted(layers)), source, None, (arch, n_layer)
+    return SkipChoice(tuple(sorted(layers)), source, None, arch, n_layer)
 
 
 class Model:
@@ -121,10 +129,11 @@ class Model:
     ) -> None:
         path = resolve_model(None if model is None else str(model))
         # everything that can be checked from the file's metadata is checked before loading
-        self.skip_layers, self.skip_source, note, self._info = resolve_skip_layers(path, skip_layers)
-        self.notes: list[str] = [note] if note else []  # things the user should know once
-        self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads,
-                                    n_gpu_layers=n_gpu_layers, verbose=verbose, info=self._info)
+        choice = resolve_skip_layers(path, skip_layers)
+        self.skip_layers, self.skip_source = choice.layers, choice.source
+        self.notes: list[str] = [choice.note] if choice.note else []  # things the user should know once
+        self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                                    verbose=verbose, info=(choice.architecture, choice.n_layer))
         self.path = self.backend.path
         self._draft_backend: LlamaBackend | None = None
         try:

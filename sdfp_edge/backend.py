@@ -30,11 +30,8 @@ SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 
 
 def _import_llama_cpp() -> tuple[Any, Any]:
-    # ggml's CPU backend uses OpenMP. With the default (active, spinning) wait policy a decode
-    # takes 100x longer as soon as another process competes for the cores (measured: 22 ms
-    # -> 3 s per token on 2 cores); passive waiting costs little and degrades gracefully.
-    # It must be set before libgomp loads; a user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The process environment is the user's: no OpenMP wait policy is imposed (a PASSIVE
+    # default once cost 1.4x on an idle machine against plain llama.cpp; README, "Threads").
     try:
         import llama_cpp
         from llama_cpp import _internals

@@ -194,11 +194,19 @@ class Controller:
     def observe(self, source: str, n_drafted: int, n_accepted: int) -> None:
         self.acceptance.setdefault(source, Acceptance()).observe(n_drafted, n_accepted)
 
-    def choose(self, candidates: Sequence[Candidate]) -> Decision:
+    def choose(self, candidates: Sequence[Candidate], *, accepted_in_text: int | None = None) -> Decision:
+        """The best drafter and k for the next cycle, or plain decoding.
+
+        `accepted_in_text`: drafts accepted so far in the current text. While it is 0, drafts
+        are one-token probes: acceptance learned on earlier text is a weak guide to this one,
+        and a failed k-token draft wastes V(k+1) - 1 token times (2.2 at k = 4 on SmolLM2
+        here), a probe only V(2) - 1. None: no such limit.
+        """
         plain = 1.0 / self.cost.verify(1)
         best = Decision(None, 0, plain)
+        limit = 1 if accepted_in_text == 0 else self.k_max
         for cand in candidates:
-            k_top = min(cand.k_cap, self.k_max)
+            k_top = min(cand.k_cap, self.k_max, limit)
             if k_top <= 0:
                 continue
             rates = self.acceptance.setdefault(cand.key, Acceptance()).rates(k_top, optimistic=True)

@@ -248,15 +248,10 @@ class SpeculativeDecoder:
         drafter_name: str | None = None
         proposal = Proposal.empty()
         source = ""
-        if self.mode == "auto" and not stats.accepted:
-            # A new text starts with one-token probes until a draft is accepted: acceptance
-            # learned on earlier text is a weak guide to this one, and a failed k-token draft
-            # wastes V(k+1) - 1 token times (2.2 at k = 4 on SmolLM2 here), a probe V(2) - 1.
-            k_cap = min(k_cap, 1)
         if self.mode != "off" and k_cap > 0:
             cands, lookup = self._candidates(tokens, k_cap, sampling, rng)
             if self.mode == "auto":
-                decision = self.controller.choose(cands)
+                decision = self.controller.choose(cands, accepted_in_text=stats.accepted)
                 drafter_name, k, source = decision.drafter, decision.k, decision.source
             elif cands:  # forced: draft with the named drafter at the full cap
                 drafter_name, k, source = cands[0].drafter, cands[0].k_cap, cands[0].key

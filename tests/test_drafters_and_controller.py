@@ -137,3 +137,10 @@ def test_lookup_index_matches_the_definition_as_text_grows_and_changes() -> None
             k = int(rng.integers(1, 5))
             assert d.propose(text, k).tokens.tolist() == reference_lookup(text, k, 4), text
             text.append(int(rng.integers(0, 6)))
+
+
+def test_a_new_text_drafts_one_token_probes_until_a_draft_is_accepted() -> None:
+    c = Controller(k_max=4, cost=cost(CPU, {"lookup": 0.0}))
+    c.acceptance["lookup:8+"] = seen(100, 4, 4)  # earlier text: long runs always accepted
+    assert c.choose([Candidate("lookup", 4, "lookup:8+")], accepted_in_text=0).k == 1
+    assert c.choose([Candidate("lookup", 4, "lookup:8+")], accepted_in_text=1).k >= 3

@@ -25,7 +25,8 @@ from typing import Any
 from sdfp_edge.backend import LlamaBackend, check_skip_supported
 from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
 from sdfp_edge.drafters.base import Drafter
-from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
+from sdfp_edge.cost_store import CostStore
+from sdfp_edge.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.metadata import model_info, read_kv, skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
@@ -123,10 +124,15 @@ class Model:
         skip_layers: Sequence[int] | None = None,
         draft_model: str | os.PathLike[str] | None = None,
         k_max: int = 4,
+        lookup_max: int = LOOKUP_MAX,
         threshold: float = 0.8,
+        cost_cache: bool = True,
         verbose: bool = False,
         log: Any = None,
     ) -> None:
+        """`k_max`: longest model draft; `lookup_max`: longest prompt-lookup draft.
+        `cost_cache`: reuse (and keep) the controller's measurements across processes, so a
+        one-shot run starts warm (cost_store.py); False: learn from scratch in this process."""
         path = resolve_model(None if model is None else str(model))
         # everything that can be checked from the file's metadata is checked before loading
         choice = resolve_skip_layers(path, skip_layers)
@@ -138,7 +144,9 @@ class Model:
         self._draft_backend: LlamaBackend | None = None
         try:
             drafters = self._build_drafters(draft_model, threshold, n_threads, n_gpu_layers, verbose)
-            self.decoder = SpeculativeDecoder(self.backend, drafters, mode=mode, k_max=k_max)
+            store = CostStore(self._cost_identity(drafters)) if cost_cache else None
+            self.decoder = SpeculativeDecoder(self.backend, drafters, mode=mode, k_max=k_max,
+                                              lookup_max=lookup_max, cost_store=store)
         except BaseException:
             self.close()
             raise
@@ -158,9 +166,18 @@ class Model:
             self._draft_backend = LlamaBackend(resolve_model(str(draft_model)), n_ctx=b.n_ctx,
                                                n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                                verbose=verbose)
-            drafters.append(DraftModelDrafter(self._draft_backend, target_vocab=b.n_vocab,
+            size_ratio = Path(self._draft_backend.path).stat().st_size / Path(b.path).stat().st_size
+            drafters.append(DraftModelDrafter(self._draft_backend, target_vocab=b.n_vocab, cost_prior=size_ratio,
                                               threshold=threshold))
         return drafters
+
+    def _cost_identity(self, drafters: Sequence[Drafter]) -> dict[str, Any]:
+        ident = self.backend.identity()
+        ident["skip_layers"] = list(self.skip_layers)
+        if self._draft_backend is not None:
+            ident["draft_model"] = self._draft_backend.identity()["model"]
+        ident["drafters"] = sorted(d.name for d in drafters)
+        return ident
 
     # --- text in, text out -----------------------------------------------------------------
     def tokenize_prompt(self, prompt: str) -> list[int]:
@@ -269,7 +286,7 @@ class Model:
             self.last_stats["skip_layers"] = list(self.skip_layers)
             self.last_stats["mode"] = self.decoder.mode
             self.last_stats["cost_model"] = self.decoder.controller.cost.relative()
-            self.last_stats["calibration_s"] = self.decoder.calibration_seconds
+            self.last_stats["cost_model_source"] = self.decoder.cost_source
         if stats.finish_reason != "stop":
             text += decoder.decode(b"", final=True)
         if len(text) > sent or pending:

@@ -57,6 +57,18 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if len(diff) else n
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def default_threads() -> int:
     """llama.cpp's own default: the physical cores, approximated by the usable CPUs."""
     try:
@@ -155,6 +167,13 @@ class LlamaBackend:
 
     def metadata(self) -> dict[str, str]:
         return self._model.metadata()
+
+    def identity(self) -> dict[str, Any]:
+        """What the speed of a decode depends on: the file, the build, the settings, the CPU."""
+        st = Path(self.path).stat()
+        return {"model": [str(Path(self.path).resolve()), st.st_size, st.st_mtime_ns],
+                "runtime": runtime_identity(), "n_threads": self.n_threads,
+                "n_gpu_layers": self.n_gpu_layers, "n_batch": self.n_batch, "cpu": cpu_name()}
 
     # --- layer mask --------------------------------------------------------------------
     def set_skip(self, layers: Sequence[int] | None) -> None:
@@ -258,6 +277,16 @@ class LlamaBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def runtime_identity() -> dict[str, Any]:
+    """What identifies the llama.cpp build in use: its version, libraries and CPU features."""
+    llama_cpp, _ = _import_llama_cpp()
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    libs = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in lib_dir.glob("*") if p.is_file())
+    info = llama_cpp.llama_print_system_info()
+    return {"version": llama_cpp.__version__, "libs": libs,
+            "system_info": info.decode() if isinstance(info, bytes) else str(info)}
 
 
 def describe(backend: LlamaBackend) -> dict[str, Any]:

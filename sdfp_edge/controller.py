@@ -5,9 +5,11 @@ and a layer-skip draft still pays the full output head, so a fixed draft length 
 plain decoding. The controller therefore decides from measurements taken on the machine
 it runs on:
 
-  t_verify(n)   seconds to decode n tokens in one batch with the full model (measured at
-                warm-up for n = 1..k_max+1, then refined by every real verify);
-  t_step[d]     seconds per model evaluation of drafter d (0 for prompt lookup);
+  t_verify(n)   seconds to decode n tokens in one batch with the full model, learned from
+                the real verifies (CostModel: no warm-up; measured sizes persist across
+                processes, cost_store.py);
+  t_step[d]     seconds per model evaluation of drafter d (0 for prompt lookup; before it
+                is measured, a prior from the drafter's size);
   a_i[s]        the running rate at which source s's i-th draft is accepted once drafts
                 1..i-1 were. A source is a drafter, or for prompt lookup the length of the
                 matched n-gram (1, 2-3, 4-7, 8+) and whether its earlier occurrences agreed
@@ -29,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 EMA = 0.2  # weight of a new timing sample
 DECAY = 0.98  # per-cycle forgetting of acceptance counts (adapts to the text at hand)
@@ -73,6 +76,17 @@ class Acceptance:
             self.reached[i] += 1.0
             self.accepted[i] += 1.0 if i < n_accepted else 0.0
 
+    def state(self) -> dict[str, list[float]]:
+        return {"reached": list(self.reached), "accepted": list(self.accepted)}
+
+    @staticmethod
+    def from_state(state: dict[str, Any]) -> Acceptance:
+        reached = [float(x) for x in state.get("reached", [])]
+        accepted = [float(x) for x in state.get("accepted", [])]
+        if len(reached) != len(accepted) or any(a > r + 1e-9 or a < 0 for a, r in zip(accepted, reached)):
+            raise ValueError("inconsistent acceptance counts")
+        return Acceptance(reached, accepted)
+
     @property
     def trials(self) -> float:
         """Evidence behind the first position (every cycle reaches it)."""
@@ -84,7 +98,7 @@ class Acceptance:
         Each estimate shrinks toward the one before it (the first toward 1/2) with the weight
         of PRIOR_WEIGHT observations, so a position with little evidence borrows from its
         neighbour. `optimistic` adds an exploration bonus to the first position only: an
-        untried source is then tried with one draft, the cheapest experiment, not k_max.
+        untried source is then tried with one draft, the cheapest experiment, not k_cap.
         """
         out: list[float] = []
         prior = 0.5
@@ -100,14 +114,48 @@ class Acceptance:
         return out
 
 
+WARM_SAMPLES = 3  # the first decodes of a batch size carry one-off costs: keep their minimum
+PRIOR_SMALL_SLOPE = 0.5  # before a size is measured: each of the first extra tokens costs this
+SMALL_BATCH = 4  # ... up to this many tokens; beyond, a long batch's per-token cost applies
+MIN_PREFILL = 16  # a prompt this long is decoded at prompt-processing speed
+
+
 @dataclass
 class CostModel:
+    """Seconds to verify n tokens and per draft step, learned from the real decodes.
+
+    Nothing is timed up front: plain decoding measures t_verify(1) in its first cycle, each
+    verify of n tokens measures t_verify(n), and every prompt of MIN_PREFILL+ tokens gives
+    the per-token cost of a long batch (t_batch_token). Sizes not yet measured are
+    extrapolated: PRIOR_SMALL_SLOPE x t_verify(1) per extra token (or the slope measured
+    between the two largest sizes) up to SMALL_BATCH tokens, t_batch_token per token beyond,
+    which matches the measured curve on this CPU (notes: V(32) = 6.7, 0.17-0.19 per token
+    from 16 to 64) and is conservative on a GPU until the real verifies correct it.
+    """
+
     t_verify: dict[int, float] = field(default_factory=dict)  # n -> seconds
     t_step: dict[str, float] = field(default_factory=dict)  # drafter -> seconds per evaluation
+    t_batch_token: float | None = None  # seconds per token of a long batch (a prompt's prefill)
+    samples: dict[int, int] = field(default_factory=dict)  # n -> verifies observed
 
     def observe_verify(self, n: int, seconds: float) -> None:
         old = self.t_verify.get(n)
-        self.t_verify[n] = seconds if old is None else (1 - EMA) * old + EMA * seconds
+        seen = self.samples.get(n, 0)
+        if old is None:
+            self.t_verify[n] = seconds
+        elif seen < WARM_SAMPLES:
+            self.t_verify[n] = min(old, seconds)
+        else:
+            self.t_verify[n] = (1 - EMA) * old + EMA * seconds
+        self.samples[n] = seen + 1
+
+    def observe_batch(self, n: int, seconds: float) -> None:
+        """A prefill of n new tokens (ignored below MIN_PREFILL: not a long batch)."""
+        if n < MIN_PREFILL:
+            return
+        per = seconds / n
+        old = self.t_batch_token
+        self.t_batch_token = per if old is None else (1 - EMA) * old + EMA * per
 
     def observe_step(self, drafter: str, steps: int, seconds: float) -> None:
         if steps <= 0:
@@ -116,8 +164,13 @@ class CostModel:
         old = self.t_step.get(drafter)
         self.t_step[drafter] = per if old is None else (1 - EMA) * old + EMA * per
 
+    @property
+    def ready(self) -> bool:
+        """Whether t_verify(1), the plain-decoding rate everything is weighed against, is known."""
+        return 1 in self.t_verify
+
     def verify(self, n: int) -> float:
-        """t_verify(n), linearly inter/extrapolated from the measured sizes.
+        """t_verify(n): measured, interpolated between measured sizes, or extrapolated.
 
         Never below a smaller batch's cost: verifying more tokens cannot be cheaper, and a
         noisy sample saying otherwise would make long drafts look free.
@@ -131,14 +184,40 @@ class CostModel:
         known = sorted(self.t_verify)
         if not known:
             raise RuntimeError("cost model has no verify timings yet")
-        if len(known) == 1:
-            return self.t_verify[known[0]] * n / known[0]
-        lo = max([m for m in known if m < n], default=known[0])
-        hi = min([m for m in known if m > n], default=known[-1])
-        if lo == hi:
-            lo, hi = known[-2], known[-1]
-        slope = (self.t_verify[hi] - self.t_verify[lo]) / (hi - lo)
-        return self.t_verify[lo] + slope * (n - lo)
+        top = known[-1]
+        if n < top:
+            lo = max([m for m in known if m < n], default=None)
+            hi = min(m for m in known if m > n)
+            if lo is None:
+                return self.t_verify[hi] * n / hi
+            slope = (self.t_verify[hi] - self.t_verify[lo]) / (hi - lo)
+            return self.t_verify[lo] + slope * (n - lo)
+        if len(known) >= 2:
+            prev = known[-2]
+            small = (self.t_verify[top] - self.t_verify[prev]) / (top - prev)
+        else:
+            small = PRIOR_SMALL_SLOPE * self.t_verify[top] / top
+        big = self.t_batch_token if self.t_batch_token is not None else small
+        extra_small = max(0, min(n, SMALL_BATCH) - top)
+        return self.t_verify[top] + small * extra_small + big * (n - top - extra_small)
+
+    def step(self, drafter: str, prior: float) -> float:
+        """t_step of a drafter, or `prior` x t_verify(1) before it was ever measured."""
+        t = self.t_step.get(drafter)
+        return t if t is not None else prior * self.verify(1)
+
+    def state(self) -> dict[str, Any]:
+        """What is worth keeping across processes (cost_store.py)."""
+        return {"t_verify": {str(n): t for n, t in sorted(self.t_verify.items())},
+                "samples": {str(n): c for n, c in sorted(self.samples.items())},
+                "t_step": dict(self.t_step), "t_batch_token": self.t_batch_token}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.t_verify = {int(n): float(t) for n, t in state.get("t_verify", {}).items()}
+        self.samples = {int(n): int(c) for n, c in state.get("samples", {}).items()}
+        self.t_step = {str(d): float(t) for d, t in state.get("t_step", {}).items()}
+        tb = state.get("t_batch_token")
+        self.t_batch_token = None if tb is None else float(tb)
 
     def relative(self) -> dict[str, object]:
         """c and V(n) relative to one target token, as the notes and the bench report them."""
@@ -163,6 +242,7 @@ class CostModel:
                 samples[n].append(measure(n))
         for n, ts in samples.items():
             self.t_verify[n] = min(ts)
+            self.samples[n] = max(self.samples.get(n, 0), len(ts))
 
 
 @dataclass(frozen=True)
@@ -170,6 +250,7 @@ class Candidate:
     drafter: str
     k_cap: int  # the most tokens it may draft now (lookup: what its match offers)
     source: str = ""  # whose acceptance statistics judge it (default: the drafter's own)
+    cost_prior: float = 1.0  # its step's cost relative to t_verify(1) until one is measured
 
     @property
     def key(self) -> str:
@@ -186,7 +267,6 @@ class Decision:
 
 @dataclass
 class Controller:
-    k_max: int = 4
     margin: float = 1.05  # speculation must beat plain decoding by this factor (timing noise)
     cost: CostModel = field(default_factory=CostModel)
     acceptance: dict[str, Acceptance] = field(default_factory=dict)
@@ -194,25 +274,45 @@ class Controller:
     def observe(self, source: str, n_drafted: int, n_accepted: int) -> None:
         self.acceptance.setdefault(source, Acceptance()).observe(n_drafted, n_accepted)
 
+    def state(self) -> dict[str, Any]:
+        return {"cost": self.cost.state(),
+                "acceptance": {s: a.state() for s, a in self.acceptance.items() if a.reached}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Adopt what an earlier process measured; anything malformed is dropped whole."""
+        cost, acceptance = CostModel(), {}
+        try:
+            cost.load_state(state.get("cost", {}))
+            for source, a in state.get("acceptance", {}).items():
+                acceptance[str(source)] = Acceptance.from_state(a)
+        except (AttributeError, TypeError, ValueError):
+            return
+        self.cost, self.acceptance = cost, acceptance
+
     def choose(self, candidates: Sequence[Candidate], *, accepted_in_text: int | None = None) -> Decision:
         """The best drafter and k for the next cycle, or plain decoding.
 
+        Plain decoding until t_verify(1) is measured (the first cycle of a cold start).
         `accepted_in_text`: drafts accepted so far in the current text. While it is 0, drafts
         are one-token probes: acceptance learned on earlier text is a weak guide to this one,
         and a failed k-token draft wastes V(k+1) - 1 token times (2.2 at k = 4 on SmolLM2
         here), a probe only V(2) - 1. None: no such limit.
         """
-        plain = 1.0 / self.cost.verify(1)
-        best = Decision(None, 0, plain)
-        limit = 1 if accepted_in_text == 0 else self.k_max
+        if not self.cost.ready:
+            return Decision(None, 0, 0.0)
+        best = Decision(None, 0, 1.0 / self.cost.verify(1))
+        limit = 1 if accepted_in_text == 0 else None
         for cand in candidates:
-            k_top = min(cand.k_cap, self.k_max, limit)
+            k_top = cand.k_cap if limit is None else min(cand.k_cap, limit)
             if k_top <= 0:
                 continue
             rates = self.acceptance.setdefault(cand.key, Acceptance()).rates(k_top, optimistic=True)
-            step = self.cost.t_step.get(cand.drafter, 0.0)
+            step = self.cost.step(cand.drafter, cand.cost_prior)
+            expected, reach = 1.0, 1.0  # E(k), and the chance that all k drafts are accepted
             for k in range(1, k_top + 1):
-                rate = expected_tokens_from_rates(rates[:k]) / (k * step + self.cost.verify(k + 1))
+                reach *= rates[k - 1]
+                expected += reach
+                rate = expected / (k * step + self.cost.verify(k + 1))
                 if rate > best.expected_rate * (self.margin if best.drafter is None else 1.0):
                     best = Decision(cand.drafter, k, rate, cand.key)
         return best

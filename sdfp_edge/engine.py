@@ -20,12 +20,16 @@ import numpy as np
 
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.controller import Candidate, Controller, Stopwatch
+from sdfp_edge.cost_store import CostStore
 from sdfp_edge.drafters.base import Drafter, Proposal
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
 from sdfp_edge.verify import accept_greedy, rejection_sample
 
 MODES = ("auto", "layerskip", "lookup", "draft-model", "off")
+# the longest prompt-lookup draft: on this CPU a batch of 32 costs 6.7 single tokens, so a
+# fully accepted 32-token copy yields 4.9 tokens per token-time, where 4 drafts cap it at 2.2
+LOOKUP_MAX = 32
 
 
 @dataclass
@@ -68,6 +72,8 @@ class GenerationStats:
             "reused_prompt_tokens": self.reused_tokens,
             "tokens": self.tokens,
             "tokens_per_second": self.tokens / gen_time if gen_time > 0 else 0.0,
+            # everything the call cost, prompt processing included
+            "end_to_end_tokens_per_second": self.tokens / self.t_total if self.t_total > 0 else 0.0,
             "drafted": self.drafted,
             "accepted": self.accepted,
             "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
@@ -106,12 +112,25 @@ class SpeculativeDecoder:
         *,
         mode: str = "auto",
         k_max: int = 4,
+        lookup_max: int = LOOKUP_MAX,
+        cost_store: CostStore | None = None,
     ) -> None:
+        """`k_max`: the longest model draft; `lookup_max`: the longest prompt-lookup draft
+        (free to make: a long match that is trusted pays at prompt-processing speed).
+        `cost_store`: where measurements persist across processes (None: this process only)."""
         self.backend = backend
         self.drafters = {d.name: d for d in drafters}
-        self.controller = Controller(k_max=k_max)
+        self.controller = Controller()
         self.k_max = k_max
-        self.calibration_seconds: float | None = None  # None: not measured yet
+        self.lookup_max = lookup_max
+        self.cost_store = cost_store
+        self.cost_source = "learned in this process"
+        if cost_store is not None:
+            state = cost_store.load()
+            if state is not None:
+                self.controller.load_state(state)
+                if self.controller.cost.ready:
+                    self.cost_source = f"persisted ({cost_store.path})"
         self.set_mode(mode)
 
     def check_mode(self, mode: str) -> None:
@@ -132,12 +151,12 @@ class SpeculativeDecoder:
 
     # --- measurement ---------------------------------------------------------------------
     def calibrate(self) -> None:
-        """Warm-up: time verifies of 1..k_max+1 tokens and a draft step of each model drafter.
+        """Time verifies of 1..k_max+1 tokens and a draft step of each model drafter, now.
 
-        Runs at the end of the current KV cache and removes what it added. Once per decoder:
-        later generations reuse and keep refining the figures.
+        Never called by `generate` (the controller learns from real cycles and persisted
+        measurements); tools that need the whole curve at once call it (skip_count.py).
+        Runs at the end of the current KV cache and removes what it added.
         """
-        t0 = time.perf_counter()
         b = self.backend
         start = b.n_past
         room = b.n_ctx - start
@@ -165,23 +184,28 @@ class SpeculativeDecoder:
                 self.controller.cost.observe_step(name, max(p.steps, 1), sw.last)
             elif not d.uses_model:
                 self.controller.cost.t_step[name] = 0.0
-        self.calibration_seconds = time.perf_counter() - t0
+
+    def persist(self) -> None:
+        if self.cost_store is not None and self.controller.cost.ready:
+            self.cost_store.save(self.controller.state())
 
     # --- the loop ------------------------------------------------------------------------
-    def _candidates(self, tokens: list[int], k_cap: int, sampling: SamplingParams,
+    def _candidates(self, tokens: list[int], room: int, sampling: SamplingParams,
                     rng: np.random.Generator) -> tuple[list[Candidate], Proposal | None]:
-        """Drafters the controller may choose now, with their caps; lookup's free proposal."""
+        """Drafters the controller may choose now, with their caps; lookup's free proposal.
+
+        `room`: the most tokens any draft may have (context and max_tokens left)."""
         lookup = None
         cands: list[Candidate] = []
         for name, d in self.drafters.items():
             if self.mode not in ("auto", name):
                 continue
             if not d.uses_model:
-                lookup = d.propose(tokens, k_cap, sampling, rng)
+                lookup = d.propose(tokens, min(room, self.lookup_max), sampling, rng)
                 if lookup.k:
-                    cands.append(Candidate(name, lookup.k, lookup.source))
-            else:
-                cands.append(Candidate(name, k_cap))
+                    cands.append(Candidate(name, lookup.k, lookup.source, cost_prior=0.0))
+            elif min(room, self.k_max) > 0:
+                cands.append(Candidate(name, min(room, self.k_max), cost_prior=d.cost_prior))
         return cands, lookup
 
     def generate(
@@ -213,8 +237,7 @@ class SpeculativeDecoder:
             with Stopwatch() as sw:
                 stats.reused_tokens = b.sync(tokens[:-1])
             stats.t_prefill = sw.total
-        if self.mode != "off" and self.calibration_seconds is None:
-            self.calibrate()
+            self.controller.cost.observe_batch(len(tokens) - 1 - stats.reused_tokens, sw.total)
         produced = 0
         try:
             while produced < max_tokens:
@@ -223,8 +246,8 @@ class SpeculativeDecoder:
                     if free < 1:
                         stats.finish_reason = "length"
                         return
-                    k_cap = max(0, min(self.k_max, free - 1, max_tokens - produced - 1))
-                    emitted = self._cycle(tokens, k_cap, sampling, rng, positions, stats)
+                    room = max(0, min(free - 1, max_tokens - produced - 1))
+                    emitted = self._cycle(tokens, room, sampling, rng, positions, stats)
                 for t in emitted:
                     tokens.append(t)
                     produced += 1
@@ -240,16 +263,19 @@ class SpeculativeDecoder:
             b.truncate(len(tokens) - 1)
             stats.t_total += total.total
             stats.decisions = dict(stats.decisions)
+            self.persist()
 
-    def _cycle(self, tokens: list[int], k_cap: int, sampling: SamplingParams, rng: np.random.Generator,
+    def _cycle(self, tokens: list[int], room: int, sampling: SamplingParams, rng: np.random.Generator,
                positions: PositionUniforms, stats: GenerationStats) -> list[int]:
-        """One draft-verify cycle; returns the tokens to emit (accepted drafts + one)."""
+        """One draft-verify cycle; returns the tokens to emit (accepted drafts + one).
+
+        `room`: the most tokens a draft may have (context and max_tokens left)."""
         b = self.backend
         drafter_name: str | None = None
         proposal = Proposal.empty()
         source = ""
-        if self.mode != "off" and k_cap > 0:
-            cands, lookup = self._candidates(tokens, k_cap, sampling, rng)
+        if self.mode != "off" and room > 0:
+            cands, lookup = self._candidates(tokens, room, sampling, rng)
             if self.mode == "auto":
                 decision = self.controller.choose(cands, accepted_in_text=stats.accepted)
                 drafter_name, k, source = decision.drafter, decision.k, decision.source

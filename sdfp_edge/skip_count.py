@@ -76,7 +76,7 @@ def measure_counts(
     from sdfp_edge.drafters import SkipLayersDrafter
 
     trials = []
-    with Model(gguf_path, n_ctx=1024, n_threads=n_threads, skip_layers=(), k_max=k_max) as m:
+    with Model(gguf_path, n_ctx=1024, n_threads=n_threads, skip_layers=(), k_max=k_max, cost_cache=False) as m:
         if m.backend.metadata().get("tokenizer.chat_template"):
             msgs = [m.tokenize_chat([{"role": "user", "content": p}]) for p in prompts]
         else:  # a base model (e.g. gemma-3-270m): the prompts as plain text, as calibration does
@@ -84,6 +84,7 @@ def measure_counts(
         for mm in msgs:
             for _ in m.stream_tokens(mm, max_tokens=max_tokens, mode="off"):
                 pass
+        m.decoder.calibrate()  # V(n) for every n the counts' drafts can use, not only k_max + 1
         cost = m.decoder.controller.cost
         for n in counts:
             layers = tuple(sorted(rank(n)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +16,7 @@ from sdfp_edge.controller import (
     expected_tokens,
     expected_tokens_from_rates,
 )
+from sdfp_edge.cost_store import CostStore
 from sdfp_edge.drafters import PromptLookupDrafter
 from sdfp_edge.drafters.prompt_lookup import match_source
 
@@ -68,13 +72,13 @@ def seen(n: int, k: int, accepted: int) -> Acceptance:
 
 
 def test_a_costly_draft_loses_to_plain_decoding_even_if_always_accepted() -> None:
-    c = Controller(k_max=4, cost=cost(CPU, {"layerskip": 0.017}))
+    c = Controller(cost=cost(CPU, {"layerskip": 0.017}))
     c.acceptance["layerskip"] = seen(200, 4, 4)
     assert c.choose([Candidate("layerskip", 4)]).drafter is None
 
 
 def test_free_lookup_drafts_win_when_accepted_and_are_dropped_when_not() -> None:
-    c = Controller(k_max=4, cost=cost(CPU, {"lookup": 0.0}))
+    c = Controller(cost=cost(CPU, {"lookup": 0.0}))
     c.acceptance["lookup:8+"] = seen(100, 4, 4)
     d = c.choose([Candidate("lookup", 4, "lookup:8+")])
     assert (d.drafter, d.source) == ("lookup", "lookup:8+") and d.k >= 3
@@ -83,11 +87,11 @@ def test_free_lookup_drafts_win_when_accepted_and_are_dropped_when_not() -> None
 
 
 def test_an_untried_source_is_explored_with_one_draft_and_only_if_it_could_pay() -> None:
-    cheap = Controller(k_max=4, cost=cost({1: 0.02, 2: 0.021, 5: 0.024}, {"layerskip": 0.008}))
+    cheap = Controller(cost=cost({1: 0.02, 2: 0.021, 5: 0.024}, {"layerskip": 0.008}))
     assert cheap.choose([Candidate("layerskip", 4)]).drafter == "layerskip"  # GPU-like V(n): worth a try
-    costly = Controller(k_max=4, cost=cost(CPU, {"layerskip": 0.019}))
+    costly = Controller(cost=cost(CPU, {"layerskip": 0.019}))
     assert costly.choose([Candidate("layerskip", 4)]).drafter is None
-    fresh = Controller(k_max=4, cost=cost(CPU, {"lookup": 0.0})).choose([Candidate("lookup", 4, "lookup:4+")])
+    fresh = Controller(cost=cost(CPU, {"lookup": 0.0})).choose([Candidate("lookup", 4, "lookup:4+")])
     assert (fresh.drafter, fresh.k) == ("lookup", 1)
 
 
@@ -140,7 +144,93 @@ def test_lookup_index_matches_the_definition_as_text_grows_and_changes() -> None
 
 
 def test_a_new_text_drafts_one_token_probes_until_a_draft_is_accepted() -> None:
-    c = Controller(k_max=4, cost=cost(CPU, {"lookup": 0.0}))
+    c = Controller(cost=cost(CPU, {"lookup": 0.0}))
     c.acceptance["lookup:8+"] = seen(100, 4, 4)  # earlier text: long runs always accepted
     assert c.choose([Candidate("lookup", 4, "lookup:8+")], accepted_in_text=0).k == 1
     assert c.choose([Candidate("lookup", 4, "lookup:8+")], accepted_in_text=1).k >= 3
+
+
+# --- learning costs from real cycles, keeping them across processes ---------------------------
+def test_a_cold_controller_decodes_plainly_until_one_token_is_timed() -> None:
+    c = Controller()
+    assert c.choose([Candidate("lookup", 8, "lookup:8+", cost_prior=0.0)]).drafter is None
+    c.cost.observe_verify(1, 0.020)
+    assert c.choose([Candidate("lookup", 8, "lookup:8+", cost_prior=0.0)]).drafter == "lookup"
+
+
+def test_the_first_samples_of_a_size_keep_their_minimum_then_average() -> None:
+    cm = CostModel()
+    for t in (0.050, 0.020, 0.030):  # the first decode of a shape pays one-off costs
+        cm.observe_verify(2, t)
+    assert cm.t_verify[2] == 0.020
+    cm.observe_verify(2, 0.030)
+    assert cm.t_verify[2] == pytest.approx(0.8 * 0.020 + 0.2 * 0.030)
+
+
+def test_unmeasured_sizes_extrapolate_from_a_long_batch_cost_and_measured_ones_win() -> None:
+    cm = CostModel()
+    cm.observe_verify(1, 0.060)
+    cm.observe_batch(8, 0.4)  # too short to be a prompt-processing sample
+    assert cm.t_batch_token is None
+    cm.observe_batch(100, 1.2)  # 12 ms per token: Qwen 1.5B's prompt speed here
+    v = {n: cm.verify(n) / 0.060 for n in (2, 4, 8, 32)}
+    assert v[2] == pytest.approx(1.5) and v[4] == pytest.approx(2.5)
+    assert v[32] == pytest.approx(2.5 + 28 * 0.2)
+    assert all(cm.verify(n + 1) >= cm.verify(n) for n in range(1, 40))
+    cm.observe_verify(8, 0.060 * 3.23)  # measured: V(8) = 3.23 (notes)
+    assert cm.verify(8) / 0.060 == pytest.approx(3.23)
+    assert cm.verify(6) / 0.060 == pytest.approx(1 + 5 * (3.23 - 1) / 7)  # between the measured 1 and 8
+
+
+def test_long_trusted_lookup_matches_draft_long_on_a_prompt_speed_cost_curve() -> None:
+    cm = CostModel()
+    for n, v in {1: 1.0, 2: 1.58, 4: 1.78, 8: 3.23, 16: 3.96, 32: 6.71}.items():  # Qwen 1.5B here
+        cm.observe_verify(n, 0.060 * v)
+    c = Controller(cost=cm)
+    c.acceptance["lookup:8+"] = seen(100, 32, 32)
+    d = c.choose([Candidate("lookup", 32, "lookup:8+", cost_prior=0.0)], accepted_in_text=5)
+    assert d.k >= 16
+    c.acceptance["lookup:1"] = seen(100, 4, 0)  # a source that is never accepted is not drafted
+    assert c.choose([Candidate("lookup", 32, "lookup:1", cost_prior=0.0)], accepted_in_text=5).drafter is None
+
+
+def test_an_unmeasured_model_drafter_is_judged_by_its_cost_prior() -> None:
+    cm = CostModel(t_verify={1: 0.020, 2: 0.021, 3: 0.022})  # GPU-like V(n)
+    cheap = Controller(cost=cm).choose([Candidate("layerskip", 2, cost_prior=0.3)])
+    assert cheap.drafter == "layerskip"
+    assert Controller(cost=cm).choose([Candidate("layerskip", 2, cost_prior=0.95)]).drafter is None
+
+
+def test_controller_state_round_trips_and_a_damaged_state_is_dropped() -> None:
+    c = Controller(cost=cost(CPU, {"layerskip": 0.017}))
+    c.cost.observe_batch(64, 0.3)
+    c.observe("lookup:2+", 3, 2)
+    again = Controller()
+    again.load_state(json.loads(json.dumps(c.state())))
+    assert again.cost.t_verify == c.cost.t_verify and again.cost.t_step == c.cost.t_step
+    assert again.cost.t_batch_token == c.cost.t_batch_token
+    assert again.acceptance["lookup:2+"].rates(3) == c.acceptance["lookup:2+"].rates(3)
+    broken = c.state()
+    broken["acceptance"]["lookup:2+"] = {"reached": [1.0], "accepted": [5.0]}
+    again = Controller()
+    again.load_state(broken)
+    assert not again.cost.ready and not again.acceptance
+    again.load_state({"cost": {"t_verify": {"x": 1}}})
+    assert not again.cost.ready
+
+
+def test_cost_store_round_trip_identity_and_damage(tmp_path: Path) -> None:
+    a = CostStore({"model": ["m.gguf", 1, 2], "n_threads": 2}, tmp_path)
+    assert a.load() is None
+    a.save({"cost": {"t_verify": {"1": 0.02}}})
+    assert a.load() == {"cost": {"t_verify": {"1": 0.02}}}
+    other = CostStore({"model": ["m.gguf", 1, 2], "n_threads": 4}, tmp_path)
+    assert other.path != a.path and other.load() is None
+    a.path.write_text("{not json")
+    assert a.load() is None
+    a.path.write_text(json.dumps({"schema": "something-else", "state": {}}))
+    assert a.load() is None
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    CostStore({"x": 1}, blocked / "costs").save({"cost": {}})  # cannot be written: ignored
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".costs-")] == []

@@ -31,6 +31,7 @@ class Proposal:
 class Drafter(Protocol):
     name: str
     uses_model: bool  # False: proposals cost no model evaluation (prompt lookup)
+    cost_prior: float  # a step's cost relative to the target's token, until one is measured
 
     def propose(
         self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator

@@ -21,7 +21,10 @@ class DraftModelDrafter:
     name = "draft-model"
     uses_model = True
 
-    def __init__(self, draft: LlamaBackend, *, target_vocab: int, threshold: float = 0.8) -> None:
+    def __init__(self, draft: LlamaBackend, *, target_vocab: int, threshold: float = 0.8,
+                 cost_prior: float = 1.0) -> None:
+        """`cost_prior`: a step's cost relative to the target's, until one is measured (the
+        ratio of the files' sizes is a fair guess: decoding reads every weight once)."""
         if draft.n_vocab != target_vocab:
             raise InvalidRequestError(
                 f"the draft model's vocabulary ({draft.n_vocab} tokens) differs from the target's "
@@ -29,6 +32,7 @@ class DraftModelDrafter:
             )
         self.backend = draft
         self.threshold = threshold
+        self.cost_prior = cost_prior
 
     def propose(
         self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator

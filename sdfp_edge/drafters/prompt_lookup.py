@@ -31,6 +31,7 @@ class PromptLookupDrafter:
 
     name = "lookup"
     uses_model = False
+    cost_prior = 0.0
 
     def __init__(self, *, max_ngram: int = 8, min_ngram: int = 1) -> None:
         if not 1 <= min_ngram <= max_ngram:

@@ -29,6 +29,9 @@ class SkipLayersDrafter:
         if not self.skip_layers:
             raise ValueError("a layer-skip drafter needs at least one layer to skip")
         self.threshold = threshold
+        # the layers it still runs; the output head makes the real figure higher (0.89-0.92
+        # measured for 3 of 28-30 layers here), which the first measured step corrects
+        self.cost_prior = 1.0 - len(self.skip_layers) / backend.n_layer
 
     def propose(
         self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator

@@ -197,15 +197,18 @@ class SpeculativeDecoder:
         `room`: the most tokens any draft may have (context and max_tokens left)."""
         lookup = None
         cands: list[Candidate] = []
+        # a one-hot draft is accepted with the target's probability of it when sampling, far
+        # less often than when greedy: the two regimes keep separate statistics
+        regime = "" if sampling.greedy else "~sampled"
         for name, d in self.drafters.items():
             if self.mode not in ("auto", name):
                 continue
             if not d.uses_model:
                 lookup = d.propose(tokens, min(room, self.lookup_max), sampling, rng)
                 if lookup.k:
-                    cands.append(Candidate(name, lookup.k, lookup.source, cost_prior=0.0))
+                    cands.append(Candidate(name, lookup.k, (lookup.source or name) + regime, cost_prior=0.0))
             elif min(room, self.k_max) > 0:
-                cands.append(Candidate(name, min(room, self.k_max), cost_prior=d.cost_prior))
+                cands.append(Candidate(name, min(room, self.k_max), name + regime, cost_prior=d.cost_prior))
         return cands, lookup
 
     def generate(

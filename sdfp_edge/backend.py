@@ -93,8 +93,8 @@ class LlamaBackend:
         n_seq_max: int = 1,
     ) -> None:
         """`info` is (architecture, n_layer) when the caller already read the header.
-        `n_seq_max`: sequences sharing the context (parallel.py); above 1 the KV cache is
-        unified, so all of them share its n_ctx cells and a common prefix is stored once."""
+        `n_seq_max`: sequences sharing the context (parallel.py); each gets its own KV stream
+        of n_ctx / n_seq_max cells (why not a unified cache: parallel.py)."""
         path = check_gguf_file(model_path)
         self.path = path
         self.arch, self.n_layer = info if info is not None else read_model_info(path)
@@ -125,7 +125,7 @@ class LlamaBackend:
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
         cparams.n_seq_max = n_seq_max
-        cparams.kv_unified = n_seq_max > 1
+        cparams.kv_unified = False  # one KV stream per sequence (see parallel.py)
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.no_perf = True
@@ -298,8 +298,12 @@ class LlamaBackend:
             raise RuntimeError(f"could not remove positions >= {p0} of sequence {seq_id}")
 
     def seq_copy(self, src: int, dst: int, n: int) -> None:
-        """Give sequence `dst` the KV of `src`'s positions 0..n-1 (shared cells, no copy)."""
-        self._ctx.kv_cache_seq_cp(src, dst, 0, n)
+        """Make sequence `dst` hold the KV of `src`'s positions 0..n-1.
+
+        Each sequence has its own KV stream, which llama.cpp copies whole (at the next
+        decode); the positions from n on are then dropped."""
+        self._ctx.kv_cache_seq_cp(src, dst, -1, -1)
+        self.seq_remove(dst, n)
 
     def sync(self, context: Sequence[int]) -> int:
         """Make the KV cache hold exactly `context`, reusing the longest common prefix.

@@ -1,23 +1,29 @@
 """Several sequences in one llama.cpp context, decoded together: continuous batching.
 
-Each of N slots owns one sequence id of a context whose KV cache is unified (backend
-`n_seq_max = N`). Invariant between cycles, per active slot: its sequence holds every
-token of its text but the last (as in engine.py). A cycle decodes ONE llama_batch with,
-for every active slot, its last token plus its drafts at that slot's positions; each slot
-then accepts a prefix of its drafts (verify.py), cuts its own rejected positions
-(llama_memory_seq_rm on its sequence id) and emits the accepted drafts plus the target's
-token. A slot whose text ends is refilled with the next request before the next cycle.
-A new prompt first takes the KV of the longest prefix that any slot already holds (its own
-previous text, or llama_memory_seq_cp from another slot: a shared system prompt is
-evaluated once), then decodes the rest.
+Each of N slots owns one sequence id of a context with `n_seq_max = N`. Invariant between
+cycles, per active slot: its sequence holds every token of its text but the last (as in
+engine.py). A cycle decodes ONE llama_batch with, for every active slot, its last token
+plus its drafts at that slot's positions; each slot then accepts a prefix of its drafts
+(verify.py), cuts its own rejected positions (llama_memory_seq_rm on its sequence id) and
+emits the accepted drafts plus the target's token. A slot whose text ends is refilled
+with the next request before the next cycle. A new prompt first takes the KV of the
+longest prefix that any slot already holds (its own previous text, or a copy of another
+slot's: a shared system prompt is evaluated once), then decodes the rest.
+
+Why one KV stream per sequence and not llama.cpp's unified cache: in a unified cache a
+sequence's cells end up out of position order once others are freed, and the CPU
+flash-attention kernel (f16 accumulation) then gives other logits: up to 0.79 apart on
+SmolLM2 for the same context (measured, 2026-11-22), enough to change greedy tokens. With
+a stream per sequence each prompt's output equals decoding it alone, bit for bit in the
+tests. The price: llama.cpp splits a batch over streams into equal slices
+(stream_batch_seconds), so one sequence's drafts cost a pass of their own.
 
 Drafts are prompt lookup only: free to propose, and a layer-skip draft would need its
 layer mask for the whole batch (every sequence would pay a draft step for one sequence's
-draft). The controller's CostModel prices the batch: t_verify(n) is learned from these
-batches of n tokens across sequences, and `allocate_drafts` adds a sequence's drafts only
-where the expected tokens per second of the whole batch rise. On a compute-bound CPU each
-extra token costs nearly a token's time once the batch holds several sequences, so drafts
-pay less and less as N grows.
+draft). The controller's CostModel prices the batch: t_verify(n) is learned from cycles
+decoded in one pass, and `allocate_drafts` adds drafts only where the expected tokens per
+second of the whole batch rise. On a compute-bound CPU each extra token costs nearly a
+token's time once the batch holds several sequences, so drafts pay less and less as N grows.
 """
 
 from __future__ import annotations
@@ -78,46 +84,64 @@ class _Slot:
     sent: int = 0  # text length already checked for stop strings
 
 
-def allocate_drafts(rates: Sequence[Sequence[float]], verify: Callable[[int], float], *,
+def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: Callable[[int], float]) -> float:
+    """Seconds llama.cpp takes for a batch over per-sequence KV streams (split_equal).
+
+    It decodes runs of consecutive sequence ids in equal slices: the first min(counts)
+    tokens of every sequence of the run together, then the next slice of those that have
+    more, and so on; each slice is one pass over the weights. Example: counts [1, 5, 1]
+    on seq ids 0, 1, 2 cost t_verify(3) + t_verify(4).
+    """
+    total, run_start = 0.0, 0
+    for i in range(1, len(seq_ids) + 1):
+        if i == len(seq_ids) or seq_ids[i] != seq_ids[i - 1] + 1:
+            run, done = sorted(counts[run_start:i]), 0
+            for r, c in enumerate(run):
+                if c > done:
+                    total += verify((c - done) * (len(run) - r))
+                    done = c
+            run_start = i
+    return total
+
+
+def allocate_drafts(rates: Sequence[Sequence[float]], batch_seconds: Callable[[Sequence[int]], float], *,
                     max_batch: int, margin: float = 1.05) -> list[int]:
     """How many drafts each sequence gets so that the batch yields the most tokens per second.
 
     Args:
         rates: per sequence, the conditional acceptance of its drafts 1..cap.
-        verify: t_verify(n), seconds to decode a batch of n tokens.
+        batch_seconds: the cost of a batch holding these many tokens per sequence.
         max_batch: the most tokens one batch may hold.
         margin: the result must beat plain decoding of every sequence by this factor.
     Returns:
         k per sequence (0: its last token only).
 
-    Greedy: starting from one token per sequence, repeatedly apply the single change (one
-    sequence's k raised to any larger value) that raises expected tokens / t_verify(batch)
-    most. E_j(k) = 1 + sum_{m<=k} prod_{i<=m} a_i, as in the controller.
+    Greedy: starting from one token per sequence, repeatedly apply the move that raises
+    expected tokens / batch_seconds most: one sequence's k raised to a larger value, or
+    every sequence's k raised to at least some value (what a batch split in equal slices
+    needs). E_j(k) = 1 + sum_{m<=k} prod_{i<=m} a_i, as in the controller.
     """
     n_seq = len(rates)
+    gains = [np.concatenate([[0.0], np.cumsum(np.cumprod(r))]) for r in rates]  # [cap+1]: E_j(k) - 1
+    caps = [len(r) for r in rates]
+
+    def rate(ks: list[int]) -> float:
+        return sum(1.0 + g[k] for g, k in zip(gains, ks)) / batch_seconds([k + 1 for k in ks])
+
     ks = [0] * n_seq
-    gains = [list(np.cumprod(r)) for r in rates]  # [cap] chance that drafts 1..m are accepted
-    expected = [1.0] * n_seq
-    size = n_seq
-    plain = n_seq / verify(n_seq)
-    best_rate = plain
+    plain = best_rate = rate(ks)
     while True:
-        choice: tuple[int, int, float] | None = None
-        for j in range(n_seq):
-            e = expected[j]
-            for k in range(ks[j] + 1, len(gains[j]) + 1):
-                e += gains[j][k - 1]
-                n = size - ks[j] + k
-                if n > max_batch:
-                    break
-                rate = (sum(expected) - expected[j] + e) / verify(n)
-                if rate > best_rate:
-                    best_rate, choice = rate, (j, k, e)
-        if choice is None:
+        moves = [ks[:j] + [k] + ks[j + 1:] for j in range(n_seq) for k in range(ks[j] + 1, caps[j] + 1)]
+        moves += [[max(x, min(k, c)) for x, c in zip(ks, caps)] for k in range(1, max(caps, default=0) + 1)]
+        best = None
+        for m in moves:
+            if m != ks and sum(m) + n_seq <= max_batch:
+                r = rate(m)
+                if r > best_rate:
+                    best_rate, best = r, m
+        if best is None:
             break
-        j, k, e = choice
-        size += k - ks[j]
-        ks[j], expected[j] = k, e
+        ks = best
     return ks if best_rate > plain * margin else [0] * n_seq
 
 
@@ -135,6 +159,7 @@ class ParallelDecoder:
                 "layer-skip drafts would need their layer mask for the whole batch)")
         if seq_ctx * backend.n_seq_max > backend.n_ctx:
             raise ValueError(f"{backend.n_seq_max} sequences of {seq_ctx} tokens exceed n_ctx={backend.n_ctx}")
+        backend.reset()  # the slots start empty: so must every sequence of the cache
         self.backend = backend
         self.seq_ctx = seq_ctx
         self.mode = mode
@@ -225,7 +250,9 @@ class ParallelDecoder:
             cap = p.k if s.result.accepted or not s.result.drafted else min(p.k, 1)  # probe first
             acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
             rates.append(acceptance.rates(cap, optimistic=True))
-        ks = allocate_drafts(rates, cost.verify, max_batch=self.backend.n_batch, margin=self.controller.margin)
+        seq_ids = [s.seq_id for s in active]
+        ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, cost.verify),
+                             max_batch=self.backend.n_batch, margin=self.controller.margin)
         return [Proposal(p.tokens[:k], None, 0, p.source) for p, k in zip(props, ks)]
 
     @staticmethod
@@ -246,7 +273,9 @@ class ParallelDecoder:
         with Stopwatch() as sw:
             logits = self.backend.decode_seqs(tokens, positions, seqs)
         assert logits is not None
-        self.controller.cost.observe_verify(len(tokens), sw.total)
+        seq_ids = [s.seq_id for s in active]
+        if len({p.k for p in props}) == 1 and seq_ids == list(range(seq_ids[0], seq_ids[0] + len(seq_ids))):
+            self.controller.cost.observe_verify(len(tokens), sw.total)  # one pass: t_verify(n) itself
         row0 = 0
         for s, p in zip(active, props):
             rows = logits[row0 : row0 + p.k + 1]

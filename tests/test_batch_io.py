@@ -125,6 +125,7 @@ def test_refusals_before_loading(tmp_path: Path, args: list[str], words: str) ->
     assert src.read_text() == '{"prompt": "x"}\n'
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_every_answer_once_and_unchanged(smollm2: Path, tmp_path: Path) -> None:
     src = write_lines(tmp_path / "in.jsonl", [json.dumps({"prompt": p}) for p in PROMPTS])
     common = ["-m", str(smollm2), "-c", "128", "-n", "48", "--parallel", "2", "-t", "2", "--input", str(src)]

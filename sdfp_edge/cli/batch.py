@@ -71,7 +71,8 @@ def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaul
 
 
 def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, verbose: bool,
-        input_path: Path, output_path: Path, parallel: int, mode: str, defaults: Defaults) -> None:
+        input_path: Path, output_path: Path, parallel: int, mode: str, defaults: Defaults) -> dict[str, Any]:
+    """Answer every line of the input not yet in the output; returns what this run did."""
     check_paths(input_path, output_path, mode)
     lines = batchio.read_input(input_path)
     done = batchio.answered_ids(output_path)
@@ -80,7 +81,7 @@ def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int
         click.echo(f"resuming: {len(lines) - len(todo)} of {len(lines)} lines already in {output_path}", err=True)
     if not todo:
         click.echo("nothing to do", err=True)
-        return
+        return {"answers": 0, "errors": 0, "tokens": 0, "seconds": 0.0}
     with Model(model, n_ctx=ctx_size * parallel, n_threads=threads, n_gpu_layers=n_gpu_layers, mode="off",
                n_seq_max=parallel, verbose=verbose, log=lambda msg: click.echo(msg, err=True)) as m, \
             batchio.AnswerWriter(output_path) as out:
@@ -89,14 +90,14 @@ def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int
         controller.load_state(store.load() or {})
         decoder = ParallelDecoder(m.backend, seq_ctx=m.backend.n_ctx // parallel, mode=mode, controller=controller)
         try:
-            _generate(m, decoder, todo, defaults, out)
+            return _generate(m, decoder, todo, defaults, out)
         finally:
             if controller.cost.t_verify:
                 store.save(controller.state())
 
 
 def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line], d: Defaults,
-              out: batchio.AnswerWriter) -> None:
+              out: batchio.AnswerWriter) -> dict[str, Any]:
     counts = {"answers": 0, "errors": 0}
 
     def requests() -> Iterator[Request]:
@@ -126,3 +127,4 @@ def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line], d: D
     click.echo(f"[{counts['answers']} answers, {counts['errors']} errors, {decoder.generated} tokens, "
                f"{decoder.generated / seconds if seconds > 0 else 0.0:.1f} tok/s, "
                f"{len(decoder.slots)} parallel sequences]", err=True)
+    return {**counts, "tokens": decoder.generated, "seconds": seconds}

@@ -150,8 +150,8 @@ class ParallelDecoder:
 
     def __init__(self, backend: LlamaBackend, *, seq_ctx: int, mode: str = "auto",
                  lookup_max: int = LOOKUP_MAX, controller: Controller | None = None) -> None:
-        """`seq_ctx`: the most tokens one sequence may hold (the backend's n_ctx is shared by
-        all `backend.n_seq_max` sequences). `mode`: auto (the cost model decides), lookup
+        """`seq_ctx`: the most tokens one sequence may hold (each of the backend's n_seq_max
+        sequences has n_ctx / n_seq_max cells). `mode`: auto (the cost model decides), lookup
         (every available draft), off (plain decoding)."""
         if mode not in PARALLEL_MODES:
             raise InvalidRequestError(
@@ -247,7 +247,7 @@ class ParallelDecoder:
         rates = []
         for s, p in zip(active, props):
             assert s.result is not None and s.req is not None
-            cap = p.k if s.result.accepted or not s.result.drafted else min(p.k, 1)  # probe first
+            cap = p.k if s.result.accepted else min(p.k, 1)  # one-draft probes until one is accepted (engine.py)
             acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
             rates.append(acceptance.rates(cap, optimistic=True))
         seq_ids = [s.seq_id for s in active]

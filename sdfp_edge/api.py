@@ -132,7 +132,7 @@ class Model:
         n_seq_max: int = 1,
     ) -> None:
         """`k_max`: longest model draft; `lookup_max`: longest prompt-lookup draft.
-        `n_seq_max`: sequences the context holds (parallel.py; n_ctx is shared by all).
+        `n_seq_max`: sequences the context holds (parallel.py; each gets n_ctx / n_seq_max).
         `cost_cache`: reuse (and keep) the controller's measurements across processes, so a
         one-shot run starts warm (cost_store.py); False: learn from scratch in this process."""
         path = resolve_model(None if model is None else str(model))

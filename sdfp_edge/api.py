@@ -129,8 +129,10 @@ class Model:
         cost_cache: bool = True,
         verbose: bool = False,
         log: Any = None,
+        n_seq_max: int = 1,
     ) -> None:
         """`k_max`: longest model draft; `lookup_max`: longest prompt-lookup draft.
+        `n_seq_max`: sequences the context holds (parallel.py; each gets n_ctx / n_seq_max).
         `cost_cache`: reuse (and keep) the controller's measurements across processes, so a
         one-shot run starts warm (cost_store.py); False: learn from scratch in this process."""
         path = resolve_model(None if model is None else str(model))
@@ -139,7 +141,8 @@ class Model:
         self.skip_layers, self.skip_source = choice.layers, choice.source
         self.notes: list[str] = [choice.note] if choice.note else []  # things the user should know once
         self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                                    verbose=verbose, info=(choice.architecture, choice.n_layer))
+                                    verbose=verbose, info=(choice.architecture, choice.n_layer),
+                                    n_seq_max=n_seq_max)
         self.path = self.backend.path
         self._draft_backend: LlamaBackend | None = None
         try:

@@ -90,8 +90,11 @@ class LlamaBackend:
         n_batch: int = 512,
         verbose: bool = False,
         info: tuple[str, int] | None = None,
+        n_seq_max: int = 1,
     ) -> None:
-        """`info` is (architecture, n_layer) when the caller already read the header."""
+        """`info` is (architecture, n_layer) when the caller already read the header.
+        `n_seq_max`: sequences sharing the context (parallel.py); each gets its own KV stream
+        of n_ctx / n_seq_max cells (why not a unified cache: parallel.py)."""
         path = check_gguf_file(model_path)
         self.path = path
         self.arch, self.n_layer = info if info is not None else read_model_info(path)
@@ -121,7 +124,8 @@ class LlamaBackend:
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = False  # one KV stream per sequence (see parallel.py)
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
         cparams.no_perf = True
@@ -133,6 +137,7 @@ class LlamaBackend:
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.n_vocab = self._model.n_vocab()
+        self.n_seq_max = n_seq_max
         self.skip: tuple[int, ...] = ()
         self.kv_tokens: list[int] = []  # the tokens at positions 0.. of sequence 0 in the KV cache
 
@@ -249,6 +254,56 @@ class LlamaBackend:
             if not ok:
                 raise RuntimeError(f"could not remove KV cache positions >= {n_past}")
             del self.kv_tokens[n_past:]
+
+    # --- several sequences (parallel.py keeps each sequence's tokens; kv_tokens is sequence 0's
+    # single-sequence bookkeeping and is not touched here) -----------------------------------
+    def decode_seqs(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], *,
+                    logits: bool = True) -> npt.NDArray[np.float32] | None:
+        """Decode tokens of several sequences, each at its own position, in one llama_batch.
+
+        Args:
+            tokens, positions, seq_ids: one entry per token.
+            logits: True: return one row per token (at most n_batch tokens); False: return
+                None and split a long input into n_batch chunks (a prompt's prefill).
+        Returns:
+            float32 array [len(tokens), n_vocab], a copy, or None.
+        """
+        n = len(tokens)
+        if n == 0 or not len(positions) == len(seq_ids) == n:
+            raise ValueError("decode_seqs needs one position and one sequence id per token")
+        if logits and n > self.n_batch:
+            raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens")
+        b = self._batch.batch
+        for start in range(0, n, self.n_batch):
+            stop = min(n, start + self.n_batch)
+            b.n_tokens = stop - start
+            for i in range(start, stop):
+                j = i - start
+                b.token[j] = tokens[i]
+                b.pos[j] = positions[i]
+                b.seq_id[j][0] = seq_ids[i]
+                b.n_seq_id[j] = 1
+                b.logits[j] = logits
+            rc = self._llama_cpp.llama_decode(self._ctx.ctx, b)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with code {rc} (KV cache full?)")
+        if not logits:
+            return None
+        ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)  # rows in batch order
+        return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).copy()
+
+    def seq_remove(self, seq_id: int, p0: int) -> None:
+        """Forget sequence `seq_id`'s KV positions >= p0."""
+        if not self._ctx.kv_cache_seq_rm(seq_id, p0, -1):
+            raise RuntimeError(f"could not remove positions >= {p0} of sequence {seq_id}")
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        """Make sequence `dst` hold the KV of `src`'s positions 0..n-1.
+
+        Each sequence has its own KV stream, which llama.cpp copies whole (at the next
+        decode); the positions from n on are then dropped."""
+        self._ctx.kv_cache_seq_cp(src, dst, -1, -1)
+        self.seq_remove(dst, n)
 
     def sync(self, context: Sequence[int]) -> int:
         """Make the KV cache hold exactly `context`, reusing the longest common prefix.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from sdfp_edge.cli import model_options, user_errors
+from sdfp_edge.cli import batch, model_options, user_errors
 from sdfp_edge.api import Model, check_max_tokens
 from sdfp_edge.engine import MODES
 from sdfp_edge.errors import SkipListError
@@ -74,13 +75,26 @@ def open_model(model: str | None, threads: int | None, ctx_size: int, n_gpu_laye
 @sampling_options
 @speculation_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, tokens, stats.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
+              help="Batch mode: a JSONL file of prompts (see README, 'Many prompts from a file').")
+@click.option("--output", "output_path", type=click.Path(path_type=Path), default=None,
+              help="Batch mode: the JSONL file of answers (appended to; a rerun resumes).")
+@click.option("--parallel", type=click.IntRange(1, 64), default=batch.DEFAULT_PARALLEL, show_default=True,
+              help="Batch mode: sequences decoded together in one context.")
 @user_errors
 def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
              verbose: bool, prompt: str | None, chat: bool, system: str | None, max_tokens: int,
              temperature: float, top_k: int, top_p: float, min_p: float, stop: tuple[str, ...], mode: str,
              draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
-             as_json: bool) -> None:
+             as_json: bool, input_path: Path | None, output_path: Path | None, parallel: int) -> None:
     """Generate text from a prompt, speculatively, with exactly the model's own output."""
+    if input_path is not None or output_path is not None:
+        if input_path is None or output_path is None or prompt is not None:
+            raise click.UsageError("batch mode takes --input and --output together, without --prompt")
+        check_max_tokens(max_tokens)
+        batch.run(model, threads, ctx_size, n_gpu_layers, verbose, input_path, output_path, parallel, mode,
+                  batch.Defaults(max_tokens, temperature, top_k, top_p, min_p, seed, stop))
+        return
     if prompt is None:
         if sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")

@@ -1,0 +1,130 @@
+"""`sdfp-edge generate --input prompts.jsonl --output answers.jsonl`: many prompts, one load.
+
+The lines not answered yet become requests of a ParallelDecoder (parallel.py): `--parallel`
+sequences share one context and are decoded in one batch per cycle; each answer is
+appended to the output as soon as it finishes (batchio.py), so a killed run resumes where
+it stopped. A line that cannot run (bad JSON, bad values, a prompt past the context) gets
+an error object in the output and the others go on.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from sdfp_edge import batchio
+from sdfp_edge.api import Model, check_max_tokens
+from sdfp_edge.controller import Controller
+from sdfp_edge.cost_store import CostStore
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, SdfpError
+from sdfp_edge.parallel import PARALLEL_MODES, ParallelDecoder, Request
+from sdfp_edge.sampling import SamplingParams
+
+DEFAULT_PARALLEL = 4  # the issue's estimate for this CPU (V(4) = 1.81 on Qwen 1.5B); to be measured
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a line does not say: the command line's sampling options."""
+
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    seed: int
+    stop: tuple[str, ...]
+
+
+def check_paths(input_path: Path, output_path: Path, mode: str) -> None:
+    """Everything that can be refused before the model is loaded."""
+    if mode not in PARALLEL_MODES:
+        raise InvalidRequestError(
+            f"--mode {mode} is not available with --input (batch mode drafts with prompt lookup only: "
+            f"a layer-skip draft needs its layer mask for the whole batch); use {', '.join(PARALLEL_MODES)}")
+    if not input_path.is_file():
+        raise InvalidRequestError(f"--input {input_path}: no such file")
+    if output_path.exists() and output_path.resolve() == input_path.resolve():
+        raise InvalidRequestError("--output must not be the input file (the input is never modified)")
+    if not output_path.parent.is_dir():
+        raise InvalidRequestError(f"--output {output_path}: folder {output_path.parent} does not exist")
+
+
+def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaults) -> Request:
+    """The line as a request, or an SdfpError saying why it cannot run."""
+    f = line.fields
+    max_tokens = f.get("max_tokens", d.max_tokens)
+    check_max_tokens(max_tokens)
+    sampling = SamplingParams(**{k: f.get(k, getattr(d, k)) for k in batchio.SAMPLING_FIELDS})
+    stop = f.get("stop", list(d.stop))
+    prompt = m.tokenize_prompt(f["prompt"]) if "prompt" in f else m.tokenize_chat(f["messages"])
+    req = Request(line, prompt, max_tokens, sampling, [stop] if isinstance(stop, str) else list(stop))
+    decoder.check(req)
+    return req
+
+
+def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, verbose: bool,
+        input_path: Path, output_path: Path, parallel: int, mode: str, defaults: Defaults) -> dict[str, Any]:
+    """Answer every line of the input not yet in the output; returns what this run did."""
+    check_paths(input_path, output_path, mode)
+    lines = batchio.read_input(input_path)
+    done = batchio.answered_ids(output_path)
+    todo = list(batchio.todo(lines, done))
+    if done:
+        click.echo(f"resuming: {len(lines) - len(todo)} of {len(lines)} lines already in {output_path}", err=True)
+    if not todo:
+        click.echo("nothing to do", err=True)
+        return {"answers": 0, "errors": 0, "tokens": 0, "seconds": 0.0}
+    with Model(model, n_ctx=ctx_size * parallel, n_threads=threads, n_gpu_layers=n_gpu_layers, mode="off",
+               n_seq_max=parallel, verbose=verbose, log=lambda msg: click.echo(msg, err=True)) as m, \
+            batchio.AnswerWriter(output_path) as out:
+        store = CostStore({**m.backend.identity(), "n_seq_max": parallel, "drafters": ["lookup"]})
+        controller = Controller()
+        controller.load_state(store.load() or {})
+        decoder = ParallelDecoder(m.backend, seq_ctx=m.backend.n_ctx // parallel, mode=mode, controller=controller)
+        try:
+            return _generate(m, decoder, todo, defaults, out)
+        finally:
+            if controller.cost.t_verify:
+                store.save(controller.state())
+
+
+def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line], d: Defaults,
+              out: batchio.AnswerWriter) -> dict[str, Any]:
+    counts = {"answers": 0, "errors": 0}
+
+    def requests() -> Iterator[Request]:
+        for line in todo:
+            if line.error is not None:
+                out.write(batchio.failed(line))
+            else:
+                try:
+                    yield to_request(m, decoder, line, d)
+                    continue
+                except ContextOverflowError as e:
+                    out.write(batchio.failed(line, str(e), "context_length_exceeded"))
+                except SdfpError as e:
+                    out.write(batchio.failed(line, str(e)))
+            counts["errors"] += 1
+            bar.update(1)
+
+    t0 = time.perf_counter()
+    with tqdm(total=len(todo), unit="prompt", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+        for r in decoder.run(requests()):
+            line: Any = r.key
+            out.write(batchio.answer(line.id, r.text, r.finish_reason, r.prompt_tokens, len(r.tokens)))
+            counts["answers"] += 1
+            bar.update(1)
+            bar.set_postfix_str(f"{decoder.generated / (time.perf_counter() - t0):.1f} tok/s")
+    seconds = time.perf_counter() - t0
+    click.echo(f"[{counts['answers']} answers, {counts['errors']} errors, {decoder.generated} tokens, "
+               f"{decoder.generated / seconds if seconds > 0 else 0.0:.1f} tok/s, "
+               f"{len(decoder.slots)} parallel sequences]", err=True)
+    return {**counts, "tokens": decoder.generated, "seconds": seconds}

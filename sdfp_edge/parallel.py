@@ -1,0 +1,336 @@
+"""Several sequences in one llama.cpp context, decoded together: continuous batching.
+
+Each of N slots owns one sequence id of a context with `n_seq_max = N`. Invariant between
+cycles, per active slot: its sequence holds every token of its text but the last (as in
+engine.py). A cycle decodes ONE llama_batch with, for every active slot, its last token
+plus its drafts at that slot's positions; each slot then accepts a prefix of its drafts
+(verify.py), cuts its own rejected positions (llama_memory_seq_rm on its sequence id) and
+emits the accepted drafts plus the target's token. A slot whose text ends is refilled
+with the next request before the next cycle. A new prompt first takes the KV of the
+longest prefix that any slot already holds (its own previous text, or a copy of another
+slot's: a shared system prompt is evaluated once), then decodes the rest.
+
+Why one KV stream per sequence and not llama.cpp's unified cache: in a unified cache a
+sequence's cells end up out of position order once others are freed, and the CPU
+flash-attention kernel (f16 accumulation) then gives other logits: up to 0.79 apart on
+SmolLM2 for the same context (measured, 2026-11-22), enough to change greedy tokens. With
+a stream per sequence each prompt's output equals decoding it alone, bit for bit in the
+tests. The price: llama.cpp splits a batch over streams into equal slices
+(stream_batch_seconds), so one sequence's drafts cost a pass of their own.
+
+Drafts are prompt lookup only: free to propose, and a layer-skip draft would need its
+layer mask for the whole batch (every sequence would pay a draft step for one sequence's
+draft). The controller's CostModel prices the batch: t_verify(n) is learned from cycles
+decoded in one pass, and `allocate_drafts` adds drafts only where the expected tokens per
+second of the whole batch rise. On a compute-bound CPU each extra token costs nearly a
+token's time once the batch holds several sequences, so drafts pay less and less as N grows.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sdfp_edge.backend import LlamaBackend, common_prefix_len
+from sdfp_edge.controller import Acceptance, Controller, Stopwatch
+from sdfp_edge.drafters.base import Proposal
+from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter
+from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.sampling import SamplingParams, probs_from_logits
+from sdfp_edge.verify import accept_greedy, rejection_sample
+
+PARALLEL_MODES = ("auto", "lookup", "off")
+
+
+@dataclass(frozen=True)
+class Request:
+    key: Any  # the caller's handle, returned with the result
+    prompt: Sequence[int]
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stops: Sequence[str] = ()
+
+
+@dataclass
+class Result:
+    key: Any
+    text: str
+    tokens: list[int]  # generated ids (a final end-of-generation token included)
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    prompt_tokens: int
+    reused_tokens: int  # prompt tokens whose KV a slot already held
+    drafted: int = 0
+    accepted: int = 0
+
+
+@dataclass
+class _Slot:
+    """One sequence id and the request it is decoding."""
+
+    seq_id: int
+    kv: list[int] = field(default_factory=list)  # tokens at positions 0.. of this sequence's KV
+    req: Request | None = None
+    tokens: list[int] = field(default_factory=list)  # prompt + generated
+    result: Result | None = None
+    lookup: PromptLookupDrafter = field(default_factory=PromptLookupDrafter)
+    positions: PositionUniforms | None = None
+    rng: np.random.Generator | None = None
+    text_decoder: Any = None
+    sent: int = 0  # text length already checked for stop strings
+
+
+def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: Callable[[int], float]) -> float:
+    """Seconds llama.cpp takes for a batch over per-sequence KV streams (split_equal).
+
+    It decodes runs of consecutive sequence ids in equal slices: the first min(counts)
+    tokens of every sequence of the run together, then the next slice of those that have
+    more, and so on; each slice is one pass over the weights. Example: counts [1, 5, 1]
+    on seq ids 0, 1, 2 cost t_verify(3) + t_verify(4).
+    """
+    total, run_start = 0.0, 0
+    for i in range(1, len(seq_ids) + 1):
+        if i == len(seq_ids) or seq_ids[i] != seq_ids[i - 1] + 1:
+            run, done = sorted(counts[run_start:i]), 0
+            for r, c in enumerate(run):
+                if c > done:
+                    total += verify((c - done) * (len(run) - r))
+                    done = c
+            run_start = i
+    return total
+
+
+def allocate_drafts(rates: Sequence[Sequence[float]], batch_seconds: Callable[[Sequence[int]], float], *,
+                    max_batch: int, margin: float = 1.05) -> list[int]:
+    """How many drafts each sequence gets so that the batch yields the most tokens per second.
+
+    Args:
+        rates: per sequence, the conditional acceptance of its drafts 1..cap.
+        batch_seconds: the cost of a batch holding these many tokens per sequence.
+        max_batch: the most tokens one batch may hold.
+        margin: the result must beat plain decoding of every sequence by this factor.
+    Returns:
+        k per sequence (0: its last token only).
+
+    Greedy: starting from one token per sequence, repeatedly apply the move that raises
+    expected tokens / batch_seconds most: one sequence's k raised to a larger value, or
+    every sequence's k raised to at least some value (what a batch split in equal slices
+    needs). E_j(k) = 1 + sum_{m<=k} prod_{i<=m} a_i, as in the controller.
+    """
+    n_seq = len(rates)
+    gains = [np.concatenate([[0.0], np.cumsum(np.cumprod(r))]) for r in rates]  # [cap+1]: E_j(k) - 1
+    caps = [len(r) for r in rates]
+
+    def rate(ks: list[int]) -> float:
+        return sum(1.0 + g[k] for g, k in zip(gains, ks)) / batch_seconds([k + 1 for k in ks])
+
+    ks = [0] * n_seq
+    plain = best_rate = rate(ks)
+    while True:
+        moves = [ks[:j] + [k] + ks[j + 1:] for j in range(n_seq) for k in range(ks[j] + 1, caps[j] + 1)]
+        moves += [[max(x, min(k, c)) for x, c in zip(ks, caps)] for k in range(1, max(caps, default=0) + 1)]
+        best = None
+        for m in moves:
+            if m != ks and sum(m) + n_seq <= max_batch:
+                r = rate(m)
+                if r > best_rate:
+                    best_rate, best = r, m
+        if best is None:
+            break
+        ks = best
+    return ks if best_rate > plain * margin else [0] * n_seq
+
+
+class ParallelDecoder:
+    """N sequences of one backend decoded together; requests in, results as they finish."""
+
+    def __init__(self, backend: LlamaBackend, *, seq_ctx: int, mode: str = "auto",
+                 lookup_max: int = LOOKUP_MAX, controller: Controller | None = None) -> None:
+        """`seq_ctx`: the most tokens one sequence may hold (each of the backend's n_seq_max
+        sequences has n_ctx / n_seq_max cells). `mode`: auto (the cost model decides), lookup
+        (every available draft), off (plain decoding)."""
+        if mode not in PARALLEL_MODES:
+            raise InvalidRequestError(
+                f"mode '{mode}' is not available with parallel sequences (choose {', '.join(PARALLEL_MODES)}: "
+                "layer-skip drafts would need their layer mask for the whole batch)")
+        if seq_ctx * backend.n_seq_max > backend.n_ctx:
+            raise ValueError(f"{backend.n_seq_max} sequences of {seq_ctx} tokens exceed n_ctx={backend.n_ctx}")
+        backend.reset()  # the slots start empty: so must every sequence of the cache
+        self.backend = backend
+        self.seq_ctx = seq_ctx
+        self.mode = mode
+        self.lookup_max = lookup_max
+        self.controller = controller or Controller()
+        self.slots = [_Slot(i) for i in range(backend.n_seq_max)]
+        self.generated = 0  # tokens emitted across all requests (progress reporting)
+
+    def check(self, req: Request) -> None:
+        """Refuse a request that cannot run, before it takes a slot."""
+        if not req.prompt:
+            raise InvalidRequestError("the prompt is empty")
+        if req.max_tokens <= 0:
+            raise InvalidRequestError(f"max_tokens must be > 0, got {req.max_tokens}")
+        if len(req.prompt) >= self.seq_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(req.prompt)} tokens but the context holds {self.seq_ctx}; "
+                "shorten the prompt or raise --ctx-size")
+
+    def run(self, requests: Iterable[Request]) -> Iterator[Result]:
+        """Yield each request's result as soon as it finishes (not in input order)."""
+        pending = iter(requests)
+        exhausted = False
+        while True:
+            for slot in self.slots:
+                if slot.req is None and not exhausted:
+                    req = next(pending, None)
+                    if req is None:
+                        exhausted = True
+                    else:
+                        self._start(slot, req)
+            active = [s for s in self.slots if s.req is not None]
+            if not active:
+                return
+            yield from self._cycle(active)
+
+    # --- a new request ---------------------------------------------------------------------
+    def _start(self, slot: _Slot, req: Request) -> None:
+        self.check(req)
+        b = self.backend
+        context = list(req.prompt[:-1])  # the KV holds all but the last token
+        donor, keep = slot, common_prefix_len(slot.kv, context)
+        for other in self.slots:
+            n = common_prefix_len(other.kv, context)
+            if n > keep:
+                donor, keep = other, n
+        if donor is slot:
+            b.seq_remove(slot.seq_id, keep)
+        else:
+            b.seq_remove(slot.seq_id, 0)
+            b.seq_copy(donor.seq_id, slot.seq_id, keep)
+        slot.kv = context[:keep]
+        rest = context[keep:]
+        if rest:
+            with Stopwatch() as sw:
+                b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits=False)
+            self.controller.cost.observe_batch(len(rest), sw.total)
+            slot.kv.extend(rest)
+        slot.req = req
+        slot.tokens = list(req.prompt)
+        slot.result = Result(req.key, "", [], "", len(req.prompt), keep)
+        slot.lookup = PromptLookupDrafter()
+        slot.positions = PositionUniforms(req.sampling.seed)
+        slot.rng = np.random.default_rng(req.sampling.seed)
+        slot.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.sent = 0
+
+    # --- one cycle -------------------------------------------------------------------------
+    def _room(self, slot: _Slot) -> int:
+        """The most drafts the slot may have: context and max_tokens left."""
+        assert slot.req is not None and slot.result is not None
+        free = self.seq_ctx - len(slot.kv)
+        return max(0, min(free - 1, slot.req.max_tokens - len(slot.result.tokens) - 1))
+
+    def _drafts(self, active: Sequence[_Slot]) -> list[Proposal]:
+        props = [Proposal.empty()] * len(active)
+        if self.mode == "off":
+            return props
+        props = [s.lookup.propose(s.tokens, min(self._room(s), self.lookup_max)) for s in active]
+        if self.mode == "lookup":
+            return props
+        cost = self.controller.cost
+        if not cost.t_verify:  # the first batch measures; nothing to price drafts with yet
+            return [Proposal.empty()] * len(active)
+        rates = []
+        for s, p in zip(active, props):
+            assert s.result is not None and s.req is not None
+            cap = p.k if s.result.accepted else min(p.k, 1)  # one-draft probes until one is accepted (engine.py)
+            acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
+            rates.append(acceptance.rates(cap, optimistic=True))
+        seq_ids = [s.seq_id for s in active]
+        ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, cost.verify),
+                             max_batch=self.backend.n_batch, margin=self.controller.margin)
+        return [Proposal(p.tokens[:k], None, 0, p.source) for p, k in zip(props, ks)]
+
+    @staticmethod
+    def _source(slot: _Slot, p: Proposal) -> str:
+        assert slot.req is not None
+        return (p.source or "lookup") + ("" if slot.req.sampling.greedy else "~sampled")
+
+    def _cycle(self, active: list[_Slot]) -> Iterator[Result]:
+        props = self._drafts(active)
+        tokens: list[int] = []
+        positions: list[int] = []
+        seqs: list[int] = []
+        for s, p in zip(active, props):
+            row = [s.tokens[-1], *p.tokens.tolist()]
+            tokens += row
+            positions += range(len(s.kv), len(s.kv) + len(row))
+            seqs += [s.seq_id] * len(row)
+        with Stopwatch() as sw:
+            logits = self.backend.decode_seqs(tokens, positions, seqs)
+        assert logits is not None
+        seq_ids = [s.seq_id for s in active]
+        if len({p.k for p in props}) == 1 and seq_ids == list(range(seq_ids[0], seq_ids[0] + len(seq_ids))):
+            self.controller.cost.observe_verify(len(tokens), sw.total)  # one pass: t_verify(n) itself
+        row0 = 0
+        for s, p in zip(active, props):
+            rows = logits[row0 : row0 + p.k + 1]
+            row0 += p.k + 1
+            emitted = self._accept(s, p, rows)
+            if self._emit(s, emitted):
+                assert s.result is not None
+                result, s.req, s.result = s.result, None, None
+                yield result
+
+    def _accept(self, s: _Slot, p: Proposal, rows: np.ndarray) -> list[int]:
+        """The slot's verdict on its drafts; trims its rejected KV positions."""
+        assert s.req is not None and s.result is not None and s.positions is not None
+        sampling = s.req.sampling
+        if sampling.greedy:
+            verdict = accept_greedy(p.tokens, rows)
+        else:
+            probs = probs_from_logits(rows, sampling)
+            uniforms = [s.positions.at(len(s.tokens) + i) for i in range(p.k + 1)]
+            assert s.rng is not None
+            verdict = rejection_sample(p.tokens, None, probs, s.rng, uniforms)
+        start = len(s.kv)
+        kept = [s.tokens[-1], *p.tokens[: verdict.n_accepted].tolist()]
+        if verdict.n_accepted < p.k:
+            self.backend.seq_remove(s.seq_id, start + len(kept))
+        s.kv.extend(kept)
+        if p.k:
+            self.controller.observe(self._source(s, p), p.k, verdict.n_accepted)
+            s.result.drafted += p.k
+            s.result.accepted += verdict.n_accepted
+        return [*kept[1:], verdict.next_token]
+
+    def _emit(self, s: _Slot, emitted: list[int]) -> bool:
+        """Append the tokens to the slot's text; whether its request is finished."""
+        assert s.req is not None and s.result is not None
+        r, b = s.result, self.backend
+        for t in emitted:
+            s.tokens.append(t)
+            r.tokens.append(t)
+            self.generated += 1
+            if b.is_eog(t):
+                r.finish_reason = "stop"
+                return True
+            r.text += s.text_decoder.decode(b.token_bytes(t))
+            cut = min((i for i in (r.text.find(x, max(0, s.sent - len(x))) for x in s.req.stops) if i >= 0),
+                      default=-1)
+            s.sent = len(r.text)
+            if cut >= 0:
+                r.text = r.text[:cut]
+                r.finish_reason = "stop"
+                return True
+            if len(r.tokens) >= s.req.max_tokens or len(s.kv) >= self.seq_ctx:
+                break
+        if len(r.tokens) >= s.req.max_tokens or len(s.kv) >= self.seq_ctx:
+            r.finish_reason = "length"
+            r.text += s.text_decoder.decode(b"", final=True)
+            return True
+        return False

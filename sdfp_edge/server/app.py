@@ -8,7 +8,10 @@
 `stream: true` answers with server-sent events, `data: {...}` per chunk and `data: [DONE]`;
 the last chunk (and every non-streaming response) carries `usage` and the extension `sdfp`.
 Requests are served one at a time in arrival order (runner.py). Nothing in a request names
-a file: the model is fixed when the server starts, and `model` must be its id (or omitted).
+a file: the model is fixed when the server starts. A request naming another model is answered
+by the served one, whose id the response carries (as llama.cpp's server does; with
+`strict_model`, it is refused with 404). Browser pages on this machine may call the server,
+other origins when allowed (cors.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sdfp_edge.api import Model
 from sdfp_edge.errors import SdfpError
 from sdfp_edge.server import responses as R
 from sdfp_edge.server.auth import APIKeyMiddleware
+from sdfp_edge.server.cors import CORSMiddleware, cors_options
 from sdfp_edge.server.errors import (
     APIError,
     error_body,
@@ -108,9 +112,11 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     install(app)
     if settings.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    # added last, so outermost: preflights are answered, and errors (401 too) carry its headers
+    app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
 
     def submit(label: str, body: GenerationRequest, prompt: PromptBuilder) -> Job:
-        if body.model is not None and body.model != model_id:
+        if settings.strict_model and body.model is not None and body.model != model_id:
             raise model_not_found(body.model, model_id)
         job = Job(label, prompt, max_tokens=body.token_limit, mode=body.sdfp_mode or settings.mode,
                   sampling=body.sampling(default_seed=settings.seed))

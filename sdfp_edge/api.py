@@ -27,6 +27,8 @@ from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayer
 from sdfp_edge.drafters.base import Drafter
 from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.grammar import Grammar
+from sdfp_edge.logits_processors import LogitsProcessor, Penalties, TokenLogprob
 from sdfp_edge.metadata import model_info, read_kv, skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
 from sdfp_edge.sampling import SamplingParams
@@ -38,6 +40,7 @@ MAX_TOKENS_LIMIT = 1 << 20
 class Chunk:
     text: str  # new text (may be empty while a stop string is still possible)
     tokens: list[int]  # the token ids behind it
+    logprobs: list[TokenLogprob] | None = None  # one per token, when asked for (`logprobs=`)
 
 
 @dataclass
@@ -203,13 +206,24 @@ class Model:
         seed: int = 0,
         stop: Sequence[str] | str | None = None,
         mode: str | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        grammar: str | None = None,
+        logprobs: int | None = None,
     ) -> Generator[Chunk, None, None]:
         """Stream text chunks; when the stream ends, `last_stats` holds the statistics.
 
-        Arguments are checked here, before the first chunk, so a bad request fails early.
+        Penalties are llama.cpp's (over the last `repeat_last_n` tokens of prompt and output;
+        -1: all); `grammar` is GBNF the output must follow (sdfp_edge.grammar makes it from a
+        JSON schema); `logprobs=n` gives each chunk its tokens' log-probabilities and the n
+        likeliest alternatives. Arguments are checked here, before the first chunk, so a bad
+        request fails early.
         """
         check_max_tokens(max_tokens)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise InvalidRequestError("stop strings must be non-empty strings")
@@ -222,27 +236,46 @@ class Model:
             )
         if mode is not None:
             self.decoder.check_mode(mode)
-        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode)
+        processor = None
+        if penalties.active or grammar is not None or logprobs is not None:
+            processor = LogitsProcessor(penalties=penalties, greedy=sampling.greedy, top_logprobs=logprobs,
+                                        grammar=None if grammar is None else Grammar(self.backend.vocab, grammar),
+                                        is_eog=self.backend.is_eog)
+        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode, processor)
 
     def _stream(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
-                stops: list[str], mode: str | None) -> Generator[Chunk, None, None]:
+                stops: list[str], mode: str | None,
+                processor: LogitsProcessor | None) -> Generator[Chunk, None, None]:
         """The mode given to one call applies to that call only."""
         default_mode = self.decoder.mode
         if mode is not None:
             self.decoder.set_mode(mode)
         try:
-            yield from self._stream_text(prompt_tokens, max_tokens, sampling, stops)
+            yield from self._stream_text(prompt_tokens, max_tokens, sampling, stops, processor)
         finally:
             self.decoder.set_mode(default_mode)
+            if processor is not None and processor.grammar is not None:
+                processor.grammar.close()
 
     def _stream_text(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
-                     stops: list[str]) -> Generator[Chunk, None, None]:
+                     stops: list[str], processor: LogitsProcessor | None) -> Generator[Chunk, None, None]:
         stats = GenerationStats()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""  # generated text so far
         sent = 0  # how much of it has been yielded
         pending: list[int] = []
-        gen = self.decoder.generate(prompt_tokens, max_tokens=max_tokens, sampling=sampling, stats=stats)
+        done = 0  # tokens yielded in earlier chunks
+
+        def chunk(text: str) -> Chunk:
+            nonlocal done, pending
+            lps = None if processor is None or processor.top_logprobs is None else \
+                processor.logprobs[done : done + len(pending)]
+            out = Chunk(text, pending, lps)
+            done, pending = done + len(pending), []
+            return out
+
+        gen = self.decoder.generate(prompt_tokens, max_tokens=max_tokens, sampling=sampling, stats=stats,
+                                    processor=processor)
         try:
             for tok in gen:
                 if self.backend.is_eog(tok):
@@ -261,8 +294,8 @@ class Model:
                            default=0)
                 safe = len(text) - hold
                 if safe > sent:
-                    yield Chunk(text[sent:safe], pending)
-                    sent, pending = safe, []
+                    yield chunk(text[sent:safe])
+                    sent = safe
         finally:
             gen.close()
             self.last_stats = stats.as_dict()
@@ -273,7 +306,7 @@ class Model:
         if stats.finish_reason != "stop":
             text += decoder.decode(b"", final=True)
         if len(text) > sent or pending:
-            yield Chunk(text[sent:], pending)
+            yield chunk(text[sent:])
 
     def generate(self, prompt: str, **kwargs: Any) -> Completion:
         return self._collect(self.stream_tokens(self.tokenize_prompt(prompt), **kwargs))

@@ -153,6 +153,11 @@ class LlamaBackend:
     def eos_token(self) -> int:
         return self._model.token_eos()
 
+    @property
+    def vocab(self) -> Any:
+        """llama.cpp's vocabulary handle (for grammar.py's sampler)."""
+        return self._model.vocab
+
     def metadata(self) -> dict[str, str]:
         return self._model.metadata()
 

@@ -94,7 +94,8 @@ def test_requests_are_validated_strictly() -> None:
     assert error(ChatCompletionRequest, {"messages": CHAT, "temperature": "0.5"})["param"] == "temperature"
     assert error(ChatCompletionRequest, {"messages": CHAT, "max_tokens": True})["param"] == "max_tokens"
     assert error(ChatCompletionRequest, {"messages": CHAT, "seed": -1})["param"] == "seed"
-    assert error(ChatCompletionRequest, {"messages": CHAT, "presence_penalty": 0.5})["param"] == "presence_penalty"
+    assert error(ChatCompletionRequest, {"messages": CHAT, "presence_penalty": 2.5})["param"] == "presence_penalty"
+    assert error(ChatCompletionRequest, {"messages": CHAT, "logit_bias": {"1": 5}})["param"] == "logit_bias"
     assert error(ChatCompletionRequest, {"messages": CHAT, "sdfp_mode": "turbo"})["param"] == "sdfp_mode"
     assert error(ChatCompletionRequest, {"messages": []})["param"] == "messages"
     two = error(ChatCompletionRequest, {"messages": CHAT, "n": 2, "top_p": 0})

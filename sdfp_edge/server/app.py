@@ -138,29 +138,38 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
             raise APIError(400, "the request was cancelled")
         return event
 
-    async def collect(job: Job, request: Request) -> tuple[str, int, dict[str, Any]]:
-        """Run a job to its end: the text, the prompt length and the statistics."""
+    async def collect(job: Job, request: Request) -> tuple[str, int, dict[str, Any], list[dict[str, Any]] | None]:
+        """Run a job to its end: the text, the prompt length, the statistics and the logprobs."""
         watch = asyncio.create_task(_cancel_on_disconnect(request, job))
         parts: list[str] = []
+        logprobs: list[dict[str, Any]] | None = None
         try:
             while (event := await job.next_event()).kind != "done":
                 if event.kind == "error":
                     raise _as_api_error(event.error)
                 parts.append(event.text)
-            return "".join(parts), event.prompt_tokens, event.stats
+                if event.logprobs is not None:
+                    logprobs = (logprobs or []) + event.logprobs
+            return "".join(parts), event.prompt_tokens, event.stats, logprobs
         finally:
             watch.cancel()
             job.cancel()
 
     async def events(job: Job, rid: str, when: int, make: ChunkMaker, first: dict[str, Any] | None,
                      include_usage: bool) -> AsyncIterator[str]:
+        chat = first is not None
         if first is not None:
             yield R.sse(make(rid, when, model_id, first))
+        offset = 0  # characters of output before this chunk's tokens (completions' text_offset)
         while True:
             event = await job.next_event()
             if event.kind == "chunk":
-                text = {"content": event.text} if first is not None else event.text
-                yield R.sse(make(rid, when, model_id, text))
+                text = {"content": event.text} if chat else event.text
+                extra: dict[str, Any] = {}
+                if event.logprobs is not None:
+                    extra = {"logprobs": event.logprobs} if chat else {"logprobs": event.logprobs, "offset": offset}
+                    offset += sum(len(e["token"]) for e in event.logprobs)
+                yield R.sse(make(rid, when, model_id, text, **extra))
             elif event.kind == "error":
                 yield R.sse(error_body(str(event.error), type="server_error"))
                 break
@@ -199,8 +208,8 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
             await started(job, request)
             return _JobStream(job, events(job, rid, when, R.chat_chunk, {"role": "assistant", "content": ""},
                                           body.include_usage))
-        text, n_prompt, stats = await collect(job, request)
-        return R.chat_completion(rid, when, model_id, text, n_prompt, stats)
+        text, n_prompt, stats, logprobs = await collect(job, request)
+        return R.chat_completion(rid, when, model_id, text, n_prompt, stats, logprobs)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Any:
@@ -212,7 +221,7 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
         if body.stream:
             await started(job, request)
             return _JobStream(job, events(job, rid, when, R.completion_chunk, None, body.include_usage))
-        text, n_prompt, stats = await collect(job, request)
-        return R.completion(rid, when, model_id, text, n_prompt, stats)
+        text, n_prompt, stats, logprobs = await collect(job, request)
+        return R.completion(rid, when, model_id, text, n_prompt, stats, logprobs)
 
     return app

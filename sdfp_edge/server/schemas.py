@@ -2,9 +2,10 @@
 
 Validation is strict (no "0.5" for a number, no true for an integer) and follows OpenAI's
 ranges and defaults (temperature 1, top_p 1, n 1, completions max_tokens 16). Extensions,
-as llama.cpp's server has them: `top_k`, `min_p`, and `sdfp_mode` to force one speculation
-mode for a request. Fields this server cannot honour (penalties, logprobs, tools, echo...)
-are refused when set, rather than silently ignored; unknown fields are ignored.
+as llama.cpp's server has them: `top_k`, `min_p`, `repeat_penalty`, `repeat_last_n`, and
+`sdfp_mode` to force one speculation mode for a request. Fields this server cannot honour
+(logit_bias, echo, suffix...) are refused when set, rather than silently ignored; unknown
+fields are ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import (
 
 from sdfp_edge.api import MAX_TOKENS_LIMIT
 from sdfp_edge.engine import MODES
+from sdfp_edge.logits_processors import MAX_TOP_LOGPROBS
 
 Mode = Literal[MODES]  # type: ignore[valid-type]
 
@@ -75,12 +77,12 @@ class GenerationRequest(_Strict):
     user: str | None = None
     sdfp_mode: Mode | None = None  # extension: auto, off, lookup, layerskip, draft-model
 
-    # accepted only at their "off" values
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    logit_bias: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repeat_penalty: float = Field(1.0, gt=0, le=10)  # extension; 1 = off
+    repeat_last_n: int = Field(64, ge=-1)  # extension: tokens the penalties look back on; -1: all
+
+    logit_bias: Any = None  # accepted only at its "off" value
 
     @field_validator("stop")
     @classmethod
@@ -92,7 +94,7 @@ class GenerationRequest(_Strict):
             raise ValueError("at most 16 stop strings")
         return stops
 
-    @field_validator("presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")
+    @field_validator("logit_bias")
     @classmethod
     def _off_only(cls, v: Any, info: ValidationInfo) -> Any:
         if v:
@@ -105,6 +107,11 @@ class GenerationRequest(_Strict):
         return self.max_tokens
 
     @property
+    def n_logprobs(self) -> int | None:
+        """How many alternatives per token to report; None: no log-probabilities at all."""
+        return None
+
+    @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -112,12 +119,16 @@ class GenerationRequest(_Strict):
         """Keyword arguments for `Model.stream_tokens` (max_tokens and mode are added later)."""
         seed = self.seed if self.seed is not None else default_seed
         return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                    seed=seed if seed is not None else secrets.randbits(63), stop=self.stop)
+                    seed=seed if seed is not None else secrets.randbits(63), stop=self.stop,
+                    presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                    repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n, logprobs=self.n_logprobs)
 
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)  # newer name of max_tokens
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: Any = None
     functions: Any = None
     response_format: Any = None
@@ -136,9 +147,20 @@ class ChatCompletionRequest(GenerationRequest):
             raise ValueError("only the 'text' response format is supported")
         return v
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return v
+
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def plain_messages(self) -> list[dict[str, str]]:
         return [m.plain() for m in self.messages]
@@ -148,6 +170,7 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for completions
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=1)
 
@@ -159,6 +182,10 @@ class CompletionRequest(GenerationRequest):
                 raise ValueError("exactly one prompt per request (a string, or a list of one string)")
             v = v[0]
         return v
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("echo")
     @classmethod

@@ -7,8 +7,10 @@ its grammar sampler: `llama_sampler_init_grammar` parses GBNF against the model'
 follow drafted tokens without committing to them). llama.cpp aborts the process when asked
 to accept a token the grammar forbids, so `accept` checks first.
 
-JSON schemas become GBNF with llama-cpp-python's converter (`json_schema_to_gbnf`), the one
-llama.cpp's server uses (ported to Python).
+JSON schemas become GBNF with llama-cpp-python's converter (`json_schema_to_gbnf`, a port of
+llama.cpp's). It enforces a subset of JSON Schema; a schema using a validation keyword it
+would silently ignore (minimum, uniqueItems, not...) is refused, so that the output always
+matches the schema it was asked for.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ import numpy.typing as npt
 
 from sdfp_edge.errors import InvalidRequestError
 
+# validation keywords the converter does not enforce (annotations such as title are fine)
+UNENFORCED = frozenset({
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems",
+    "contains", "minContains", "maxContains", "not", "if", "then", "else", "patternProperties",
+    "propertyNames", "dependentRequired", "dependentSchemas", "dependencies", "minProperties",
+    "maxProperties", "unevaluatedProperties", "unevaluatedItems",
+})
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 _PROBE = 64  # candidates examined at once when only the best allowed token is needed
 
@@ -34,12 +43,37 @@ def json_object_gbnf() -> str:
     return JSON_GBNF
 
 
+def unenforced_keywords(schema: Any, where: str = "$") -> list[str]:
+    """'path: keyword' for each keyword in `schema` (and its subschemas) in UNENFORCED."""
+    if not isinstance(schema, dict):
+        return []
+    found = [f"{where}: {k}" for k in schema if k in UNENFORCED]
+    subschemas: list[tuple[str, Any]] = []
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            subschemas += [(f"{where}.{key}.{name}", sub) for name, sub in schema[key].items()]
+    for key in ("items", "prefixItems", "anyOf", "oneOf", "allOf", "additionalProperties"):
+        value = schema.get(key)
+        if isinstance(value, list):
+            subschemas += [(f"{where}.{key}[{i}]", sub) for i, sub in enumerate(value)]
+        elif isinstance(value, dict):
+            subschemas.append((f"{where}.{key}", value))
+    for path, sub in subschemas:
+        found += unenforced_keywords(sub, path)
+    return found
+
+
 def json_schema_gbnf(schema: Any) -> str:
-    """GBNF for JSON matching `schema`; InvalidRequestError when the converter refuses it."""
+    """GBNF for JSON matching `schema`; InvalidRequestError when the converter refuses it or
+    would ignore part of it."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     if not isinstance(schema, dict):
         raise InvalidRequestError("the JSON schema must be an object")
+    ignored = unenforced_keywords(schema)
+    if ignored:
+        raise InvalidRequestError(f"the JSON schema uses keywords that structured output cannot enforce "
+                                  f"({', '.join(ignored[:5])}{', ...' if len(ignored) > 5 else ''})")
     try:
         return json_schema_to_gbnf(json.dumps(schema))
     except RecursionError:

@@ -6,6 +6,7 @@ One server process for the module (SmolLM2-135M, n_ctx 1024, 2 threads, no API k
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +138,87 @@ def test_penalties(client: Any) -> None:
 def test_bad_penalties_are_400(server: Server, body: dict[str, Any], param: str) -> None:
     r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": CHAT, **body}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+# --- structured output ------------------------------------------------------------------------
+EXTRACT = [{"role": "user", "content": "Extract the person as JSON with keys name, city, job: "
+                                      "'Alice Smith is an engineer who lives in Paris.'"}]
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "city", "job"],
+          "properties": {"name": {"type": "string", "maxLength": 40}, "city": {"type": "string", "maxLength": 40},
+                         "job": {"type": "string", "maxLength": 40}}}
+
+
+def test_json_object(client: Any) -> None:
+    kwargs = dict(model="any", messages=[{"role": "user", "content": "Give me a JSON object with a cat's name and age."}], max_tokens=200,
+                  temperature=0, response_format={"type": "json_object"})
+    r = client.chat.completions.create(**kwargs)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    text, _, finish = chat_stream(client, **kwargs)
+    assert text == r.choices[0].message.content and finish == "stop"
+
+
+def test_json_schema_greedy_sampled_and_streamed(client: Any) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    r = client.chat.completions.create(model="any", messages=EXTRACT, max_tokens=100, temperature=0,
+                                       response_format=fmt)
+    person = json.loads(r.choices[0].message.content)
+    jsonschema.validate(person, PERSON)
+    assert person["name"] == "Alice Smith"
+    # speculation still runs on it: the values are copied from the prompt
+    plain = client.chat.completions.create(model="any", messages=EXTRACT, max_tokens=100, temperature=0,
+                                           response_format=fmt, extra_body={"sdfp_mode": "off"})
+    assert plain.choices[0].message.content == r.choices[0].message.content
+    for seed in range(3):
+        text, _, finish = chat_stream(client, model="any", messages=EXTRACT, max_tokens=100, temperature=1.0,
+                                      seed=seed, response_format=fmt)
+        assert finish == "stop"
+        jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_the_clients_parse_helper(client: Any) -> None:
+    """client.chat.completions.parse sends a strict json_schema made from a pydantic model."""
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        city: str
+        job: str
+
+    r = client.chat.completions.parse(model="any", messages=EXTRACT, max_tokens=100, temperature=0,
+                                      response_format=Person)
+    assert isinstance(r.choices[0].message.parsed, Person)
+    assert r.choices[0].message.parsed.city == "Paris"
+
+
+@pytest.mark.parametrize("fmt, param", [
+    ({"type": "xml"}, "response_format.type"),
+    ({"type": "json_schema"}, "response_format"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}},
+     "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 1}}},
+     "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "required": "name"}}},
+     "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": ["not", "an", "object"]}},
+     "response_format.json_schema.schema"),
+])
+def test_bad_response_formats_are_400(server: Server, client: Any, fmt: Any, param: str) -> None:
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": CHAT, "response_format": fmt}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="any", messages=CHAT, response_format=fmt, stream=True)
+
+
+def test_a_gbnf_grammar(server: Server, client: Any) -> None:
+    """llama.cpp's server's `grammar` field, on both endpoints."""
+    yes_no = 'root ::= ("yes" | "no") "."'
+    r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Is the sky blue?"}],
+                                       max_tokens=8, temperature=0, extra_body={"grammar": yes_no})
+    assert r.choices[0].message.content in ("yes.", "no.")
+    c = client.completions.create(model="any", prompt="Is water wet?", max_tokens=8, temperature=0,
+                                  extra_body={"grammar": yes_no})
+    assert c.choices[0].text in ("yes.", "no.")
+    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "grammar": "root ::= ("}, timeout=30)
+    assert r.status_code == 400 and "grammar" in r.json()["error"]["message"], r.text

@@ -2,8 +2,8 @@
 
 Validation is strict (no "0.5" for a number, no true for an integer) and follows OpenAI's
 ranges and defaults (temperature 1, top_p 1, n 1, completions max_tokens 16). Extensions,
-as llama.cpp's server has them: `top_k`, `min_p`, `repeat_penalty`, `repeat_last_n`, and
-`sdfp_mode` to force one speculation mode for a request. Fields this server cannot honour
+as llama.cpp's server has them: `top_k`, `min_p`, `repeat_penalty`, `repeat_last_n`, `grammar`
+(GBNF), and `sdfp_mode` to force one speculation mode for a request. Fields this server cannot honour
 (logit_bias, echo, suffix...) are refused when set, rather than silently ignored; unknown
 fields are ignored.
 """
@@ -26,6 +26,7 @@ from pydantic import (
 from sdfp_edge.api import MAX_TOKENS_LIMIT
 from sdfp_edge.engine import MODES
 from sdfp_edge.logits_processors import MAX_TOP_LOGPROBS
+from sdfp_edge.server.formats import ResponseFormat
 
 Mode = Literal[MODES]  # type: ignore[valid-type]
 
@@ -81,6 +82,7 @@ class GenerationRequest(_Strict):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     repeat_penalty: float = Field(1.0, gt=0, le=10)  # extension; 1 = off
     repeat_last_n: int = Field(64, ge=-1)  # extension: tokens the penalties look back on; -1: all
+    grammar: str | None = Field(None, min_length=1)  # extension: GBNF the output must follow
 
     logit_bias: Any = None  # accepted only at its "off" value
 
@@ -111,6 +113,10 @@ class GenerationRequest(_Strict):
         """How many alternatives per token to report; None: no log-probabilities at all."""
         return None
 
+    def gbnf(self) -> str | None:
+        """The grammar the output must follow; None: free text."""
+        return self.grammar
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -121,7 +127,8 @@ class GenerationRequest(_Strict):
         return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
                     seed=seed if seed is not None else secrets.randbits(63), stop=self.stop,
                     presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                    repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n, logprobs=self.n_logprobs)
+                    repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n, logprobs=self.n_logprobs,
+                    grammar=self.gbnf())
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -131,7 +138,7 @@ class ChatCompletionRequest(GenerationRequest):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: Any = None
     functions: Any = None
-    response_format: Any = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("tools", "functions")
     @classmethod
@@ -142,9 +149,9 @@ class ChatCompletionRequest(GenerationRequest):
 
     @field_validator("response_format")
     @classmethod
-    def _text_only(cls, v: Any) -> Any:
-        if v not in (None, {"type": "text"}):
-            raise ValueError("only the 'text' response format is supported")
+    def _one_grammar(cls, v: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
+        if v is not None and v.type != "text" and info.data.get("grammar") is not None:
+            raise ValueError("give either response_format or grammar, not both")
         return v
 
     @field_validator("top_logprobs")
@@ -161,6 +168,11 @@ class ChatCompletionRequest(GenerationRequest):
     @property
     def n_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def gbnf(self) -> str | None:
+        if self.response_format is not None and self.response_format.type != "text":
+            return self.response_format.gbnf()
+        return self.grammar
 
     def plain_messages(self) -> list[dict[str, str]]:
         return [m.plain() for m in self.messages]

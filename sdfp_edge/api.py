@@ -51,7 +51,9 @@ class Completion:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_messages(messages: Any) -> list[dict[str, str]]:
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    """Role and text content of each message, and the tool-call fields chat templates use
+    (an assistant's `tool_calls`, whose content may be null; a tool result's `tool_call_id`)."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InvalidRequestError("messages must be a non-empty list of {role, content} objects")
     out = []
@@ -66,9 +68,12 @@ def _check_messages(messages: Any) -> list[dict[str, str]]:
                        for p in content):
                 raise InvalidRequestError(f"messages[{i}].content: only text parts are supported")
             content = "".join(p["text"] for p in content)
+        if content is None and m.get("tool_calls"):
+            content = ""
         if not isinstance(content, str):
             raise InvalidRequestError(f"messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": content})
+        extra = {k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None}
+        out.append({"role": m["role"], "content": content, **extra})
     return out
 
 
@@ -169,13 +174,18 @@ class Model:
     def tokenize_prompt(self, prompt: str) -> list[int]:
         return self.backend.tokenize(prompt, add_special=True, parse_special=True)
 
-    def render_chat(self, messages: Any) -> str:
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's Jinja chat template (tokenizer.chat_template), if it has one."""
+        return self.backend.metadata().get("tokenizer.chat_template") or None
+
+    def render_chat(self, messages: Any, *, tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt text; `tools` (OpenAI tool definitions) go to the template as `tools`."""
         msgs = _check_messages(messages)
         if self._formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            md = self.backend.metadata()
-            template = md.get("tokenizer.chat_template")
+            template = self.chat_template
             if not template:
                 raise InvalidRequestError(f"{self.path.name} has no chat template; use a plain prompt")
             b = self.backend
@@ -184,10 +194,13 @@ class Model:
                 eos_token=b.token_text(b.eos_token) if b.eos_token >= 0 else "",
                 bos_token=b.token_text(b.bos_token) if b.bos_token >= 0 else "",
             )
-        return self._formatter(messages=msgs).prompt
+        try:
+            return self._formatter(messages=msgs, tools=list(tools) if tools else None).prompt
+        except Exception as e:  # noqa: BLE001 - jinja2's errors, and raise_exception() in templates
+            raise InvalidRequestError(f"the chat template could not render these messages ({e})") from None
 
-    def tokenize_chat(self, messages: Any) -> list[int]:
-        text = self.render_chat(messages)
+    def tokenize_chat(self, messages: Any, *, tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        text = self.render_chat(messages, tools=tools)
         b = self.backend
         bos = b.token_text(b.bos_token) if b.bos_token >= 0 else None
         # the template may write the BOS token itself; never add a second one
@@ -212,14 +225,16 @@ class Model:
         repeat_last_n: int = 64,
         grammar: str | None = None,
         logprobs: int | None = None,
+        keep_special: Sequence[str] = (),
     ) -> Generator[Chunk, None, None]:
         """Stream text chunks; when the stream ends, `last_stats` holds the statistics.
 
         Penalties are llama.cpp's (over the last `repeat_last_n` tokens of prompt and output;
         -1: all); `grammar` is GBNF the output must follow (sdfp_edge.grammar makes it from a
         JSON schema); `logprobs=n` gives each chunk its tokens' log-probabilities and the n
-        likeliest alternatives. Arguments are checked here, before the first chunk, so a bad
-        request fails early.
+        likeliest alternatives; `keep_special` names special tokens whose text the output keeps
+        (a template's tool-call tags). Arguments are checked here, before the first chunk, so
+        a bad request fails early.
         """
         check_max_tokens(max_tokens)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
@@ -241,24 +256,27 @@ class Model:
             processor = LogitsProcessor(penalties=penalties, greedy=sampling.greedy, top_logprobs=logprobs,
                                         grammar=None if grammar is None else Grammar(self.backend.vocab, grammar),
                                         is_eog=self.backend.is_eog)
-        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode, processor)
+        kept = {ids[0] for ids in (self.backend.tokenize(t, add_special=False, parse_special=True) for t in keep_special)
+                if len(ids) == 1}
+        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode, processor, kept)
 
     def _stream(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
                 stops: list[str], mode: str | None,
-                processor: LogitsProcessor | None) -> Generator[Chunk, None, None]:
+                processor: LogitsProcessor | None, kept: set[int]) -> Generator[Chunk, None, None]:
         """The mode given to one call applies to that call only."""
         default_mode = self.decoder.mode
         if mode is not None:
             self.decoder.set_mode(mode)
         try:
-            yield from self._stream_text(prompt_tokens, max_tokens, sampling, stops, processor)
+            yield from self._stream_text(prompt_tokens, max_tokens, sampling, stops, processor, kept)
         finally:
             self.decoder.set_mode(default_mode)
             if processor is not None and processor.grammar is not None:
                 processor.grammar.close()
 
     def _stream_text(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
-                     stops: list[str], processor: LogitsProcessor | None) -> Generator[Chunk, None, None]:
+                     stops: list[str], processor: LogitsProcessor | None,
+                     kept: set[int]) -> Generator[Chunk, None, None]:
         stats = GenerationStats()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""  # generated text so far
@@ -282,7 +300,7 @@ class Model:
                     stats.finish_reason = "stop"
                     break
                 pending.append(tok)
-                text += decoder.decode(self.backend.token_bytes(tok))
+                text += decoder.decode(self.backend.token_bytes(tok, special=tok in kept))
                 cut = min((i for i in (text.find(s, max(0, sent - len(s))) for s in stops) if i >= 0),
                           default=-1)
                 if cut >= 0:

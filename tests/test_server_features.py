@@ -222,3 +222,16 @@ def test_a_gbnf_grammar(server: Server, client: Any) -> None:
     assert c.choices[0].text in ("yes.", "no.")
     r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x", "grammar": "root ::= ("}, timeout=30)
     assert r.status_code == 400 and "grammar" in r.json()["error"]["message"], r.text
+
+
+# --- tools (SmolLM2's template has none; tests/test_server_tools.py uses Qwen2.5's) -------------
+def test_tools_on_a_template_without_tool_support_are_a_clear_400(client: Any) -> None:
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="any", messages=CHAT, tools=[weather], stream=stream)
+        assert "no tool support" in e.value.message
+    # tool_choice "none" renders no tools, so the model can still answer
+    r = client.chat.completions.create(model="any", messages=CHAT, tools=[weather], tool_choice="none",
+                                       max_tokens=4, temperature=0)
+    assert r.choices[0].message.content and r.choices[0].message.tool_calls is None

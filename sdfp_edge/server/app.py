@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,9 +45,10 @@ from sdfp_edge.server.errors import (
 from sdfp_edge.server.runner import Event, Job, PromptBuilder, Runner
 from sdfp_edge.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from sdfp_edge.server.settings import Settings
+from sdfp_edge.server.streams import ChatStream, CompletionStream
+from sdfp_edge.server.tools import chat_prompt, split_all
 
 B = TypeVar("B", bound=GenerationRequest)
-ChunkMaker = Callable[..., dict[str, Any]]  # (rid, created, model, text_or_delta, finish, **extra)
 
 
 async def parse_body(request: Request, schema: type[B]) -> B:
@@ -155,32 +156,20 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
             watch.cancel()
             job.cancel()
 
-    async def events(job: Job, rid: str, when: int, make: ChunkMaker, first: dict[str, Any] | None,
-                     include_usage: bool) -> AsyncIterator[str]:
-        chat = first is not None
-        if first is not None:
-            yield R.sse(make(rid, when, model_id, first))
-        offset = 0  # characters of output before this chunk's tokens (completions' text_offset)
+    async def events(job: Job, stream: ChatStream | CompletionStream) -> AsyncIterator[str]:
+        for chunk in stream.opening():
+            yield R.sse(chunk)
         while True:
             event = await job.next_event()
             if event.kind == "chunk":
-                text = {"content": event.text} if chat else event.text
-                extra: dict[str, Any] = {}
-                if event.logprobs is not None:
-                    extra = {"logprobs": event.logprobs} if chat else {"logprobs": event.logprobs, "offset": offset}
-                    offset += sum(len(e["token"]) for e in event.logprobs)
-                yield R.sse(make(rid, when, model_id, text, **extra))
+                for chunk in stream.chunk(event.text, event.logprobs):
+                    yield R.sse(chunk)
             elif event.kind == "error":
                 yield R.sse(error_body(str(event.error), type="server_error"))
                 break
             elif event.kind == "done":
-                use = R.usage(event.prompt_tokens, event.stats)
-                empty: Any = {} if first is not None else ""
-                yield R.sse(make(rid, when, model_id, empty, R.finish_reason(event.stats), usage=use,
-                                 sdfp=R.sdfp_stats(event.stats)))
-                if include_usage:  # OpenAI's separate usage chunk, with no choices
-                    chunk = make(rid, when, model_id, empty)
-                    yield R.sse({**chunk, "choices": [], "usage": use})
+                for chunk in stream.end(event.prompt_tokens, event.stats):
+                    yield R.sse(chunk)
                 break
         yield R.SSE_DONE
 
@@ -202,14 +191,15 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     async def chat_completions(request: Request) -> Any:
         body = await parse_body(request, ChatCompletionRequest)
         rid, when = R.new_id("chatcmpl"), R.now()
-        messages = body.plain_messages()
-        job = submit(rid, body, lambda m: m.tokenize_chat(messages))
+        messages, tools, names = body.plain_messages(), body.template_tools(), body.tool_names
+        job = submit(rid, body, lambda m: chat_prompt(m, messages, tools))
         if body.stream:
             await started(job, request)
-            return _JobStream(job, events(job, rid, when, R.chat_chunk, {"role": "assistant", "content": ""},
-                                          body.include_usage))
+            return _JobStream(job, events(job, ChatStream(rid, when, model_id, tool_names=names,
+                                                          include_usage=body.include_usage)))
         text, n_prompt, stats, logprobs = await collect(job, request)
-        return R.chat_completion(rid, when, model_id, text, n_prompt, stats, logprobs)
+        content, calls = split_all(text, names) if names else (text, [])
+        return R.chat_completion(rid, when, model_id, content, n_prompt, stats, logprobs, calls)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Any:
@@ -220,7 +210,8 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
         job = submit(rid, body, lambda m: m.tokenize_prompt(prompt))
         if body.stream:
             await started(job, request)
-            return _JobStream(job, events(job, rid, when, R.completion_chunk, None, body.include_usage))
+            return _JobStream(job, events(job, CompletionStream(rid, when, model_id,
+                                                                include_usage=body.include_usage)))
         text, n_prompt, stats, logprobs = await collect(job, request)
         return R.completion(rid, when, model_id, text, n_prompt, stats, logprobs)
 

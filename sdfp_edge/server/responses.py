@@ -45,8 +45,10 @@ def sdfp_stats(stats: dict[str, Any]) -> dict[str, Any]:
     return {k: stats.get(k) for k in keys}
 
 
-def finish_reason(stats: dict[str, Any]) -> str:
-    return "stop" if stats.get("finish_reason") == "stop" else "length"
+def finish_reason(stats: dict[str, Any], *, tool_calls: int = 0) -> str:
+    if stats.get("finish_reason") != "stop":
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
 
 
 def logprob_entries(lps: Sequence[TokenLogprob], token_bytes: Callable[[int], bytes]) -> list[dict[str, Any]]:
@@ -80,12 +82,16 @@ def model_card(model_id: str, created: int) -> dict[str, Any]:
 
 
 # --- /v1/chat/completions ------------------------------------------------------------------
-def chat_completion(rid: str, created: int, model: str, text: str, prompt_tokens: int,
-                    stats: dict[str, Any], logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def chat_completion(rid: str, created: int, model: str, text: str | None, prompt_tokens: int,
+                    stats: dict[str, Any], logprobs: list[dict[str, Any]] | None = None,
+                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": rid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": chat_logprobs(logprobs), "finish_reason": finish_reason(stats)}],
+        "choices": [{"index": 0, "message": message, "logprobs": chat_logprobs(logprobs),
+                     "finish_reason": finish_reason(stats, tool_calls=len(tool_calls or []))}],
         "usage": usage(prompt_tokens, stats),
         "sdfp": sdfp_stats(stats),
     }

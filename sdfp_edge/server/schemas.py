@@ -25,8 +25,18 @@ from pydantic import (
 
 from sdfp_edge.api import MAX_TOKENS_LIMIT
 from sdfp_edge.engine import MODES
+from sdfp_edge.errors import InvalidRequestError
 from sdfp_edge.logits_processors import MAX_TOP_LOGPROBS
 from sdfp_edge.server.formats import ResponseFormat
+from sdfp_edge.server.tools import (
+    TAGS,
+    Tool,
+    ToolCallIn,
+    ToolChoice,
+    check_tool_choice,
+    forced_grammar,
+    template_message,
+)
 
 Mode = Literal[MODES]  # type: ignore[valid-type]
 
@@ -42,21 +52,32 @@ class TextPart(_Strict):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart]
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's earlier calls (before content: its check)
+    content: str | list[TextPart] | None = Field(None, validate_default=True)
     name: str | None = None
+    tool_call_id: str | None = None  # a tool result: the call it answers
 
     @field_validator("content", mode="wrap")
     @classmethod
-    def _text_only(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    def _text_only(cls, v: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        if v is None:
+            if info.data.get("role") == "assistant" and info.data.get("tool_calls"):
+                return None
+            raise ValueError("Field required (null only for an assistant message with tool_calls)")
         try:
             return handler(v)
         except ValidationError:  # one message instead of one per union branch
             raise ValueError('must be a string or a list of text parts ({"type": "text", "text": "..."}); '
                              "images and audio are not supported") from None
 
-    def plain(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": self.role, "content": text}
+    def plain(self) -> dict[str, Any]:
+        """The message as Model.render_chat takes it (tool calls with their arguments as objects)."""
+        text = self.content if isinstance(self.content, str) or self.content is None else \
+            "".join(p.text for p in self.content)
+        out = self.model_dump(include={"name", "tool_call_id"}, exclude_none=True)
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump(exclude_none=True) for c in self.tool_calls]
+        return template_message({"role": self.role, "content": text, **out})
 
 
 class StreamOptions(_Strict):
@@ -136,15 +157,31 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)  # newer name of max_tokens
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    tools: Any = None
-    functions: Any = None
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None  # the older form of tools: refused
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _no_tools(cls, v: Any, info: ValidationInfo) -> Any:
+    def _no_functions(cls, v: Any) -> Any:
         if v:
-            raise ValueError(f"{info.field_name} are not supported by this server")
+            raise ValueError("functions (deprecated) are not supported by this server: send tools")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice(cls, v: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        check_tool_choice(info.data.get("tools"), v)
+        if v not in (None, "none", "auto"):
+            try:
+                forced_grammar(info.data["tools"], v, parallel=True)
+            except InvalidRequestError as e:
+                raise ValueError(str(e)) from None
+        if v not in (None, "none", "auto") and info.data.get("response_format") is not None \
+                and info.data["response_format"].type != "text":
+            raise ValueError("a forced tool call and a response_format cannot both constrain the output")
         return v
 
     @field_validator("response_format")
@@ -169,9 +206,24 @@ class ChatCompletionRequest(GenerationRequest):
     def n_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    @property
+    def tool_names(self) -> list[str]:
+        """The tools the model may call in this reply ([] when none or tool_choice is 'none')."""
+        return [] if not self.tools or self.tool_choice == "none" else [t.function.name for t in self.tools]
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """Tool definitions for the chat template; None: render no tools."""
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tool_names and self.tools else None
+
+    def sampling(self, *, default_seed: int | None) -> dict[str, Any]:
+        kwargs = super().sampling(default_seed=default_seed)
+        return {**kwargs, "keep_special": TAGS} if self.tool_names else kwargs
+
     def gbnf(self) -> str | None:
         if self.response_format is not None and self.response_format.type != "text":
             return self.response_format.gbnf()
+        if self.tools and self.tool_choice not in (None, "none", "auto"):
+            return forced_grammar(self.tools, self.tool_choice, self.parallel_tool_calls is not False)
         return self.grammar
 
     def plain_messages(self) -> list[dict[str, str]]:

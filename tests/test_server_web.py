@@ -25,7 +25,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from chromium import CHROMIUM, Chromium  # noqa: E402
-from server_process import Server, free_port, running_server, sdfp_edge_command  # noqa: E402
+from server_process import Server, running_server, sdfp_edge_command  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

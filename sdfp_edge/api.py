@@ -28,6 +28,8 @@ from sdfp_edge.drafters.base import Drafter
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.grammar import Grammar
+from sdfp_edge.logits_processors import LogitsProcessor, Penalties, TokenLogprob
 from sdfp_edge.metadata import model_info, read_kv, skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
 from sdfp_edge.sampling import SamplingParams
@@ -39,6 +41,7 @@ MAX_TOKENS_LIMIT = 1 << 20
 class Chunk:
     text: str  # new text (may be empty while a stop string is still possible)
     tokens: list[int]  # the token ids behind it
+    logprobs: list[TokenLogprob] | None = None  # one per token, when asked for (`logprobs=`)
 
 
 @dataclass
@@ -49,7 +52,9 @@ class Completion:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def _check_messages(messages: Any) -> list[dict[str, str]]:
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    """Role and text content of each message, and the tool-call fields chat templates use
+    (an assistant's `tool_calls`, whose content may be null; a tool result's `tool_call_id`)."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InvalidRequestError("messages must be a non-empty list of {role, content} objects")
     out = []
@@ -64,9 +69,12 @@ def _check_messages(messages: Any) -> list[dict[str, str]]:
                        for p in content):
                 raise InvalidRequestError(f"messages[{i}].content: only text parts are supported")
             content = "".join(p["text"] for p in content)
+        if content is None and m.get("tool_calls"):
+            content = ""
         if not isinstance(content, str):
             raise InvalidRequestError(f"messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": content})
+        extra = {k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None}
+        out.append({"role": m["role"], "content": content, **extra})
     return out
 
 
@@ -186,13 +194,18 @@ class Model:
     def tokenize_prompt(self, prompt: str) -> list[int]:
         return self.backend.tokenize(prompt, add_special=True, parse_special=True)
 
-    def render_chat(self, messages: Any) -> str:
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's Jinja chat template (tokenizer.chat_template), if it has one."""
+        return self.backend.metadata().get("tokenizer.chat_template") or None
+
+    def render_chat(self, messages: Any, *, tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The prompt text; `tools` (OpenAI tool definitions) go to the template as `tools`."""
         msgs = _check_messages(messages)
         if self._formatter is None:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            md = self.backend.metadata()
-            template = md.get("tokenizer.chat_template")
+            template = self.chat_template
             if not template:
                 raise InvalidRequestError(f"{self.path.name} has no chat template; use a plain prompt")
             b = self.backend
@@ -201,10 +214,13 @@ class Model:
                 eos_token=b.token_text(b.eos_token) if b.eos_token >= 0 else "",
                 bos_token=b.token_text(b.bos_token) if b.bos_token >= 0 else "",
             )
-        return self._formatter(messages=msgs).prompt
+        try:
+            return self._formatter(messages=msgs, tools=list(tools) if tools else None).prompt
+        except Exception as e:  # noqa: BLE001 - jinja2's errors, and raise_exception() in templates
+            raise InvalidRequestError(f"the chat template could not render these messages ({e})") from None
 
-    def tokenize_chat(self, messages: Any) -> list[int]:
-        text = self.render_chat(messages)
+    def tokenize_chat(self, messages: Any, *, tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        text = self.render_chat(messages, tools=tools)
         b = self.backend
         bos = b.token_text(b.bos_token) if b.bos_token >= 0 else None
         # the template may write the BOS token itself; never add a second one
@@ -223,13 +239,26 @@ class Model:
         seed: int = 0,
         stop: Sequence[str] | str | None = None,
         mode: str | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+        keep_special: Sequence[str] = (),
     ) -> Generator[Chunk, None, None]:
         """Stream text chunks; when the stream ends, `last_stats` holds the statistics.
 
-        Arguments are checked here, before the first chunk, so a bad request fails early.
+        Penalties are llama.cpp's (over the last `repeat_last_n` tokens of prompt and output;
+        -1: all); `grammar` is GBNF the output must follow (sdfp_edge.grammar makes it from a
+        JSON schema); `logprobs=n` gives each chunk its tokens' log-probabilities and the n
+        likeliest alternatives; `keep_special` names special tokens whose text the output keeps
+        (a template's tool-call tags). Arguments are checked here, before the first chunk, so
+        a bad request fails early.
         """
         check_max_tokens(max_tokens)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+        penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise InvalidRequestError("stop strings must be non-empty strings")
@@ -242,34 +271,56 @@ class Model:
             )
         if mode is not None:
             self.decoder.check_mode(mode)
-        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode)
+        processor = None
+        if penalties.active or grammar is not None or logprobs is not None:
+            processor = LogitsProcessor(penalties=penalties, greedy=sampling.greedy, top_logprobs=logprobs,
+                                        grammar=None if grammar is None else Grammar(self.backend.vocab, grammar),
+                                        is_eog=self.backend.is_eog)
+        kept = {ids[0] for ids in (self.backend.tokenize(t, add_special=False, parse_special=True) for t in keep_special)
+                if len(ids) == 1}
+        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode, processor, kept)
 
     def _stream(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
-                stops: list[str], mode: str | None) -> Generator[Chunk, None, None]:
+                stops: list[str], mode: str | None,
+                processor: LogitsProcessor | None, kept: set[int]) -> Generator[Chunk, None, None]:
         """The mode given to one call applies to that call only."""
         default_mode = self.decoder.mode
         if mode is not None:
             self.decoder.set_mode(mode)
         try:
-            yield from self._stream_text(prompt_tokens, max_tokens, sampling, stops)
+            yield from self._stream_text(prompt_tokens, max_tokens, sampling, stops, processor, kept)
         finally:
             self.decoder.set_mode(default_mode)
+            if processor is not None and processor.grammar is not None:
+                processor.grammar.close()
 
     def _stream_text(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
-                     stops: list[str]) -> Generator[Chunk, None, None]:
+                     stops: list[str], processor: LogitsProcessor | None,
+                     kept: set[int]) -> Generator[Chunk, None, None]:
         stats = GenerationStats()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""  # generated text so far
         sent = 0  # how much of it has been yielded
         pending: list[int] = []
-        gen = self.decoder.generate(prompt_tokens, max_tokens=max_tokens, sampling=sampling, stats=stats)
+        done = 0  # tokens yielded in earlier chunks
+
+        def chunk(text: str) -> Chunk:
+            nonlocal done, pending
+            lps = None if processor is None or processor.top_logprobs is None else \
+                processor.logprobs[done : done + len(pending)]
+            out = Chunk(text, pending, lps)
+            done, pending = done + len(pending), []
+            return out
+
+        gen = self.decoder.generate(prompt_tokens, max_tokens=max_tokens, sampling=sampling, stats=stats,
+                                    processor=processor)
         try:
             for tok in gen:
                 if self.backend.is_eog(tok):
                     stats.finish_reason = "stop"
                     break
                 pending.append(tok)
-                text += decoder.decode(self.backend.token_bytes(tok))
+                text += decoder.decode(self.backend.token_bytes(tok, special=tok in kept))
                 cut = min((i for i in (text.find(s, max(0, sent - len(s))) for s in stops) if i >= 0),
                           default=-1)
                 if cut >= 0:
@@ -281,8 +332,8 @@ class Model:
                            default=0)
                 safe = len(text) - hold
                 if safe > sent:
-                    yield Chunk(text[sent:safe], pending)
-                    sent, pending = safe, []
+                    yield chunk(text[sent:safe])
+                    sent = safe
         finally:
             gen.close()
             self.last_stats = stats.as_dict()
@@ -293,7 +344,7 @@ class Model:
         if stats.finish_reason != "stop":
             text += decoder.decode(b"", final=True)
         if len(text) > sent or pending:
-            yield Chunk(text[sent:], pending)
+            yield chunk(text[sent:])
 
     def generate(self, prompt: str, **kwargs: Any) -> Completion:
         return self._collect(self.stream_tokens(self.tokenize_prompt(prompt), **kwargs))

@@ -149,9 +149,10 @@ class LlamaBackend:
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return self._model.tokenize(text.encode("utf-8"), add_special, parse_special)
 
-    def token_bytes(self, token: int) -> bytes:
-        """The token's text as raw bytes (may be part of a UTF-8 character)."""
-        return self._model.detokenize([token], special=False)
+    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
+        """The token's text as raw bytes (may be part of a UTF-8 character); a special
+        token's text is empty unless `special`."""
+        return self._model.detokenize([token], special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._model.detokenize(list(tokens), special=False).decode("utf-8", errors="replace")
@@ -169,6 +170,11 @@ class LlamaBackend:
     @property
     def eos_token(self) -> int:
         return self._model.token_eos()
+
+    @property
+    def vocab(self) -> Any:
+        """llama.cpp's vocabulary handle (for grammar.py's sampler)."""
+        return self._model.vocab
 
     def metadata(self) -> dict[str, str]:
         return self._model.metadata()

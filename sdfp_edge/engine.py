@@ -23,6 +23,7 @@ from sdfp_edge.controller import Candidate, Controller, Stopwatch
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.drafters.base import Drafter, Proposal
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
 from sdfp_edge.verify import accept_greedy, rejection_sample
 
@@ -218,8 +219,11 @@ class SpeculativeDecoder:
         max_tokens: int,
         sampling: SamplingParams = SamplingParams(),
         stats: GenerationStats | None = None,
+        processor: LogitsProcessor | None = None,
     ) -> Iterator[int]:
-        """Yield generated token ids one at a time (the last may be an end-of-generation token)."""
+        """Yield generated token ids one at a time (the last may be an end-of-generation token).
+
+        `processor`: penalties, grammar and logprobs of this request (logits_processors.py)."""
         b = self.backend
         stats = stats if stats is not None else GenerationStats()
         if not prompt:
@@ -250,7 +254,7 @@ class SpeculativeDecoder:
                         stats.finish_reason = "length"
                         return
                     room = max(0, min(free - 1, max_tokens - produced - 1))
-                    emitted = self._cycle(tokens, room, sampling, rng, positions, stats)
+                    emitted = self._cycle(tokens, room, sampling, rng, positions, stats, processor)
                 for t in emitted:
                     tokens.append(t)
                     produced += 1
@@ -269,7 +273,8 @@ class SpeculativeDecoder:
             self.persist()
 
     def _cycle(self, tokens: list[int], room: int, sampling: SamplingParams, rng: np.random.Generator,
-               positions: PositionUniforms, stats: GenerationStats) -> list[int]:
+               positions: PositionUniforms, stats: GenerationStats,
+               processor: LogitsProcessor | None = None) -> list[int]:
         """One draft-verify cycle; returns the tokens to emit (accepted drafts + one).
 
         `room`: the most tokens a draft may have (context and max_tokens left)."""
@@ -289,15 +294,16 @@ class SpeculativeDecoder:
                     proposal = Proposal(lookup.tokens[:k], None, 0, lookup.source)
                 else:
                     with Stopwatch() as sw:
-                        proposal = self.drafters[drafter_name].propose(tokens, k, sampling, rng)
+                        proposal = self.drafters[drafter_name].propose(tokens, k, sampling, rng, processor)
                     stats.t_draft += sw.total
                     self.controller.cost.observe_step(drafter_name, proposal.steps, sw.total)
 
         start = b.n_past
         batch = [tokens[-1], *proposal.tokens.tolist()]
         with Stopwatch() as sw:
-            logits = b.decode(batch, logits="all")  # [k+1, V]
+            raw = b.decode(batch, logits="all")  # [k+1, V]
         stats.t_verify += sw.total
+        logits = raw if processor is None else processor.apply(tokens, raw, proposal.tokens)
         self.controller.cost.observe_verify(len(batch), sw.total)
         if sampling.greedy:
             verdict = accept_greedy(proposal.tokens, logits)
@@ -314,5 +320,8 @@ class SpeculativeDecoder:
             if spent:
                 self.controller.observe(source, spent, verdict.n_accepted)
         stats.observe(drafter_name if proposal.k else None, proposal, verdict.n_accepted)
-        return [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]
+        emitted = [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]
+        if processor is not None:
+            processor.accept(emitted, raw)
+        return emitted
 

@@ -14,7 +14,9 @@ from sdfp_edge.server.errors import APIError  # noqa: E402
 from sdfp_edge.server.schemas import ChatCompletionRequest, CompletionRequest  # noqa: E402
 
 FIELDS = ["model", "messages", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
-          "stop", "stream", "n", "stream_options", "sdfp_mode", "logprobs", "role", "content", "tools"]
+          "stop", "stream", "n", "stream_options", "sdfp_mode", "logprobs", "role", "content", "tools",
+          "top_logprobs", "presence_penalty", "repeat_last_n", "response_format", "type", "json_schema", "schema",
+          "grammar", "tool_choice", "function", "parameters", "tool_calls", "tool_call_id"]
 scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=20)
 values = st.recursive(
     scalars,

@@ -41,12 +41,18 @@ def _log_to_stderr() -> None:
               help="Refuse requests without `Authorization: Bearer KEY` (/health stays open).")
 @click.option("--alias", default=None, metavar="NAME",
               help="The model id clients send (default: the GGUF's file name without .gguf).")
+@click.option("--strict-model", is_flag=True,
+              help="Refuse (404) requests whose `model` is not the served id (default: answer them).")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="A browser origin allowed to call the server, e.g. https://app.example "
+                   "(repeatable; '*': any). Pages on localhost / 127.0.0.1 are always allowed.")
 @speculation_options
 @user_errors
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None,
-          seed: int, verbose: bool, host: str, port: int, api_key: str | None, alias: str | None, mode: str,
-          draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float) -> None:
+          seed: int, verbose: bool, host: str, port: int, api_key: str | None, alias: str | None,
+          strict_model: bool, cors_origins: tuple[str, ...], mode: str, draft_model: str | None,
+          skip_layers: str | None, draft_max: int, draft_p_min: float) -> None:
     """Serve the model with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models).
 
     Requests that send no `seed` get a random one, unless --seed is given."""
@@ -54,12 +60,14 @@ def serve(ctx: click.Context, model: str | None, threads: int | None, ctx_size: 
         import uvicorn
 
         from sdfp_edge.server.app import create_app
+        from sdfp_edge.server.cors import check_origins
     except ImportError as e:
         raise click.ClickException(f"the server needs its extra dependencies ({e}): "
                                    "pip install 'sdfp-edge[server]'") from None
     seed_given = ctx.get_parameter_source("seed") not in (ParameterSource.DEFAULT, None)
     settings = Settings(host=host, port=port, api_key=api_key or None, model=model, model_alias=alias,
-                        n_ctx=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, mode=mode,
+                        strict_model=strict_model, cors_origins=check_origins(cors_origins), n_ctx=ctx_size,
+                        threads=threads, n_gpu_layers=n_gpu_layers, mode=mode,
                         seed=seed if seed_given else None, draft_model=draft_model, skip_layers=skip_layers,
                         draft_max=draft_max, draft_p_min=draft_p_min, verbose=verbose)
     if not is_loopback(host) and not settings.api_key:
@@ -70,8 +78,9 @@ def serve(ctx: click.Context, model: str | None, threads: int | None, ctx_size: 
                    settings.draft_p_min)
     app = create_app(settings, m)
     _log_to_stderr()
+    origins = ", ".join(("localhost", *settings.cors_origins))
     click.echo(f"serving '{app.state.model_id}' at http://{host}:{port}/v1 (mode {mode}"
-               f"{', API key required' if settings.api_key else ''})", err=True)
+               f"{', API key required' if settings.api_key else ''}; browser origins: {origins})", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info" if not verbose else "debug",
                     timeout_graceful_shutdown=5)

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams, probs_from_logits, sample, softmax
 
 
@@ -34,29 +35,35 @@ class Drafter(Protocol):
     cost_prior: float  # a step's cost relative to the target's token, until one is measured
 
     def propose(
-        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator
+        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator,
+        processor: LogitsProcessor | None = None,
     ) -> Proposal: ...
 
 
 def draft_autoregressively(
     backend: Any,
-    first_token: int,
+    tokens: Sequence[int],
     k: int,
     sampling: SamplingParams,
     rng: np.random.Generator,
     threshold: float,
+    processor: LogitsProcessor | None = None,
 ) -> Proposal:
-    """Decode up to k tokens one at a time, stopping early at low confidence.
+    """Decode up to k tokens after tokens[-1] one at a time, stopping early at low confidence.
 
     The confidence is the draft's top-1 probability (of the sampling distribution when
-    sampling, of the raw softmax when greedy). The caller restores the KV cache.
+    sampling, of the raw softmax when greedy). `processor` transforms each draft row as it
+    transforms the target's (penalties, grammar). The caller restores the KV cache.
     """
     drafted: list[int] = []
     dists: list[npt.NDArray[np.float64]] = []
     steps = 0
-    cur = first_token
+    cur = tokens[-1]
     for _ in range(k):
-        logits = backend.decode([cur], logits="last")[0]
+        logits = backend.decode([cur], logits="last")
+        if processor is not None:
+            logits = processor.apply(tokens, logits, drafted)
+        logits = logits[0]
         steps += 1
         if sampling.greedy:
             confidence = float(softmax(logits).max())

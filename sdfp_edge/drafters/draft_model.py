@@ -14,6 +14,7 @@ import numpy as np
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.drafters.base import Proposal, draft_autoregressively
 from sdfp_edge.errors import InvalidRequestError
+from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams
 
 
@@ -35,13 +36,14 @@ class DraftModelDrafter:
         self.cost_prior = cost_prior
 
     def propose(
-        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator
+        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator,
+        processor: LogitsProcessor | None = None,
     ) -> Proposal:
         if k <= 0:
             return Proposal.empty()
         self.backend.sync(tokens[:-1])
         start = self.backend.n_past
         try:
-            return draft_autoregressively(self.backend, tokens[-1], k, sampling, rng, self.threshold)
+            return draft_autoregressively(self.backend, tokens, k, sampling, rng, self.threshold, processor)
         finally:
             self.backend.truncate(start)

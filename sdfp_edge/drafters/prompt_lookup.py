@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sdfp_edge.drafters.base import Proposal
+from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams
 
 
@@ -49,6 +50,7 @@ class PromptLookupDrafter:
         k: int,
         sampling: SamplingParams | None = None,
         rng: np.random.Generator | None = None,
+        processor: LogitsProcessor | None = None,  # a deterministic draft: the target's rows judge it
     ) -> Proposal:
         if k <= 0 or len(tokens) < 2:
             return Proposal.empty()

@@ -15,6 +15,7 @@ import numpy as np
 
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.drafters.base import Proposal, draft_autoregressively
+from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams
 
 
@@ -34,7 +35,8 @@ class SkipLayersDrafter:
         self.cost_prior = 1.0 - len(self.skip_layers) / backend.n_layer
 
     def propose(
-        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator
+        self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator,
+        processor: LogitsProcessor | None = None,
     ) -> Proposal:
         if k <= 0:
             return Proposal.empty()
@@ -43,7 +45,7 @@ class SkipLayersDrafter:
         assert start == len(tokens) - 1, "KV cache must hold all tokens but the last"
         b.set_skip(self.skip_layers)
         try:
-            return draft_autoregressively(b, tokens[-1], k, sampling, rng, self.threshold)
+            return draft_autoregressively(b, tokens, k, sampling, rng, self.threshold, processor)
         finally:
             b.set_skip(None)
             b.truncate(start)

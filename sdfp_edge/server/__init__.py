@@ -5,9 +5,13 @@ them, so `settings` stays importable (the CLI reads it) without the extra instal
 
     settings.py   what a server is configured with
     schemas.py    request bodies, validated
+    formats.py    response_format: JSON output as a grammar
+    tools.py      tool definitions, tool calls parsed out of the reply
     responses.py  response bodies and SSE framing
+    streams.py    the chunks of a streamed response, in order
     errors.py     OpenAI-style error JSON and the handlers that produce it
     auth.py       the API-key check
+    cors.py       which browser origins may call the server
     runner.py     one model, one worker thread, a FIFO of jobs
     app.py        create_app(settings, model): the routes
 """

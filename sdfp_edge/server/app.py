@@ -8,7 +8,10 @@
 `stream: true` answers with server-sent events, `data: {...}` per chunk and `data: [DONE]`;
 the last chunk (and every non-streaming response) carries `usage` and the extension `sdfp`.
 Requests are served one at a time in arrival order (runner.py). Nothing in a request names
-a file: the model is fixed when the server starts, and `model` must be its id (or omitted).
+a file: the model is fixed when the server starts. A request naming another model is answered
+by the served one, whose id the response carries (as llama.cpp's server does; with
+`strict_model`, it is refused with 404). Browser pages on this machine may call the server,
+other origins when allowed (cors.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +33,7 @@ from sdfp_edge.api import Model
 from sdfp_edge.errors import SdfpError
 from sdfp_edge.server import responses as R
 from sdfp_edge.server.auth import APIKeyMiddleware
+from sdfp_edge.server.cors import CORSMiddleware, cors_options
 from sdfp_edge.server.errors import (
     APIError,
     error_body,
@@ -41,9 +45,10 @@ from sdfp_edge.server.errors import (
 from sdfp_edge.server.runner import Event, Job, PromptBuilder, Runner
 from sdfp_edge.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from sdfp_edge.server.settings import Settings
+from sdfp_edge.server.streams import ChatStream, CompletionStream
+from sdfp_edge.server.tools import chat_prompt, split_all
 
 B = TypeVar("B", bound=GenerationRequest)
-ChunkMaker = Callable[..., dict[str, Any]]  # (rid, created, model, text_or_delta, finish, **extra)
 
 
 async def parse_body(request: Request, schema: type[B]) -> B:
@@ -108,9 +113,11 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     install(app)
     if settings.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    # added last, so outermost: preflights are answered, and errors (401 too) carry its headers
+    app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
 
     def submit(label: str, body: GenerationRequest, prompt: PromptBuilder) -> Job:
-        if body.model is not None and body.model != model_id:
+        if settings.strict_model and body.model is not None and body.model != model_id:
             raise model_not_found(body.model, model_id)
         job = Job(label, prompt, max_tokens=body.token_limit, mode=body.sdfp_mode or settings.mode,
                   sampling=body.sampling(default_seed=settings.seed))
@@ -132,40 +139,37 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
             raise APIError(400, "the request was cancelled")
         return event
 
-    async def collect(job: Job, request: Request) -> tuple[str, int, dict[str, Any]]:
-        """Run a job to its end: the text, the prompt length and the statistics."""
+    async def collect(job: Job, request: Request) -> tuple[str, int, dict[str, Any], list[dict[str, Any]] | None]:
+        """Run a job to its end: the text, the prompt length, the statistics and the logprobs."""
         watch = asyncio.create_task(_cancel_on_disconnect(request, job))
         parts: list[str] = []
+        logprobs: list[dict[str, Any]] | None = None
         try:
             while (event := await job.next_event()).kind != "done":
                 if event.kind == "error":
                     raise _as_api_error(event.error)
                 parts.append(event.text)
-            return "".join(parts), event.prompt_tokens, event.stats
+                if event.logprobs is not None:
+                    logprobs = (logprobs or []) + event.logprobs
+            return "".join(parts), event.prompt_tokens, event.stats, logprobs
         finally:
             watch.cancel()
             job.cancel()
 
-    async def events(job: Job, rid: str, when: int, make: ChunkMaker, first: dict[str, Any] | None,
-                     include_usage: bool) -> AsyncIterator[str]:
-        if first is not None:
-            yield R.sse(make(rid, when, model_id, first))
+    async def events(job: Job, stream: ChatStream | CompletionStream) -> AsyncIterator[str]:
+        for chunk in stream.opening():
+            yield R.sse(chunk)
         while True:
             event = await job.next_event()
             if event.kind == "chunk":
-                text = {"content": event.text} if first is not None else event.text
-                yield R.sse(make(rid, when, model_id, text))
+                for chunk in stream.chunk(event.text, event.logprobs):
+                    yield R.sse(chunk)
             elif event.kind == "error":
                 yield R.sse(error_body(str(event.error), type="server_error"))
                 break
             elif event.kind == "done":
-                use = R.usage(event.prompt_tokens, event.stats)
-                empty: Any = {} if first is not None else ""
-                yield R.sse(make(rid, when, model_id, empty, R.finish_reason(event.stats), usage=use,
-                                 sdfp=R.sdfp_stats(event.stats)))
-                if include_usage:  # OpenAI's separate usage chunk, with no choices
-                    chunk = make(rid, when, model_id, empty)
-                    yield R.sse({**chunk, "choices": [], "usage": use})
+                for chunk in stream.end(event.prompt_tokens, event.stats):
+                    yield R.sse(chunk)
                 break
         yield R.SSE_DONE
 
@@ -187,14 +191,15 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     async def chat_completions(request: Request) -> Any:
         body = await parse_body(request, ChatCompletionRequest)
         rid, when = R.new_id("chatcmpl"), R.now()
-        messages = body.plain_messages()
-        job = submit(rid, body, lambda m: m.tokenize_chat(messages))
+        messages, tools, names = body.plain_messages(), body.template_tools(), body.tool_names
+        job = submit(rid, body, lambda m: chat_prompt(m, messages, tools))
         if body.stream:
             await started(job, request)
-            return _JobStream(job, events(job, rid, when, R.chat_chunk, {"role": "assistant", "content": ""},
-                                          body.include_usage))
-        text, n_prompt, stats = await collect(job, request)
-        return R.chat_completion(rid, when, model_id, text, n_prompt, stats)
+            return _JobStream(job, events(job, ChatStream(rid, when, model_id, tool_names=names,
+                                                          include_usage=body.include_usage)))
+        text, n_prompt, stats, logprobs = await collect(job, request)
+        content, calls = split_all(text, names) if names else (text, [])
+        return R.chat_completion(rid, when, model_id, content, n_prompt, stats, logprobs, calls)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Any:
@@ -205,8 +210,9 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
         job = submit(rid, body, lambda m: m.tokenize_prompt(prompt))
         if body.stream:
             await started(job, request)
-            return _JobStream(job, events(job, rid, when, R.completion_chunk, None, body.include_usage))
-        text, n_prompt, stats = await collect(job, request)
-        return R.completion(rid, when, model_id, text, n_prompt, stats)
+            return _JobStream(job, events(job, CompletionStream(rid, when, model_id,
+                                                                include_usage=body.include_usage)))
+        text, n_prompt, stats, logprobs = await collect(job, request)
+        return R.completion(rid, when, model_id, text, n_prompt, stats, logprobs)
 
     return app

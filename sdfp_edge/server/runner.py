@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 
 from sdfp_edge.api import Chunk, Model
 from sdfp_edge.errors import SdfpError
+from sdfp_edge.server.responses import logprob_entries
 
 log = logging.getLogger("sdfp_edge.server")
 
@@ -31,6 +32,7 @@ PromptBuilder = Callable[[Model], list[int]]  # runs on the worker: tokenize a p
 class Event:
     kind: Literal["start", "chunk", "done", "error"]
     text: str = ""  # chunk: new text
+    logprobs: list[dict[str, Any]] | None = None  # chunk: its tokens' log-probabilities, when asked for
     prompt_tokens: int = 0  # start, done
     stats: dict[str, Any] = field(default_factory=dict)  # done: Model.last_stats
     error: BaseException | None = None  # error: an SdfpError is the client's fault, anything else ours
@@ -151,12 +153,18 @@ class Runner:
             job.emit(Event("error", error=e))
             return
         job.emit(Event("start", prompt_tokens=len(prompt)))
+        held: list[dict[str, Any]] = []  # logprobs of tokens whose text is not out yet
         try:
             for chunk in chunks:
+                if chunk.logprobs is not None:
+                    held += logprob_entries(chunk.logprobs, m.backend.token_bytes)
                 if chunk.text:
-                    job.emit(Event("chunk", text=chunk.text))
+                    job.emit(Event("chunk", text=chunk.text, logprobs=held if chunk.logprobs is not None else None))
+                    held = []
                 if job.cancelled:
                     break
+            if held:
+                job.emit(Event("chunk", logprobs=held))
         finally:
             chunks.close()  # stops generation; the KV cache keeps exactly what was emitted
         stats = dict(m.last_stats)

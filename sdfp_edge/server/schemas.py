@@ -2,9 +2,10 @@
 
 Validation is strict (no "0.5" for a number, no true for an integer) and follows OpenAI's
 ranges and defaults (temperature 1, top_p 1, n 1, completions max_tokens 16). Extensions,
-as llama.cpp's server has them: `top_k`, `min_p`, and `sdfp_mode` to force one speculation
-mode for a request. Fields this server cannot honour (penalties, logprobs, tools, echo...)
-are refused when set, rather than silently ignored; unknown fields are ignored.
+as llama.cpp's server has them: `top_k`, `min_p`, `repeat_penalty`, `repeat_last_n`, `grammar`
+(GBNF), and `sdfp_mode` to force one speculation mode for a request. Fields this server cannot honour
+(logit_bias, echo, suffix...) are refused when set, rather than silently ignored; unknown
+fields are ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ from pydantic import (
 
 from sdfp_edge.api import MAX_TOKENS_LIMIT
 from sdfp_edge.engine import MODES
+from sdfp_edge.errors import InvalidRequestError
+from sdfp_edge.logits_processors import MAX_TOP_LOGPROBS
+from sdfp_edge.server.formats import ResponseFormat
+from sdfp_edge.server.tools import (
+    TAGS,
+    Tool,
+    ToolCallIn,
+    ToolChoice,
+    check_tool_choice,
+    forced_grammar,
+    template_message,
+)
 
 Mode = Literal[MODES]  # type: ignore[valid-type]
 
@@ -39,21 +52,32 @@ class TextPart(_Strict):
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[TextPart]
+    tool_calls: list[ToolCallIn] | None = None  # an assistant's earlier calls (before content: its check)
+    content: str | list[TextPart] | None = Field(None, validate_default=True)
     name: str | None = None
+    tool_call_id: str | None = None  # a tool result: the call it answers
 
     @field_validator("content", mode="wrap")
     @classmethod
-    def _text_only(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    def _text_only(cls, v: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        if v is None:
+            if info.data.get("role") == "assistant" and info.data.get("tool_calls"):
+                return None
+            raise ValueError("Field required (null only for an assistant message with tool_calls)")
         try:
             return handler(v)
         except ValidationError:  # one message instead of one per union branch
             raise ValueError('must be a string or a list of text parts ({"type": "text", "text": "..."}); '
                              "images and audio are not supported") from None
 
-    def plain(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": self.role, "content": text}
+    def plain(self) -> dict[str, Any]:
+        """The message as Model.render_chat takes it (tool calls with their arguments as objects)."""
+        text = self.content if isinstance(self.content, str) or self.content is None else \
+            "".join(p.text for p in self.content)
+        out = self.model_dump(include={"name", "tool_call_id"}, exclude_none=True)
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump(exclude_none=True) for c in self.tool_calls]
+        return template_message({"role": self.role, "content": text, **out})
 
 
 class StreamOptions(_Strict):
@@ -75,12 +99,13 @@ class GenerationRequest(_Strict):
     user: str | None = None
     sdfp_mode: Mode | None = None  # extension: auto, off, lookup, layerskip, draft-model
 
-    # accepted only at their "off" values
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    logit_bias: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repeat_penalty: float = Field(1.0, gt=0, le=10)  # extension; 1 = off
+    repeat_last_n: int = Field(64, ge=-1)  # extension: tokens the penalties look back on; -1: all
+    grammar: str | None = Field(None, min_length=1)  # extension: GBNF the output must follow
+
+    logit_bias: Any = None  # accepted only at its "off" value
 
     @field_validator("stop")
     @classmethod
@@ -92,7 +117,7 @@ class GenerationRequest(_Strict):
             raise ValueError("at most 16 stop strings")
         return stops
 
-    @field_validator("presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs")
+    @field_validator("logit_bias")
     @classmethod
     def _off_only(cls, v: Any, info: ValidationInfo) -> Any:
         if v:
@@ -105,6 +130,15 @@ class GenerationRequest(_Strict):
         return self.max_tokens
 
     @property
+    def n_logprobs(self) -> int | None:
+        """How many alternatives per token to report; None: no log-probabilities at all."""
+        return None
+
+    def gbnf(self) -> str | None:
+        """The grammar the output must follow; None: free text."""
+        return self.grammar
+
+    @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
@@ -112,33 +146,85 @@ class GenerationRequest(_Strict):
         """Keyword arguments for `Model.stream_tokens` (max_tokens and mode are added later)."""
         seed = self.seed if self.seed is not None else default_seed
         return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                    seed=seed if seed is not None else secrets.randbits(63), stop=self.stop)
+                    seed=seed if seed is not None else secrets.randbits(63), stop=self.stop,
+                    presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                    repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n, logprobs=self.n_logprobs,
+                    grammar=self.gbnf())
 
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)  # newer name of max_tokens
-    tools: Any = None
-    functions: Any = None
-    response_format: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None  # the older form of tools: refused
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _no_tools(cls, v: Any, info: ValidationInfo) -> Any:
+    def _no_functions(cls, v: Any) -> Any:
         if v:
-            raise ValueError(f"{info.field_name} are not supported by this server")
+            raise ValueError("functions (deprecated) are not supported by this server: send tools")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice(cls, v: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        check_tool_choice(info.data.get("tools"), v)
+        if v not in (None, "none", "auto"):
+            try:
+                forced_grammar(info.data["tools"], v, parallel=True)
+            except InvalidRequestError as e:
+                raise ValueError(str(e)) from None
+        if v not in (None, "none", "auto") and info.data.get("response_format") is not None \
+                and info.data["response_format"].type != "text":
+            raise ValueError("a forced tool call and a response_format cannot both constrain the output")
         return v
 
     @field_validator("response_format")
     @classmethod
-    def _text_only(cls, v: Any) -> Any:
-        if v not in (None, {"type": "text"}):
-            raise ValueError("only the 'text' response format is supported")
+    def _one_grammar(cls, v: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
+        if v is not None and v.type != "text" and info.data.get("grammar") is not None:
+            raise ValueError("give either response_format or grammar, not both")
+        return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
         return v
 
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def tool_names(self) -> list[str]:
+        """The tools the model may call in this reply ([] when none or tool_choice is 'none')."""
+        return [] if not self.tools or self.tool_choice == "none" else [t.function.name for t in self.tools]
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """Tool definitions for the chat template; None: render no tools."""
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tool_names and self.tools else None
+
+    def sampling(self, *, default_seed: int | None) -> dict[str, Any]:
+        kwargs = super().sampling(default_seed=default_seed)
+        return {**kwargs, "keep_special": TAGS} if self.tool_names else kwargs
+
+    def gbnf(self) -> str | None:
+        if self.response_format is not None and self.response_format.type != "text":
+            return self.response_format.gbnf()
+        if self.tools and self.tool_choice not in (None, "none", "auto"):
+            return forced_grammar(self.tools, self.tool_choice, self.parallel_tool_calls is not False)
+        return self.grammar
 
     def plain_messages(self) -> list[dict[str, str]]:
         return [m.plain() for m in self.messages]
@@ -148,6 +234,7 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS_LIMIT)  # OpenAI's default for completions
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=1)
 
@@ -159,6 +246,10 @@ class CompletionRequest(GenerationRequest):
                 raise ValueError("exactly one prompt per request (a string, or a list of one string)")
             v = v[0]
         return v
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("echo")
     @classmethod

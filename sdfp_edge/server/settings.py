@@ -18,6 +18,8 @@ class Settings:
     api_key: str | None = None  # when set, every route but /health needs `Authorization: Bearer KEY`
     model: str | None = None  # GGUF path or catalogue name (None: the default model)
     model_alias: str | None = None  # the id clients send as `model` (default: the GGUF's file name stem)
+    strict_model: bool = False  # refuse (404) a request naming another model, instead of answering it
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed besides localhost's; "*": any
     n_ctx: int = 4096
     threads: int | None = None
     n_gpu_layers: int | None = None

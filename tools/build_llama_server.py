@@ -5,9 +5,10 @@ It is built from the UNPATCHED llama.cpp vendored in the very llama-cpp-python s
 runtime pins (same sha256 check, same cache directory as tools/build_runtime.py), so the
 peer runs the same kernels as sdfp-edge, with llama.cpp's own speculative decoding
 (`--spec-type ngram-*`, draft models) on top. Only the `llama-server` target is built
-(about 4-5 minutes on 2 cores), statically linked, and the binary alone is cached under
-`<cache>/llama-server/<key>/llama-server`, where the key covers the sdist hash, the CMake
-flags and the CPU; a second run takes a second.
+(4-5 minutes on 2 idle cores, 12 on 2 shared ones), with llama.cpp's libraries linked in
+statically, and the binary alone is cached under `<cache>/llama-server/<key>/llama-server`,
+where the key covers the sdist hash, the CMake flags and the CPU; a second run takes a
+second. The last line of stdout is the binary's path.
 
     python tools/build_llama_server.py               # build once, print the binary's path
     python tools/build_llama_server.py --print-path  # print it if built, else exit 3
@@ -119,7 +120,8 @@ def build(cmake_args: list[str], final: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--print-path", action="store_true", help=f"print the cached binary's path; exit {EXIT_NOT_BUILT} if not built")
+    ap.add_argument("--print-path", action="store_true",
+                    help=f"print the cached binary's path; exit {EXIT_NOT_BUILT} if not built")
     ap.add_argument("--rebuild", action="store_true", help="ignore a cached binary")
     args = ap.parse_args()
 

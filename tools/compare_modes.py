@@ -66,9 +66,11 @@ def table(result: dict[str, Any]) -> list[str]:
              f"tokens/verify | same ids as {BASE} |", "|---|---|---|---|---|---|---|---|---|---|"]
     per_system: dict[str, list[float]] = {}
     base_runs = {(r["prompt_id"], r["repeat"]): r for r in result["runs"] if r["system"] == BASE}
-    for row in result["summary"]:
-        if row["category"] == "all":
-            continue
+    order = {s["name"]: i for i, s in enumerate(result["systems"])}
+    prompts = result["config"]["categories"]  # one category per prompt here
+    rows = sorted((r for r in result["summary"] if r["category"] != "all"),
+                  key=lambda r: (prompts.index(r["category"]), order[r["system"]]))
+    for row in rows:
         name, prompt = row["system"], row["category"]
         mine = runs[(prompt, name)]
         each = [r["end_to_end_rate"] / base_runs[(prompt, r["repeat"])]["end_to_end_rate"] for r in mine]

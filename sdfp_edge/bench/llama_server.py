@@ -8,10 +8,13 @@ process, started with the user's environment as it is, on a free loopback port:
 
 Each prompt goes to the native `/completion` endpoint as token ids (the same ids every
 system gets), streamed with `return_tokens`, so the ids and each token's arrival time are
-recorded by this client; `cache_prompt` is off, so the whole prompt is prefilled as for
-the other systems. The server's final `timings` give its draft counters: each verify
-emits its accepted drafts plus one token, so verifies = predicted - accepted. n-gram
-drafts cost no model evaluation; a draft model's steps are not reported (left unknown).
+recorded by this client (HTTP and JSON included: a server's users pay them too);
+`cache_prompt` is off, so the whole prompt is prefilled as for the other systems (its
+host-memory prompt cache, `--cache-ram`, stays at its default). Sampling is temperature
+only (no penalties, no top-k/top-p/min-p), as for every system. The server's final
+`timings` give its draft counters: each verify emits its accepted drafts plus one token,
+so verifies = predicted - accepted. n-gram drafts cost no model evaluation; a draft
+model's steps are not reported (left unknown).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sdfp_edge.errors import SdfpError
 # llama.cpp's self-speculative n-gram drafts (common/speculative.cpp of the pinned source)
 NGRAM_SPEC_TYPES = ("ngram-simple", "ngram-map-k", "ngram-mod", "ngram-cache")
 BUILD_TOOL = Path(__file__).resolve().parents[2] / "tools" / "build_llama_server.py"
+SOURCE = "the unpatched llama.cpp vendored in the pinned llama-cpp-python sdist (tools/build_llama_server.py)"
 BUILD_HINT = "run `python tools/build_llama_server.py` once (4-5 minutes on 2 cores), or pass --build-peers"
 HEALTH_TIMEOUT_S = 600.0
 
@@ -105,7 +109,7 @@ class LlamaServerProcess:
         self.served = 0
 
     def _fail(self, why: str) -> WorkerError:
-        return WorkerError(f"system {self.spec.name}: {why}; log {self.log_path}:\n{log_tail(self.log_path)}")
+        return WorkerError(f"system {self.spec.name}: {why}; its log ends:\n{log_tail(self.log_path)}")
 
     def _get(self, path: str) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)

@@ -68,8 +68,8 @@ class WorkerProcess:
             line = ""
         if not line:
             code = self.proc.wait()
-            raise WorkerError(f"system {self.spec.name}: its process exited (code {code}); "
-                              f"log {self.log_path}:\n{log_tail(self.log_path)}")
+            raise WorkerError(f"system {self.spec.name}: its process exited (code {code}); its log ends:\n"
+                              f"{log_tail(self.log_path)}")
         answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
             raise WorkerError(f"system {self.spec.name}: {answer['type']}: {answer['error']}")

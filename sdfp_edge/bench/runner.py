@@ -172,6 +172,26 @@ def _start(name: str, setup: Setup, load: LoadConfig, log_dir: Path) -> SystemPr
     return WorkerProcess(spec, load, log_dir)
 
 
+def _start_all(names: Sequence[str], setup: Setup, load: LoadConfig, log_dir: Path, procs: list[SystemProcess],
+               log: Callable[[str], object]) -> None:
+    """Start the systems one after another (each loads alone), `off` first; append each to procs."""
+    for name in [OFF, *(n for n in names if n != OFF)]:
+        log(f"starting {name}")
+        procs.append(_start(name, setup, load, log_dir))
+
+
+def _skip_lists(names: Sequence[str], setup: Setup) -> dict[str, Any]:
+    """The layer lists of the layer-skip systems that ran, and where each comes from."""
+    lists: dict[str, Any] = {}
+    if setup.fit and {"auto", "layerskip"} & set(names):
+        lists["layerskip"] = {"layers": list(setup.fit), "source": setup.fit_source}
+    for name in names:
+        if name.startswith("layerskip-"):
+            layers, source = baseline_layers(name, setup)
+            lists[name] = {"layers": layers, "source": source}
+    return lists
+
+
 def _record(prompt: Prompt, n_prompt: int, system: str, trace: Trace, repeat: int) -> RunRecord:
     decode_tokens, decode_s = decode_window(trace.first_cycle, trace.times)
     return RunRecord(
@@ -220,7 +240,32 @@ def run(
     progress: bool = True,
     log: Callable[[str], object] = lambda m: print(m, file=sys.stderr),
 ) -> dict[str, Any]:
-    """Run the bench and return the result document (report.py writes it out)."""
+    """Run the bench and return the result document (report.py writes it out as bench.json).
+
+    Returns:
+        The document of schema SCHEMA ("sdfp-edge-bench/2"; schema 1 ran every system in one
+        process after an unrecorded warm-up and took ratios against `off` only):
+
+        schema, created, command, elapsed_s
+        machine       cpu, logical/usable CPUs, physical_cores, threads, memory_gib, os, python,
+                      load_average_start, load_average_end
+        build         sdfp_edge, git_commit, git_dirty, llama_cpp_python, llama_cpp_system_info, numpy,
+                      OMP_WAIT_POLICY (as every process saw it), llama_server {binary, source,
+                      build_info} or null
+        model         gguf_info(): model, architecture, n_layer, weight_format, path, size_bytes,
+                      sha256; draft_model the same, or null
+        config        max_tokens, temperature, greedy, seed, n_ctx, threads, n_gpu_layers, draft_max,
+                      draft_p_min, repeats, cost_cache, limit_per_category, data, categories, ...extra
+        data          sources, prompt_format, humaneval_instruction, prompts [{id, category, tokens}]
+        base          "llama-cpp", the headline reference; references ["llama-cpp", "off"]
+        systems       [{name, kind, description, load_s, command (llama-server's, else null)}]
+        skip_lists    {system: {layers, source}}; cost_models {system: its last cost model}
+        notes         [str]
+        runs          one per (system, prompt, repeat): stats.RunRecord's fields, decode_rate,
+                      end_to_end_rate
+        summary       per (system, category or "all"): stats.SummaryRow's fields, with
+                      vs {reference: {end_to_end, decode: {median, min, max, n}} or null}
+    """
     from sdfp_edge.backend import default_threads
     from sdfp_edge.models import resolve_model
 
@@ -243,30 +288,19 @@ def run(
         names = choose(cfg.systems, setup, notes)
     except ValueError as e:
         raise InvalidRequestError(str(e)) from e
-    skip_lists: dict[str, Any] = {}
-    if setup.fit and {"auto", "layerskip"} & set(names):
-        skip_lists["layerskip"] = {"layers": list(setup.fit), "source": setup.fit_source}
-    for name in names:
-        if name.startswith("layerskip-"):
-            layers, source = baseline_layers(name, setup)
-            skip_lists[name] = {"layers": layers, "source": source}
     for note in notes:
         log(note)
     load = LoadConfig(model=str(model), n_ctx=cfg.n_ctx, threads=threads, n_gpu_layers=cfg.n_gpu_layers,
                       k_max=cfg.k_max, threshold=cfg.threshold, verbose=cfg.verbose, cost_cache=cfg.cost_cache)
     procs: list[SystemProcess] = []
+    ids: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory(prefix="sdfp-bench-") as log_dir:
         try:
-            # `off` first: it tokenizes the prompts (chat template) for every system
-            order = [OFF, *(n for n in names if n != OFF)]
-            for name in order:
-                log(f"starting {name}")
-                procs.append(_start(name, setup, load, Path(log_dir)))
-                if name == OFF:
-                    off = procs[0]
-                    assert isinstance(off, WorkerProcess)
-                    ids = {p.id: off.tokenize_chat(p.messages) for p in prompts}
-                    _check_fit(ids, cfg)
+            _start_all(names, setup, load, Path(log_dir), procs, log)
+            off = procs[0]
+            assert isinstance(off, WorkerProcess)
+            ids.update((p.id, off.tokenize_chat(p.messages)) for p in prompts)  # the chat template, once
+            _check_fit(ids, cfg)
             procs.sort(key=lambda p: names.index(p.spec.name))
             records, last = _rounds(prompts, procs, ids, cfg, progress)
         finally:
@@ -286,7 +320,8 @@ def run(
         "elapsed_s": time.perf_counter() - t_start,
         "machine": machine,
         "build": build_info(by_name[OFF].info["build"], None if server_info is None else
-                            {"binary": str(setup.server), "build_info": server_info.get("build_info")}),
+                            {"binary": str(setup.server), "source": llama_server.SOURCE,
+                             "build_info": server_info.get("build_info")}),
         "model": gguf_info(model),
         "draft_model": None if setup.draft_model is None else gguf_info(setup.draft_model),
         "config": {
@@ -306,7 +341,7 @@ def run(
         "references": list(REFERENCES),
         "systems": [{"name": n, "kind": by_name[n].spec.kind, "description": by_name[n].spec.description,
                      "load_s": by_name[n].load_s, "command": by_name[n].info.get("command")} for n in names],
-        "skip_lists": skip_lists,
+        "skip_lists": _skip_lists(names, setup),
         "cost_models": {n: t.cost_model for n, t in last.items()},
         "notes": notes,
         "runs": [{**asdict(r), "decode_rate": r.decode_rate, "end_to_end_rate": r.end_to_end_rate}

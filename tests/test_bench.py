@@ -357,22 +357,28 @@ def test_bench_llama_server_peers(smollm2: Path, tmp_path: Path) -> None:
 
     prompts = [data.Prompt("copy", "copy", "Repeat exactly: the cat sat on the mat, the cat sat on the mat."),
                data.Prompt("free", "free", "Write one sentence about rivers.")]
-    cfg = runner.BenchConfig(model=str(smollm2), n_ctx=1024, threads=2, max_tokens=16, data=[],
+    cfg = runner.BenchConfig(model=str(smollm2), n_ctx=1024, threads=2, max_tokens=16, data=[], repeats=2,
                              systems=["llama-server", "llama-server-ngram-simple", "llama-server-draft"],
                              draft_model=str(smollm2))
     res = runner.run(prompts, cfg, progress=False, log=lambda m: None)
     assert res["build"]["llama_server"]["binary"] == str(SERVER)
     cmds = {s["name"]: s["command"] for s in res["systems"]}
     assert "--spec-type ngram-simple" in cmds["llama-server-ngram-simple"] and "-md" in cmds["llama-server-draft"]
-    runs = {(r["system"], r["prompt_id"]): r for r in res["runs"]}
-    for (name, pid), r in runs.items():
+    assert len(res["runs"]) == 2 * 2 * 5  # rounds x prompts x (3 servers + llama-cpp + off)
+    runs = {(r["system"], r["prompt_id"]): r for r in res["runs"] if r["repeat"] == 0}
+    for r in res["runs"]:
+        name, pid = r["system"], r["prompt_id"]
+        assert r["first_request"] == (pid == "copy" and r["repeat"] == 0), r
         timings = r["system_stats"].get("timings")
         if name.startswith("llama-server"):
-            # every generated token was streamed back with its id, and the server's own count agrees
+            # every generated token was streamed back with its id, and the server's own count agrees;
+            # the whole prompt was prefilled (no prefix reuse from the previous request)
             assert timings["predicted_n"] == r["tokens"] and timings["prompt_n"] == r["prompt_tokens"], r
-            assert r["verifies"] == r["tokens"] - r["accepted"] and r["first_request"] == (pid == "copy")
+            assert r["verifies"] == r["tokens"] - r["accepted"], r
         # greedy: llama.cpp's server and llama-cpp-python run the same kernels on the same ids
         assert r["divergence"] is None, (name, pid)
+    rows = {r["system"]: r for r in res["summary"] if r["category"] == "all"}
+    assert rows["llama-server"]["vs"][BASE]["end_to_end"]["n"] == 4  # paired per prompt and round
     assert runs["llama-server", "copy"]["drafted"] == 0
     assert runs["llama-server-draft", "copy"]["drafted"] > 0 and runs["llama-server-draft", "copy"]["draft_steps"] is None
     assert runs["llama-server-ngram-simple", "copy"]["draft_steps"] == 0

@@ -1,27 +1,34 @@
 #!/usr/bin/env python3
-"""Paired tokens/s of speculative modes against plain decoding, on one model, in one process.
+"""Paired end-to-end tokens/s of sdfp-edge's modes and of the peers against plain llama.cpp, per prompt.
 
-    .venv/bin/python tools/compare_modes.py --model smollm2-135m --skip-layers 4,9,14,19,24
+    .venv/bin/python tools/compare_modes.py --model smollm2-135m --repeats 5
+    .venv/bin/python tools/compare_modes.py --modes llama-cpp,off,auto,llama-server,llama-server-ngram-simple
 
-Every prompt is run in every mode back to back, --repeats times with the order of the
-modes rotated (greedy; the prompt's KV cache dropped before each run); the ratio to `off`
-is taken per prompt and run, and its median per prompt is the figure the engine issue asks
-for ("auto >= 0.97x of off on every prompt"): on this VM a single run's tokens/s moves by
-10% or more between back-to-back runs. The full side-by-side
-benchmark on MT-Bench and HumanEval is `sdfp-edge bench`.
+Each mode and each peer runs in its own process with your environment as it is (the
+bench's machinery, sdfp_edge/bench/runner.py); every prompt is run by every system,
+--repeats times, the order rotated from round to round, one process computing at a time.
+The ratio to plain llama.cpp (`llama-cpp`, llama-cpp-python's `Llama`) is taken per prompt
+and round, end-to-end (the first round carries each process's warm-up), and its median
+per prompt is reported with min-max; `x off` is the same against our own plain decoding.
+`off-again` is a second `off` process, the A/A control: it shows how far identical work
+moves on this machine. The llama-server systems need `python tools/build_llama_server.py`
+once (or --build-peers). The full side-by-side benchmark on MT-Bench and HumanEval is
+`sdfp-edge bench`.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
-import json
-import platform
 import statistics
+import sys
 import textwrap
-import time
+from typing import Any
 
-from sdfp_edge.api import Model
+from sdfp_edge.bench import report, runner
+from sdfp_edge.bench.data import Prompt
+from sdfp_edge.bench.systems import BASE, KNOWN, OFF
+from sdfp_edge.errors import SdfpError
 
 PROMPTS = {
     "copy-list": "Copy this list exactly, one item per line: apples, pears, plums, cherries, grapes, "
@@ -42,83 +49,93 @@ PROMPTS = {
 }
 
 
-def engine_mode(mode: str) -> str:
-    return "off" if mode == "off-again" else mode
+def _x(spread: dict[str, Any] | None) -> str:
+    return "–" if spread is None else f"{spread['median']:.3f}"
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    """One row per (prompt, system) from the result document, then each system's spread over prompts."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in result["runs"]:
+        runs.setdefault((r["prompt_id"], r["system"]), []).append(r)
+    lines = [f"| prompt | system | tokens | tok/s | x {BASE} (median) | x {BASE} (each run) | x off | accepted | "
+             f"tokens/verify | same ids as {BASE} |", "|---|---|---|---|---|---|---|---|---|---|"]
+    per_system: dict[str, list[float]] = {}
+    base_runs = {(r["prompt_id"], r["repeat"]): r for r in result["runs"] if r["system"] == BASE}
+    order = {s["name"]: i for i, s in enumerate(result["systems"])}
+    prompts = result["config"]["categories"]  # one category per prompt here
+    rows = sorted((r for r in result["summary"] if r["category"] != "all"),
+                  key=lambda r: (prompts.index(r["category"]), order[r["system"]]))
+    for row in rows:
+        name, prompt = row["system"], row["category"]
+        mine = runs[(prompt, name)]
+        each = [r["end_to_end_rate"] / base_runs[(prompt, r["repeat"])]["end_to_end_rate"] for r in mine]
+        vs_base, vs_off = row["vs"].get(BASE), row["vs"].get(OFF)
+        if vs_base:
+            per_system.setdefault(name, []).append(vs_base["end_to_end"]["median"])
+        tps = row["end_to_end_tokens_per_second"]
+        lines.append(
+            f"| {prompt} | {name} | {mine[-1]['tokens']} | {tps['median']:.1f} | "
+            f"{'1 (reference)' if name == BASE else _x(vs_base and vs_base['end_to_end'])} | "
+            f"{', '.join(f'{x:.3f}' for x in each)} | {'1' if name == OFF else _x(vs_off and vs_off['end_to_end'])} | "
+            f"{_f(row['acceptance'])} | {_f(row['tokens_per_verify'])} | "
+            f"{'–' if row['same_output'] is None else row['same_output'] == 1.0} |")
+    lines.append("")
+    for name, xs in per_system.items():
+        lines.append(f"{name}: median x{statistics.median(xs):.3f}, min x{min(xs):.3f}, max x{max(xs):.3f} "
+                     f"over {len(xs)} prompts (end-to-end, against {BASE})")
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--skip-layers", default=None, help="comma-separated; default: the GGUF's sdfp metadata")
-    ap.add_argument("--modes", default="off,off-again,auto,lookup,layerskip",
-                    help="'off-again' is a second model instance decoding plainly: the A/A control "
-                         "that shows how far two identical runs differ on this machine")
+    ap.add_argument("--draft-model", default=None, help="for the draft-model and llama-server-draft systems")
+    ap.add_argument("--modes", default="llama-cpp,off,off-again,auto,lookup",
+                    help=f"systems to run (llama-cpp and off are always added); any of {', '.join(KNOWN)}")
     ap.add_argument("--prompts", default=",".join(PROMPTS), help="comma-separated names of the prompts to run")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3, help="runs of every (prompt, mode); the median ratio is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over every (prompt, system); the median ratio is reported")
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--draft-max", type=int, default=4)
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--build-peers", action="store_true", help="build llama-server first if it is not cached")
+    ap.add_argument("--out", default=None, help="write bench.json, bench.md and bench.png of the run here")
     args = ap.parse_args()
 
-    skip = [int(x) for x in args.skip_layers.split(",")] if args.skip_layers else None
-    modes = args.modes.split(",")
-    if "off" not in modes:
-        modes.insert(0, "off")
-    # One Model per mode: each controller learns only from its own runs, as in a chat
-    # session or a server; the GGUF is memory-mapped, so the weights are shared.
-    ms = {mode: Model(args.model, n_ctx=2048, n_threads=args.threads, skip_layers=skip, k_max=args.draft_max)
-          for mode in modes}
-    for mode, m in ms.items():
-        m.chat([{"role": "user", "content": "Hi"}], max_tokens=4, mode=engine_mode(mode))  # page in, warm up, calibrate
-    rows = []
-    t0 = time.perf_counter()
-    for name in args.prompts.split(","):
-        prompt = PROMPTS[name]
-        ids = ms["off"].tokenize_chat([{"role": "user", "content": prompt}])
-        runs: dict[str, list[dict]] = {mode: [] for mode in modes}
-        for rep in range(args.repeats):
-            for mode in modes[rep % len(modes):] + modes[: rep % len(modes)]:  # rotate the order
-                m = ms[mode]
-                m.backend.reset()
-                chunks = m.stream_tokens(ids, max_tokens=args.max_tokens, mode=engine_mode(mode))
-                toks = [t for ch in chunks for t in ch.tokens]
-                runs[mode].append({**m.last_stats, "ids": toks})
-        base = runs["off"]
-        for mode in modes:
-            ratios = [r["tokens_per_second"] / b["tokens_per_second"] for r, b in zip(runs[mode], base)]
-            last = runs[mode][-1]
-            rows.append({
-                "prompt": name, "mode": mode, "tokens": last["tokens"],
-                "tok_s": round(statistics.median(r["tokens_per_second"] for r in runs[mode]), 2),
-                "ratio_vs_off": round(statistics.median(ratios), 3),
-                "ratios": [round(x, 3) for x in ratios],
-                "acceptance": round(last["acceptance_rate"], 3),
-                "tokens_per_verify": round(last["tokens_per_verify"], 2),
-                "same_ids_as_off": all(r["ids"] == b["ids"] for r, b in zip(runs[mode], base)),
-                "decisions": last["decisions"],
-            })
-    wall = time.perf_counter() - t0
-    cost = ms["auto"].decoder.controller.cost.relative() if "auto" in ms else {}
-    for m in ms.values():
-        m.close()
-    print(f"# {time.strftime('%Y-%m-%d')} {platform.node()} {platform.processor() or platform.machine()}, "
-          f"model {ms['off'].path.name}, skip {list(ms['off'].skip_layers)}, threads {ms['off'].backend.n_threads}, "
-          f"{args.repeats} repeats, {wall:.0f} s")
-    print("| prompt | mode | tokens | tok/s | x off (median) | x off (each run) | accepted | tokens/verify | same ids |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['prompt']} | {r['mode']} | {r['tokens']} | {r['tok_s']} | {r['ratio_vs_off']} | "
-              f"{', '.join(map(str, r['ratios']))} | {r['acceptance']} | {r['tokens_per_verify']} | {r['same_ids_as_off']} |")
-    for mode in modes:
-        ratios = [r["ratio_vs_off"] for r in rows if r["mode"] == mode]
-        print(f"{mode}: median x{statistics.median(ratios):.3f}, min x{min(ratios):.3f}, max x{max(ratios):.3f}")
-    v = {n: round(x, 2) for n, x in cost.get("V", {}).items()}
-    c = {d: round(x, 2) for d, x in cost.get("c", {}).items()}
-    print(f"auto's cost model: one token {cost.get('t_token_ms', 0):.1f} ms, V(n) {v}, c {c}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "cost": cost}, f, indent=1, default=str)
+    unknown = [p for p in args.prompts.split(",") if p not in PROMPTS]
+    if unknown:
+        sys.exit(f"error: unknown prompt(s) {', '.join(unknown)}; choose from {', '.join(PROMPTS)}")
+    prompts = [Prompt(id=name, category=name, text=PROMPTS[name]) for name in args.prompts.split(",")]
+    cfg = runner.BenchConfig(
+        model=args.model, threads=args.threads, n_ctx=2048, seed=args.seed, max_tokens=args.max_tokens,
+        temperature=args.temperature, repeats=args.repeats, systems=args.modes.split(","),
+        skip_layers=[int(x) for x in args.skip_layers.split(",")] if args.skip_layers else None,
+        draft_model=args.draft_model, k_max=args.draft_max, build_peers=args.build_peers, data=[],
+        command=" ".join(["tools/compare_modes.py", *sys.argv[1:]]),
+    )
+    try:
+        result = runner.run(prompts, cfg)
+    except SdfpError as e:
+        sys.exit(f"error: {e}")
+    m, mach = result["model"], result["machine"]
+    print(f"# {result['created']} {mach['cpu']}, model {m['model']}, threads {mach['threads']}, "
+          f"{args.repeats} repeats, {result['elapsed_s']:.0f} s; `{cfg.command}`")
+    print("\n".join(table(result)))
+    cm = result["cost_models"].get("auto") or {}
+    if cm.get("V"):
+        v = {n: round(x, 2) for n, x in cm["V"].items()}
+        c = {d: round(x, 2) for d, x in cm.get("c", {}).items()}
+        print(f"auto's cost model: one token {cm.get('t_token_ms', 0):.1f} ms, V(n) {v}, c {c}")
+    if args.out:
+        paths = report.write(result, args.out)
+        print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
 
 
 if __name__ == "__main__":

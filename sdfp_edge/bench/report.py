@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,18 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else format(x, ".0%")
 
 
-def _ratio(s: dict[str, Any] | None) -> str:
+def _ratio(s: dict[str, Any] | None, *, spread: bool = True) -> str:
     if s is None:
+        return "–"
+    return f"{s['median']:.2f}x" + (f" ({s['min']:.2f}-{s['max']:.2f})" if spread else "")
+
+
+def _vs(row: dict[str, Any], ref: str, which: str = "end_to_end", *, spread: bool = True) -> str:
+    """A row's ratio to a reference; "1 (reference)" on the reference's own row."""
+    if row["system"] == ref:
         return "1 (reference)"
-    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+    r = row["vs"].get(ref)
+    return _ratio(r and r[which], spread=spread)
 
 
 def _header(result: dict[str, Any]) -> list[str]:
@@ -36,6 +46,7 @@ def _header(result: dict[str, Any]) -> list[str]:
     sampling = "greedy" if cfg["greedy"] else f"temperature {cfg['temperature']}, seed {cfg['seed']}"
     per_cat = "all" if cfg["limit_per_category"] is None else cfg["limit_per_category"]
     commit = (build["git_commit"] or "no git")[:10] + (", modified" if build["git_dirty"] else "")
+    base = result["base"]
     lines = [
         f"# sdfp-edge bench, {result['created']}",
         "",
@@ -46,19 +57,26 @@ def _header(result: dict[str, Any]) -> list[str]:
     if result.get("draft_model"):
         d = result["draft_model"]
         lines.append(f"- draft model: {d['model']} ({d['weight_format']}, {d['n_layer']} layers)")
+    server = build.get("llama_server")
     return [
         *lines,
         (f"- machine: {mach['cpu']}, {mach['usable_cpus']} usable CPUs, {mach['threads']} threads; load average "
          f"{_f(mach['load_average_start'][0])} at start, {_f(mach['load_average_end'][0])} at end"),
         (f"- build: llama-cpp-python {build['llama_cpp_python']}, sdfp-edge {build['sdfp_edge']} ({commit}); "
-         f"`{build['llama_cpp_system_info'].strip()}`"),
+         f"`{build['llama_cpp_system_info'].strip()}`"
+         + (f"; llama-server built from {server['source']}" if server else "")),
+        f"- environment: OMP_WAIT_POLICY={build.get('OMP_WAIT_POLICY') or 'unset'} (every system ran with it)",
         (f"- data: {len(result['data']['prompts'])} prompts ({', '.join(cfg['categories'])}; {per_cat} per "
-         f"category), {sampling}, up to {cfg['max_tokens']} new tokens, draft max {cfg['draft_max']}"),
+         f"category), {sampling}, up to {cfg['max_tokens']} new tokens, {cfg['repeats']} round(s), "
+         f"draft max {cfg['draft_max']}"),
         f"- wall time of the run: {result['elapsed_s'] / 60:.1f} min",
         "",
-        ("tok/s counts the tokens of every verify cycle after the first, over the time from the end of the "
-         "first cycle to the last token, the same way for every system (prefill excluded). Ratios are medians "
-         "of per-prompt ratios to `off` from the same interleaved round, with min-max."),
+        (f"Each system ran in its own process with the same environment, model file, context and threads, one "
+         f"process computing at a time, every prompt prefilled from an empty cache; nothing ran unrecorded, so "
+         f"each process's first request carries its warm-up. The headline is end-to-end tokens/s (from the "
+         f"request to its last token) relative to `{base}`, plain llama.cpp as its Python users run it: the "
+         f"median of per-prompt ratios from the same interleaved round, with min-max. Decode rate leaves out "
+         f"the prefill and the first verify cycle. `off` is sdfp-edge's own plain decoding."),
         "",
     ]
 
@@ -73,41 +91,42 @@ def _skip_table(result: dict[str, Any]) -> list[str]:
 
 
 def _main_table(result: dict[str, Any]) -> list[str]:
+    base = result["base"]
+    load = {s["name"]: s.get("load_s") for s in result["systems"]}
     lines = [
-        ("| system | tok/s | x off (min-max) | x off end-to-end | acceptance | tokens/verify | k | c | "
-         "projected x off, memory-bound* | same output as off |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        (f"| system | tok/s end-to-end | x {base} end-to-end (min-max) | x {base} decode | x off end-to-end | "
+         f"load s | acceptance | tokens/verify | k | c | projected x plain, memory-bound* | same output as {base} |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["summary"]:
         if r["category"] != "all":
             continue
-        tps, e2e = r["tokens_per_second"], r["end_to_end_ratio"]
+        tps = r["end_to_end_tokens_per_second"]
         cells = [
-            r["system"], _f(tps and tps["median"], ".1f"), _ratio(r["ratio"]),
-            "–" if e2e is None else _f(e2e["median"]) + "x", _f(r["acceptance"]), _f(r["tokens_per_verify"]),
-            _f(r["k_mean"]), _f(r["c"]), "–" if r["projected"] is None else _f(r["projected"]) + "x",
-            _pct(r["same_output"]),
+            r["system"], _f(tps and tps["median"], ".1f"), _vs(r, base), _vs(r, base, "decode", spread=False),
+            _vs(r, "off", spread=False), _f(load.get(r["system"]), ".1f"), _f(r["acceptance"]),
+            _f(r["tokens_per_verify"]), _f(r["k_mean"]), _f(r["c"]),
+            "–" if r["projected"] is None else _f(r["projected"]) + "x", _pct(r["same_output"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return [
         *lines, "", f"\\* {PROJECTION_NOTE}.", "",
-        ("Same output as off: the share of prompts whose greedy token ids equal off's. llama.cpp's kernels are "
+        (f"Same output as {base}: the share of runs whose greedy token ids equal {base}'s. llama.cpp's kernels are "
          "not batch-invariant, so a verify batch can flip a near-tie; runs[].divergence in bench.json gives the "
-         "first differing token."),
+         "first differing token. Load s: process start to ready (model loaded; llama-server healthy), outside "
+         "the timings."),
         "",
     ]
 
 
 def _category_table(result: dict[str, Any]) -> list[str]:
-    cats = result["config"]["categories"]
+    cats, base = result["config"]["categories"], result["base"]
     table = {(r["system"], r["category"]): r for r in result["summary"]}
-    lines = ["Median x off by category:", "", "| system | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
-    for system in [s["name"] for s in result["systems"] if s["name"] != result["base"]]:
-        cells = []
-        for c in cats:
-            row = table.get((system, c))
-            cells.append("–" if row is None or row["ratio"] is None else f"{row['ratio']['median']:.2f}")
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    lines = [f"Median x {base}, end-to-end, by category:", "", "| system | " + " | ".join(cats) + " |",
+             "|---|" + "---|" * len(cats)]
+    for system in [s["name"] for s in result["systems"] if s["name"] != base]:
+        row = [table.get((system, c)) for c in cats]
+        lines.append(f"| {system} | " + " | ".join("–" if r is None else _vs(r, base, spread=False) for r in row) + " |")
     return [*lines, ""]
 
 
@@ -115,9 +134,9 @@ def _footer(result: dict[str, Any]) -> list[str]:
     models = result["cost_models"]
     cm = models.get("auto") or next((v for v in models.values() if v), None)
     lines = []
-    if cm:
+    if cm and cm.get("V"):
         v = ", ".join(f"V({n})={x:.2f}" for n, x in cm["V"].items())
-        lines += [f"Measured verify cost relative to one token ({cm['t_token_ms']:.1f} ms): {v}.", ""]
+        lines += [f"auto's verify cost relative to one token ({cm['t_token_ms']:.1f} ms) after the run: {v}.", ""]
     lines += ["Systems:", ""] + [f"- `{s['name']}` ({s['kind']}): {s['description']}" for s in result["systems"]]
     if result["notes"]:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
@@ -125,12 +144,24 @@ def _footer(result: dict[str, Any]) -> list[str]:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    check_schema(result)
     parts = [_header(result), _skip_table(result), _main_table(result), _category_table(result), _footer(result)]
     return "\n".join(line for part in parts for line in part) + "\n"
 
 
+def check_schema(result: dict[str, Any]) -> None:
+    """Refuse a result document this report cannot read (an older bench wrote it)."""
+    from sdfp_edge.bench.runner import SCHEMA
+    from sdfp_edge.errors import InvalidRequestError
+
+    if result.get("schema") != SCHEMA:
+        raise InvalidRequestError(f"bench.json has schema {result.get('schema')!r}; this sdfp-edge reads {SCHEMA} "
+                                  "(rerun the bench to get one)")
+
+
 def plot(result: dict[str, Any], path: Path) -> Path:
-    """Median speedup by category and system (min-max whiskers), and the memory-bound projection."""
+    """Median end-to-end speedup over plain llama.cpp by category and system (min-max whiskers),
+    and the memory-bound projection."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,28 +169,30 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     import numpy as np
 
     cats = [*result["config"]["categories"], "all"]
-    systems = [s["name"] for s in result["systems"] if s["name"] != result["base"]]
+    base = result["base"]
+    systems = [s["name"] for s in result["systems"] if s["name"] != base]
     table = {(r["system"], r["category"]): r for r in result["summary"]}
     fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 1.1 * len(cats) + 3), 8.5), sharex=True)
     width = 0.8 / max(1, len(systems))
     x = np.arange(len(cats))
-    colors = plt.get_cmap("tab10")
+    palette = 10 if len(systems) <= 10 else 20
+    colors = plt.get_cmap(f"tab{palette}")
     for j, s in enumerate(systems):
         med, lo, hi, proj = [], [], [], []
         for c in cats:
             r = table.get((s, c))
-            rr = r["ratio"] if r else None
+            rr = r["vs"][base]["end_to_end"] if r and r["vs"].get(base) else None
             med.append(rr["median"] if rr else np.nan)
             lo.append(rr["median"] - rr["min"] if rr else 0.0)
             hi.append(rr["max"] - rr["median"] if rr else 0.0)
             proj.append(r["projected"] if r and r["projected"] is not None else np.nan)
         pos = x - 0.4 + width * (j + 0.5)
-        axes[0].bar(pos, med, width, yerr=[lo, hi], capsize=2, label=s, color=colors(j % 10))
-        axes[1].bar(pos, proj, width, label=s, color=colors(j % 10))
+        axes[0].bar(pos, med, width, yerr=[lo, hi], capsize=2, label=s, color=colors(j % palette))
+        axes[1].bar(pos, proj, width, label=s, color=colors(j % palette))
     for ax in axes:
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("tokens/s relative to off\n(median of paired ratios, min-max)")
+    axes[0].set_ylabel(f"end-to-end tokens/s relative to {base}\n(median of paired ratios, min-max)")
     axes[1].set_ylabel("projected speedup,\nmemory-bound (V(n)=1)")
     axes[1].set_title("PROJECTION, not measured: tokens per verify / (k c + 1)", fontsize=9)
     m, mach = result["model"], result["machine"]
@@ -170,22 +203,34 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, ncol=min(5, len(systems)), loc="lower center")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return path
 
 
+def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """write(tmp) beside path, then rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write(result: dict[str, Any], out_dir: str | Path, *, formats: Sequence[str] = ("json", "md", "png")) -> dict[str, Path]:
-    """Write bench.json, bench.md and bench.png into out_dir; return their paths."""
+    """Write bench.json, bench.md and bench.png into out_dir (each atomically); return their paths."""
+    check_schema(result)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if "json" in formats:
-        paths["json"] = out / "bench.json"
-        paths["json"].write_text(json.dumps(result, indent=1) + "\n")
+        paths["json"] = _atomic(out / "bench.json", lambda p: p.write_text(json.dumps(result, indent=1) + "\n"))
     if "md" in formats:
-        paths["md"] = out / "bench.md"
-        paths["md"].write_text(markdown(result))
+        paths["md"] = _atomic(out / "bench.md", lambda p: p.write_text(markdown(result)))
     if "png" in formats:
-        paths["png"] = plot(result, out / "bench.png")
+        paths["png"] = _atomic(out / "bench.png", lambda p: plot(result, p))
     return paths

@@ -1,49 +1,46 @@
-"""The systems the bench compares, each behind one `run(ids) -> Trace` call.
+"""The systems the bench compares: their names, what each one is, and when it is available.
 
-sdfp systems are `SpeculativeDecoder`s on the one shared backend (one GGUF, one context,
-one KV cache), each with its own controller, so what one system learns (acceptance,
-timings) never steers another. The peers are llama-cpp-python's own `Llama` class,
-untouched: plain generation, and generation with its `LlamaPromptLookupDecoding`
-draft model. Their verify cycles and drafts are counted by wrapping `Llama.eval` and the
-draft model's `__call__` on the instances; the wrappers only count.
+    llama-cpp                  llama-cpp-python's `Llama`, plain: llama.cpp as its Python users
+                               run it, the reference of every headline ratio
+    llama-cpp-lookup           the same with its `LlamaPromptLookupDecoding`
+    off, auto, layerskip,      sdfp-edge's Model in that mode (`off` decodes plainly in our
+    lookup, draft-model        own engine: kept as a column, never the headline)
+    llama-server[-TYPE]        llama.cpp's own server, plain, with its self-speculative n-gram
+                               drafts (--spec-type ngram-*), or with --draft-model as its draft
+                               model (draft-simple); needs tools/build_llama_server.py
+    layerskip-random|uniform|lastk   layer-skip drafts with other layer lists (draft-quality controls)
+    off-again                  on request only: a second `off` process, the A/A control
 
-Layer lists for the draft-quality baselines have the FIT list's length and never
-contain the last layer (the runtime refuses it):
+Layer lists for the draft-quality controls have the FIT list's length and never contain
+the last layer (the runtime refuses it):
 
     random:  a seeded sample of the layers 0..L-2
     uniform: the centres of k equal bins over 0..L-2, e.g. L=30, k=5 -> [2, 8, 14, 20, 26]
     last-k:  the k layers just before the last, e.g. L=30, k=5 -> [24, 25, 26, 27, 28]
+
+Nothing here loads a model: specs are plain data, run by worker.py or llama_server.py.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.bench.llama_server import NGRAM_SPEC_TYPES
+from sdfp_edge.bench.protocol import SystemSpec
+
+BASE = "llama-cpp"  # the headline reference: plain llama.cpp as its users run it
+OFF = "off"  # our own plain decoding, a column of its own
+PEERS = ("llama-cpp", "llama-cpp-lookup")
+SDFP_MODES = ("off", "auto", "layerskip", "lookup", "draft-model")
+SERVERS = ("llama-server", *(f"llama-server-{t}" for t in NGRAM_SPEC_TYPES), "llama-server-draft")
+A_A_CONTROL = "off-again"
 
 
-@dataclass
-class Trace:
-    """What one generation produced, timed by the bench for every system alike."""
-
-    tokens: list[int] = field(default_factory=list)  # [n] emitted ids (a final EOG included)
-    times: list[float] = field(default_factory=list)  # [n] seconds since the call, per token
-    cycles: list[int] = field(default_factory=list)  # [n] verify cycle (1-based) per token
-    verifies: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    draft_steps: int = 0
-    steps_by_drafter: dict[str, int] = field(default_factory=dict)
-    engine_tokens_per_second: float | None = None
-
-
-# --- layer lists for the draft-quality baselines ----------------------------------------------
+# --- layer lists for the draft-quality controls ------------------------------------------------
 def random_layers(n_layer: int, k: int, seed: int) -> list[int]:
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(n_layer - 1, size=k, replace=False))
@@ -64,128 +61,110 @@ BASELINE_LISTS: dict[str, Callable[[int, int, int], list[int]]] = {
     "layerskip-lastk": lambda n, k, seed: last_k_layers(n, k),
 }
 
-
-# --- sdfp systems ---------------------------------------------------------------------------------
-class EngineSystem:
-    """A SpeculativeDecoder in one fixed mode, on the shared backend."""
-
-    def __init__(self, name: str, kind: str, description: str, decoder: SpeculativeDecoder) -> None:
-        self.name, self.kind, self.description = name, kind, description
-        self.decoder = decoder
-
-    def run(self, ids: Sequence[int], *, max_tokens: int, sampling: SamplingParams,
-            is_eog: Callable[[int], bool]) -> Trace:
-        b = self.decoder.backend
-        b.reset()  # every system prefills the prompt itself
-        stats = GenerationStats()
-        trace = Trace()
-        t0 = time.perf_counter()
-        for tok in self.decoder.generate(ids, max_tokens=max_tokens, sampling=sampling, stats=stats):
-            trace.times.append(time.perf_counter() - t0)
-            trace.tokens.append(tok)
-            trace.cycles.append(stats.verifies)  # updated before the cycle's tokens are yielded
-        s = stats.as_dict()
-        trace.verifies, trace.drafted, trace.accepted = stats.verifies, stats.drafted, stats.accepted
-        trace.draft_steps = stats.draft_steps
-        trace.steps_by_drafter = self._steps_by_drafter(stats)
-        trace.engine_tokens_per_second = s["tokens_per_second"]
-        return trace
-
-    def _steps_by_drafter(self, stats: GenerationStats) -> dict[str, int]:
-        by = {d: v["steps"] for d, v in stats.per_drafter.items()}
-        # per_drafter misses the steps of drafts that stopped before their first token (k = 0);
-        # charge them to the costliest model drafter this system has (a conservative projection)
-        rest = stats.draft_steps - sum(by.values())
-        if rest > 0:
-            costs = self.costs()
-            model_drafters = [n for n, d in self.decoder.drafters.items() if d.uses_model]
-            if model_drafters:
-                worst = max(model_drafters, key=lambda n: costs.get(n, float("inf")))
-                by[worst] = by.get(worst, 0) + rest
-        return by
-
-    def costs(self) -> dict[str, float]:
-        c: dict[str, float] = self.decoder.controller.cost.relative().get("c", {})  # type: ignore[assignment]
-        return dict(c)
-
-    def cost_model(self) -> dict[str, Any]:
-        return self.decoder.controller.cost.relative()
-
-    def close(self) -> None:
-        """Nothing to free: the backend belongs to the Model."""
+SYSTEMS = (*PEERS, *SDFP_MODES, *SERVERS, *BASELINE_LISTS)  # every system a default run may include
+KNOWN = (*SYSTEMS, A_A_CONTROL)
 
 
-# --- llama-cpp-python peers -----------------------------------------------------------------------
-class _CountingDraft:
-    """Wraps a llama-cpp-python draft model; counts the tokens it proposes, changes nothing."""
+@dataclass(frozen=True)
+class Setup:
+    """What decides which systems can run: the skip list, the draft model, the server binary."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.drafted = 0
+    fit: tuple[int, ...]  # the layerskip list (GGUF metadata or --skip-layers); () when none
+    fit_source: str
+    fit_from_cli: bool  # given with --skip-layers (else the GGUF's own metadata, which workers read)
+    n_layer: int
+    draft_model: Path | None
+    server: Path | None  # the llama-server binary, or None
+    server_missing: str  # why there is no binary (with what to run), when server is None
+    seed: int
 
-    def __call__(self, input_ids: Any, /, **kwargs: Any) -> Any:
-        out = self.inner(input_ids, **kwargs)
-        self.drafted += len(out)
-        return out
+
+def why_unavailable(name: str, s: Setup) -> str | None:
+    """None if `name` can run with this setup, else the reason it cannot."""
+    if name in ("layerskip", *BASELINE_LISTS) and not s.fit:
+        return "no skip list: the GGUF has no sdfp.* metadata and no --skip-layers was given"
+    if name in ("draft-model", "llama-server-draft") and s.draft_model is None:
+        return "no --draft-model was given"
+    if name in SERVERS and s.server is None:
+        return s.server_missing
+    return None
 
 
-class LlamaCppSystem:
-    """llama-cpp-python's `Llama.generate`, greedy or sampled, as a user would call it."""
+def baseline_layers(name: str, s: Setup) -> tuple[list[int], str]:
+    """A control's layer list and where it comes from."""
+    layers = BASELINE_LISTS[name](s.n_layer, len(s.fit), s.seed)
+    how = name.removeprefix("layerskip-").replace("lastk", "last-k")
+    source = f"{how} choice of {len(s.fit)} layers, as many as the layerskip list" + (
+        f" (seed {s.seed})" if how == "random" else "")
+    if layers == sorted(s.fit):
+        source += "; identical to the layerskip list"
+    return layers, source
 
-    kind = "peer"
 
-    def __init__(self, name: str, description: str, llm: Any) -> None:
-        self.name, self.description = name, description
-        self.llm = llm
-        self.evals = 0
-        inner_eval = llm.eval
+def spec_for(name: str, s: Setup) -> SystemSpec:
+    """The spec of one available system."""
+    draft = None if s.draft_model is None else str(s.draft_model)
+    if name in PEERS:
+        lookup = name == "llama-cpp-lookup"
+        desc = ("llama-cpp-python Llama.generate, plain" if not lookup else
+                "llama-cpp-python Llama.generate with LlamaPromptLookupDecoding (num_pred_tokens 2 on CPU, 10 with "
+                "a GPU, as its README advises)")
+        return SystemSpec(name, "peer", "llama-cpp-python", desc + "; flash attention as llama.cpp's default",
+                          {"lookup": lookup})
+    if name in SERVERS:
+        spec_type = name.removeprefix("llama-server").removeprefix("-") or None
+        options: dict[str, object] = {}
+        if spec_type == "draft":
+            options = {"spec_type": "draft-simple", "draft_model": draft}
+            desc = f"llama.cpp's llama-server, draft model {Path(str(draft)).name} (--spec-type draft-simple)"
+        elif spec_type:
+            options = {"spec_type": spec_type}
+            desc = f"llama.cpp's llama-server, --spec-type {spec_type} (llama.cpp's defaults)"
+        else:
+            desc = "llama.cpp's llama-server, plain"
+        return SystemSpec(name, "server", "llama-server", desc + "; /completion, streamed", options)
+    if name in BASELINE_LISTS:
+        layers, _ = baseline_layers(name, s)
+        how = name.removeprefix("layerskip-").replace("lastk", "last-k")
+        return SystemSpec(name, "baseline", "sdfp", f"layer-skip draft, {how} layers {layers}",
+                          {"mode": "layerskip", "skip_layers": layers})
+    mode = "off" if name == A_A_CONTROL else name
+    desc = {
+        "off": "plain decoding, one token per step (sdfp-edge's engine, mode off)",
+        "auto": "the controller picks per cycle among its drafters or plain decoding",
+        "layerskip": f"layer-skip draft only, layers {list(s.fit)} ({s.fit_source})",
+        "lookup": "prompt-lookup draft only",
+        "draft-model": f"separate draft model {Path(str(draft)).name} only",
+    }[mode]
+    if name == A_A_CONTROL:
+        desc = "a second `off` process: the A/A control (how far identical work moves on this machine)"
+    options = {"mode": mode, "skip_layers": list(s.fit) if s.fit_from_cli else None,
+               "draft_model": draft if mode in ("auto", "draft-model") else None}
+    return SystemSpec(name, "sdfp", "sdfp", desc, options)
 
-        def counting_eval(tokens: Sequence[int]) -> None:
-            self.evals += 1
-            inner_eval(tokens)
 
-        llm.eval = counting_eval  # instance attribute: Llama.generate calls self.eval(...)
-        self.draft: _CountingDraft | None = None
-        if llm.draft_model is not None:
-            self.draft = _CountingDraft(llm.draft_model)
-            llm.draft_model = self.draft
+def choose(wanted: Sequence[str] | None, s: Setup, notes: list[str]) -> list[str]:
+    """The systems to run, in catalogue order: `wanted` (each must be available) or every available one.
 
-    def run(self, ids: Sequence[int], *, max_tokens: int, sampling: SamplingParams,
-            is_eog: Callable[[int], bool]) -> Trace:
-        llm = self.llm
-        llm.reset()  # no prefix reuse from the previous prompt: prefill like every other system
-        self.evals = 0
-        if self.draft is not None:
-            self.draft.drafted = 0
-        if sampling.greedy:
-            params: dict[str, Any] = {"temp": 0.0}
-        else:  # the same distribution as the engine's: temperature only, no top-k/top-p/min-p
-            llm.set_seed(sampling.seed)
-            params = {"temp": sampling.temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
-        trace = Trace()
-        t0 = time.perf_counter()
-        gen = llm.generate(list(ids), repeat_penalty=1.0, **params)
-        try:
-            for tok in gen:
-                trace.times.append(time.perf_counter() - t0)
-                trace.tokens.append(int(tok))
-                trace.cycles.append(self.evals)
-                if is_eog(int(tok)) or len(trace.tokens) >= max_tokens:
-                    break
-        finally:
-            gen.close()
-        trace.verifies = self.evals  # the prompt's eval produces the first token, like a cycle
-        if self.draft is not None:
-            trace.drafted = self.draft.drafted
-            # every eval emits its accepted drafts + one token; the last may be cut by the stop
-            trace.accepted = max(0, len(trace.tokens) - self.evals)
-        return trace
-
-    def costs(self) -> dict[str, float]:
-        return {}
-
-    def cost_model(self) -> dict[str, Any]:
-        return {}
-
-    def close(self) -> None:
-        self.llm.close()
+    `llama-cpp` and `off` are always run: every ratio is taken against them.
+    Raises ValueError naming what is unknown or unavailable.
+    """
+    if wanted is None:
+        names = []
+        for name in SYSTEMS:
+            why = why_unavailable(name, s)
+            if why:
+                notes.append(f"system {name} left out: {why}")
+            else:
+                names.append(name)
+        return names
+    unknown = [n for n in wanted if n not in KNOWN]
+    if unknown:
+        raise ValueError(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(KNOWN)}")
+    missing = [f"{n} ({why})" for n in wanted if (why := why_unavailable(n, s))]
+    if missing:
+        raise ValueError(f"not available: {'; '.join(missing)}")
+    for ref in (BASE, OFF):
+        if ref not in wanted:
+            notes.append(f"'{ref}' added: ratios are taken against it")
+    return [n for n in KNOWN if n in wanted or n in (BASE, OFF)]

@@ -1,4 +1,4 @@
-"""`sdfp-edge bench`: every system on MT-Bench and HumanEval, one process, paired ratios."""
+"""`sdfp-edge bench`: every system on MT-Bench and HumanEval, each in its own process, paired ratios."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from sdfp_edge.bench.systems import KNOWN
 from sdfp_edge.cli import model_options, user_errors
 from sdfp_edge.cli.generate import parse_layer_list, speculation_options
 
@@ -34,10 +35,12 @@ def _command_line(ctx: click.Context) -> str:
     parts = ["sdfp-edge", ctx.info_name or "bench"]
     for p in ctx.command.params:
         value = ctx.params.get(p.name or "")
-        if not isinstance(p, click.Option) or value is None or value == p.default or value is False:
+        if not isinstance(p, click.Option) or value is None or value == p.default:
             continue
-        name = max(p.opts, key=len)
-        parts += [name] if p.is_flag else [name, str(value)]
+        if not p.is_flag:
+            parts += [max(p.opts, key=len), str(value)]
+        elif value or p.secondary_opts:  # --flag, or the --no-flag of an on/off pair
+            parts.append(max(p.opts if value else p.secondary_opts, key=len))
     return shlex.join(parts)
 
 
@@ -55,9 +58,16 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--temperature", "--temp", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0 = greedy; > 0 samples (every system with the same temperature and seed).")
 @click.option("--systems", default=None, metavar="LIST",
-              help="Systems to compare (default: every available one): off, auto, layerskip, lookup, "
-                   "draft-model, llama-cpp, llama-cpp-lookup, layerskip-random, layerskip-uniform, "
-                   "layerskip-lastk.")
+              help="Systems to compare (default: every available one): " + ", ".join(KNOWN)
+                   + ". llama-cpp (the headline reference) and off are always run.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rounds over the prompts (ratios are paired per prompt and round).")
+@click.option("--build-peers", is_flag=True,
+              help="Build llama.cpp's llama-server first if it is not cached (tools/build_llama_server.py, "
+                   "4-5 minutes on 2 cores, once).")
+@click.option("--cost-cache/--no-cost-cache", default=None,
+              help="sdfp systems: reuse cost measurements persisted by earlier runs, or measure from scratch "
+                   "as on a first run (default: sdfp-edge's own default).")
 @click.option("--quick", is_flag=True,
               help=f"Preset: {QUICK['limit']} prompt per category, {QUICK['max_tokens']} new tokens.")
 @click.option("--out", "out_dir", default="bench-out", show_default=True, metavar="DIR",
@@ -69,8 +79,13 @@ def _command_line(ctx: click.Context) -> str:
 def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
           verbose: bool, draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
           data: str, categories: str | None, limit: int | None, max_tokens: int | None, temperature: float,
-          systems: str | None, quick: bool, out_dir: str, no_progress: bool, from_json: str | None) -> None:
-    """Tokens/s of every system against plain decoding, on MT-Bench and HumanEval prompts."""
+          systems: str | None, repeats: int, build_peers: bool, cost_cache: bool | None, quick: bool, out_dir: str,
+          no_progress: bool, from_json: str | None) -> None:
+    """End-to-end tokens/s of every system against plain llama.cpp, on MT-Bench and HumanEval prompts.
+
+    Each system runs in its own process with your environment as it is. llama.cpp's own
+    llama-server peers need `python tools/build_llama_server.py` once (or --build-peers).
+    """
     from sdfp_edge.bench import data as bench_data
     from sdfp_edge.bench import report, runner
 
@@ -81,18 +96,19 @@ def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: i
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
         return
     wanted = _csv(systems)
-    unknown = [s for s in wanted or [] if s not in runner.SYSTEMS]
+    unknown = [s for s in wanted or [] if s not in KNOWN]
     if unknown:
-        raise click.BadParameter(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(runner.SYSTEMS)}",
+        raise click.BadParameter(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(KNOWN)}",
                                  param_hint="--systems")
     if quick:
         limit = limit if limit is not None else QUICK["limit"]
         max_tokens = max_tokens if max_tokens is not None else QUICK["max_tokens"]
     cfg = runner.BenchConfig(
         model=model, n_ctx=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose,
-        max_tokens=max_tokens or DEFAULT_MAX_TOKENS, temperature=temperature, systems=wanted,
+        max_tokens=max_tokens or DEFAULT_MAX_TOKENS, temperature=temperature, repeats=repeats, systems=wanted,
         skip_layers=parse_layer_list(skip_layers), draft_model=draft_model, k_max=draft_max,
-        threshold=draft_p_min, data=_csv(data) or [], categories=_csv(categories), limit=limit,
+        threshold=draft_p_min, cost_cache=cost_cache, build_peers=build_peers, data=_csv(data) or [],
+        categories=_csv(categories), limit=limit,
         command=_command_line(click.get_current_context()), extra={"quick": quick},
     )
     prompts = bench_data.load(cfg.data, categories=cfg.categories, limit=cfg.limit, seed=seed)

@@ -59,8 +59,7 @@ class SdfpSystem:
         from sdfp_edge.api import Model
 
         o = spec.options
-        # issue 11 item 2 adds Model(cost_cache=...): whether persisted cost measurements are reused.
-        # Passed only when the bench was told (--cost-cache/--no-cost-cache); None keeps Model's default.
+        # whether persisted cost measurements are reused (--cost-cache/--no-cost-cache); None: Model's default
         extra: dict[str, Any] = {} if load.cost_cache is None else {"cost_cache": load.cost_cache}
         self.model = Model(load.model, n_ctx=load.n_ctx, n_threads=load.threads, n_gpu_layers=load.n_gpu_layers,
                            mode=o["mode"], skip_layers=o.get("skip_layers"), draft_model=o.get("draft_model"),

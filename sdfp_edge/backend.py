@@ -27,11 +27,18 @@ from sdfp_edge.errors import (
 from sdfp_edge.metadata import check_gguf_file, read_model_info
 
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+GOMP_SPINCOUNT = "10000"  # chosen by tools/thread_matrix.py (README, "Threads")
 
 
 def _import_llama_cpp() -> tuple[Any, Any]:
-    # The process environment is the user's: no OpenMP wait policy is imposed (a PASSIVE
-    # default once cost 1.4x on an idle machine against plain llama.cpp; README, "Threads").
+    # ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default spins
+    # ~300k iterations there, which starves a decode whenever another process wants the
+    # cores (Qwen 1.5B, 2 threads: 64 ms/token idle, 260-430 with one core busy or a second
+    # model decoding); PASSIVE sleeps at once and costs 1.4x idle. A bounded spin is as fast
+    # as the default idle and 1.4-2.2x faster under contention (tools/thread_matrix.py,
+    # README "Threads"). Set before libgomp loads; any setting of the user's wins.
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
     try:
         import llama_cpp
         from llama_cpp import _internals

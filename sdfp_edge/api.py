@@ -16,18 +16,21 @@ while it could still be the start of a stop string, so stop strings never leak.
 from __future__ import annotations
 
 import codecs
+import numbers
 import os
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from sdfp_edge.backend import LlamaBackend, check_skip_supported
 from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
 from sdfp_edge.drafters.base import Drafter
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
-from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError
 from sdfp_edge.grammar import Grammar
 from sdfp_edge.logits_processors import LogitsProcessor, Penalties, TokenLogprob
 from sdfp_edge.metadata import model_info, read_kv, skip_metadata, validate_skip_layers
@@ -209,15 +212,18 @@ class Model:
             if not template:
                 raise InvalidRequestError(f"{self.path.name} has no chat template; use a plain prompt")
             b = self.backend
-            self._formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=b.token_text(b.eos_token) if b.eos_token >= 0 else "",
-                bos_token=b.token_text(b.bos_token) if b.bos_token >= 0 else "",
-            )
+            try:
+                self._formatter = Jinja2ChatFormatter(
+                    template=template,
+                    eos_token=b.token_text(b.eos_token) if b.eos_token >= 0 else "",
+                    bos_token=b.token_text(b.bos_token) if b.bos_token >= 0 else "",
+                )
+            except jinja2.TemplateError as e:
+                raise ModelFileError(f"{self.path.name}: its chat template does not parse ({e})") from None
         try:
             return self._formatter(messages=msgs, tools=list(tools) if tools else None).prompt
-        except Exception as e:  # noqa: BLE001 - jinja2's errors, and raise_exception() in templates
-            raise InvalidRequestError(f"the chat template could not render these messages ({e})") from None
+        except (jinja2.TemplateError, ValueError, TypeError) as e:  # raise_exception() raises ValueError
+            raise InvalidRequestError(f"{self.path.name}'s chat template refused these messages: {e}") from None
 
     def tokenize_chat(self, messages: Any, *, tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
         text = self.render_chat(messages, tools=tools)
@@ -264,6 +270,9 @@ class Model:
             raise InvalidRequestError("stop strings must be non-empty strings")
         if not prompt_tokens:
             raise InvalidRequestError("the prompt is empty")
+        n_vocab = self.backend.n_vocab
+        if not all(isinstance(t, numbers.Integral) and 0 <= t < n_vocab for t in prompt_tokens):
+            raise InvalidRequestError(f"prompt token ids must be integers in 0..{n_vocab - 1}")
         if len(prompt_tokens) >= self.backend.n_ctx:
             raise ContextOverflowError(
                 f"the prompt has {len(prompt_tokens)} tokens but the context holds {self.backend.n_ctx}; "

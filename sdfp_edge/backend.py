@@ -9,6 +9,7 @@ back to a position, and switch the layer mask. Draft and target are the same obj
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sdfp_edge import layer_skip
+from sdfp_edge import context_memory, layer_skip
 from sdfp_edge.errors import (
+    BackendError,
     ContextOverflowError,
+    InvalidRequestError,
     ModelFileError,
     RuntimeBuildError,
     UnsupportedArchitectureError,
@@ -28,6 +31,15 @@ from sdfp_edge.metadata import check_gguf_file, read_model_info
 
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 GOMP_SPINCOUNT = "10000"  # chosen by tools/thread_matrix.py (README, "Threads")
+MAX_THREADS = 512  # GGML_MAX_N_THREADS
+INT32_MAX = 2**31 - 1
+
+# llama_decode's return codes (llama.h)
+DECODE_ERRORS = {
+    1: "no free slot in the KV cache",
+    2: "aborted",
+    -1: "invalid batch",
+}
 
 
 def _import_llama_cpp() -> tuple[Any, Any]:
@@ -56,6 +68,25 @@ def check_skip_supported(arch: str) -> None:
         )
 
 
+def encode_text(text: str) -> bytes:
+    """UTF-8 bytes for llama.cpp; surrogate escapes (U+DC80..U+DCFF) become the bytes they stand for.
+
+    Python decodes command-line arguments and stdin that are not UTF-8 with surrogateescape;
+    those bytes go to the tokenizer as given, as llama.cpp's own CLI passes them (its
+    tokenizer reads each invalid byte as U+FFFD). Any other lone surrogate is not text.
+    """
+    try:
+        data = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError as e:
+        raise InvalidRequestError(
+            f"the text has a lone surrogate U+{ord(text[e.start]):04X} at character {e.start}, "
+            "which is not Unicode; send UTF-8 text"
+        ) from None
+    if len(data) > INT32_MAX:
+        raise InvalidRequestError(f"the text has {len(data):,} bytes; llama.cpp tokenizes at most {INT32_MAX:,}")
+    return data
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     if n == 0:
@@ -79,9 +110,10 @@ def cpu_name() -> str:
 def default_threads() -> int:
     """llama.cpp's own default: the physical cores, approximated by the usable CPUs."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return min(max(1, n), MAX_THREADS)
 
 
 class LlamaBackend:
@@ -102,6 +134,8 @@ class LlamaBackend:
         """`info` is (architecture, n_layer) when the caller already read the header.
         `n_seq_max`: sequences sharing the context (parallel.py); each gets its own KV stream
         of n_ctx / n_seq_max cells (why not a unified cache: parallel.py)."""
+        if n_threads is not None and not 1 <= n_threads <= MAX_THREADS:
+            raise InvalidRequestError(f"threads must be in 1..{MAX_THREADS} (llama.cpp's limit), got {n_threads}")
         path = check_gguf_file(model_path)
         self.path = path
         self.arch, self.n_layer = info if info is not None else read_model_info(path)
@@ -114,30 +148,26 @@ class LlamaBackend:
         if n_gpu_layers is None:  # all layers when a GPU backend is built, as llama.cpp users expect
             n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
         mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+        mparams.n_gpu_layers = INT32_MAX if n_gpu_layers < 0 else min(n_gpu_layers, INT32_MAX)
         try:
             self._model = internals.LlamaModel(path_model=str(path), params=mparams, verbose=verbose)
         except ValueError as e:
             raise ModelFileError(
-                f"{path}: llama.cpp could not load this model ({e}); "
-                f"architecture '{self.arch}' may be unsupported by this llama.cpp, or the file is damaged"
+                f"{path}: llama.cpp could not load this model ({e}); architecture '{self.arch}' may be "
+                "unsupported by this llama.cpp, the file damaged, or the weights too large for memory"
             ) from e
 
         n_threads = n_threads or default_threads()
         n_ctx_train = self._model.n_ctx_train()
         if n_ctx <= 0:
             n_ctx = n_ctx_train
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
-        cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch
-        cparams.n_seq_max = n_seq_max
-        cparams.kv_unified = False  # one KV stream per sequence (see parallel.py)
-        cparams.n_threads = n_threads
-        cparams.n_threads_batch = n_threads
-        cparams.no_perf = True
-        self._ctx = internals.LlamaContext(model=self._model, params=cparams, verbose=verbose)
-        self._batch = internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=verbose)
+        kv_in_ram = mparams.n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()
+        try:
+            self._create_context(internals, n_ctx, n_ctx_train, n_batch, n_threads, kv_in_ram=kv_in_ram,
+                                 n_seq_max=n_seq_max, verbose=verbose)
+        except BaseException:
+            self.close()
+            raise
         # llama.cpp may round the KV cache up (to a multiple of 256); the limit is what was asked
         self.n_ctx = min(n_ctx, self._ctx.n_ctx())
         self.n_batch = n_batch
@@ -148,21 +178,65 @@ class LlamaBackend:
         self.skip: tuple[int, ...] = ()
         self.kv_tokens: list[int] = []  # the tokens at positions 0.. of sequence 0 in the KV cache
 
+    def _create_context(self, internals: Any, n_ctx: int, n_ctx_train: int, n_batch: int, n_threads: int, *,
+                        kv_in_ram: bool, n_seq_max: int, verbose: bool) -> None:
+        size = context_memory.kv_cache_size(self.path, self.arch, n_ctx_train)
+        context_memory.check_context(self.path, size, n_ctx, kv_in_ram=kv_in_ram)
+        cparams = self._llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = False  # one KV stream per sequence (see parallel.py)
+        cparams.n_threads = n_threads
+        cparams.n_threads_batch = n_threads
+        cparams.no_perf = True
+        try:
+            self._ctx = internals.LlamaContext(model=self._model, params=cparams, verbose=verbose)
+        except ValueError:  # llama_init_from_model returned NULL: almost always the KV cache's allocation
+            raise context_memory.context_error(self.path, size, n_ctx, "and llama.cpp could not allocate it") from None
+        try:
+            self._batch = internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=verbose)
+        except ValueError as e:
+            raise BackendError(f"llama.cpp could not allocate a batch of {n_batch} tokens ({e})") from None
+
     @property
     def n_past(self) -> int:
         return len(self.kv_tokens)
 
     # --- tokenizer ---------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        return self._model.tokenize(text.encode("utf-8"), add_special, parse_special)
+        """See `encode_text` for text that is not valid UTF-8; NULs and any length are fine."""
+        data = encode_text(text)
+        try:
+            return self._model.tokenize(data, add_special, parse_special)
+        except (RuntimeError, ctypes.ArgumentError) as e:  # llama_tokenize < 0 twice
+            raise BackendError(f"llama.cpp could not tokenize {len(data):,} bytes of text ({str(e)[:200]})") from None
 
     def token_bytes(self, token: int, *, special: bool = False) -> bytes:
         """The token's text as raw bytes (may be part of a UTF-8 character); a special
-        token's text is empty unless `special`."""
-        return self._model.detokenize([token], special=special)
+        token's text is empty unless `special`.
+
+        llama-cpp-python's detokenize reads at most 32 bytes per token and silently returns
+        less for a longer piece (SmolLM2 has a newline + 80 spaces token); this asks again
+        with the size llama.cpp says it needs.
+        """
+        if not 0 <= token < self.n_vocab:  # llama.cpp would throw std::out_of_range and abort
+            raise InvalidRequestError(f"token id {token} is outside the vocabulary (0..{self.n_vocab - 1})")
+        size = 64
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = self._llama_cpp.llama_token_to_piece(self._model.vocab, token, buf, size, 0, special)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+        raise BackendError(f"llama.cpp could not detokenize token {token} (llama_token_to_piece returned {n})")
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._model.detokenize(list(tokens), special=False).decode("utf-8", errors="replace")
+        out = b"".join(self.token_bytes(t) for t in tokens)
+        if tokens and tokens[0] == self.bos_token and out.startswith(b" "):  # SentencePiece's space prefix
+            out = out[1:]
+        return out.decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._model.vocab, token))
@@ -246,7 +320,10 @@ class LlamaBackend:
             try:
                 rc = self._llama_cpp.llama_decode(self._ctx.ctx, b)
                 if rc != 0:
-                    raise RuntimeError(f"llama_decode failed with code {rc}")
+                    raise BackendError(
+                        f"llama.cpp could not decode {len(chunk)} tokens at position {self.n_past}: "
+                        f"{DECODE_ERRORS.get(rc, 'fatal error (out of memory?)')} (llama_decode returned {rc})"
+                    )
                 self.kv_tokens.extend(chunk)
             except BaseException:
                 # e.g. KeyboardInterrupt between the decode and the bookkeeping: the cache
@@ -265,7 +342,7 @@ class LlamaBackend:
         if n_past < self.n_past:
             ok = self._ctx.kv_cache_seq_rm(0, n_past, -1)
             if not ok:
-                raise RuntimeError(f"could not remove KV cache positions >= {n_past}")
+                raise BackendError(f"llama.cpp could not remove KV cache positions >= {n_past}")
             del self.kv_tokens[n_past:]
 
     # --- several sequences (parallel.py keeps each sequence's tokens; kv_tokens is sequence 0's

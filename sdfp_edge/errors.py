@@ -2,7 +2,8 @@
 
 Every error a user can cause (a bad file, a bad option, a stock runtime) is an
 `SdfpError` with a message that says what is wrong and how to fix it. The CLI prints
-the message without a traceback; the server turns it into an OpenAI-style 400.
+the message without a traceback; the server turns it into an OpenAI-style 400 (500 for a
+`BackendError`, which is llama.cpp failing on input it should have taken).
 """
 
 from __future__ import annotations
@@ -38,3 +39,11 @@ class ContextOverflowError(SdfpError, ValueError):
 
 class InvalidRequestError(SdfpError, ValueError):
     """Bad generation parameters (max_tokens, temperature, top_p, messages...)."""
+
+
+class ContextSizeError(SdfpError, ValueError):
+    """A context size llama.cpp cannot create, or whose KV cache does not fit in memory."""
+
+
+class BackendError(SdfpError):
+    """llama.cpp failed on valid input (decode, tokenize, KV cache bookkeeping): says where."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +144,47 @@ def test_write_skip_metadata_refuses_in_place_and_mismatch(smollm2_plain: Path, 
     assert not (tmp_path / "x.gguf").exists()
     assert not list(tmp_path.glob(".*.tmp"))
     assert digest(smollm2_plain) == before
+
+
+@pytest.mark.parametrize("command", [
+    ("generate", "-p", "hi", "-n", "4"), ("chat",), ("serve", "--port", "0"),
+    ("bench", "--quick", "--systems", "off", "--no-progress"),
+])
+def test_context_too_large_for_memory(smollm2: Path, tmp_path: Path, command: tuple[str, ...]) -> None:
+    extra = ("--out", str(tmp_path)) if command[0] == "bench" else ()
+    r = run(*command, *extra, "-m", str(smollm2), "-t", "2", "-c", "100000000", stdin="")
+    assert_clean_error(r, "context of 100,000,000 tokens", "KV cache would need about 2.1 TiB (f16)",
+                       "trained with a context of 8,192 tokens", "--ctx-size")
+    lines = r.stderr.strip().splitlines()  # bench says what it will run first
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error:") for line in lines) == 1
+
+
+NOT_UTF8 = b"caf\xe9 \xff\xfe"
+
+
+def run_bytes(*args: bytes | str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Arguments and stdin as raw bytes, in a UTF-8 locale whose stdio is strict (a desktop's)."""
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"}
+    r = subprocess.run([CLI, *args], capture_output=True, input=stdin, timeout=300, env=env)
+    return r.returncode, r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace")
+
+
+def test_prompt_that_is_not_utf8_goes_to_the_tokenizer_as_given(smollm2: Path) -> None:
+    """As llama.cpp's CLI: the bytes reach llama_tokenize, which reads each invalid one as U+FFFD."""
+    gen = ("generate", "-m", str(smollm2), "-n", "8", "-t", "2", "--mode", "off", "--json")
+    code, out, err = run_bytes(*gen, "-p", "caf\ufffd \ufffd\ufffd")
+    assert code == 0, err
+    same_tokens = json.loads(out)
+    for args, stdin in (((b"-p", NOT_UTF8), None), ((), NOT_UTF8)):
+        code, out, err = run_bytes(*gen, *args, stdin=stdin)
+        assert code == 0 and "Traceback" not in err, err
+        assert "the prompt is not valid UTF-8 (bytes e9 ff fe)" in err
+        assert json.loads(out)["tokens"] == same_tokens["tokens"]
+
+
+def test_chat_line_that_is_not_utf8(smollm2: Path) -> None:
+    code, out, err = run_bytes("chat", "-m", str(smollm2), "-n", "4", "-t", "2",
+                               stdin=NOT_UTF8 + b"\n/mode \xff\n/exit\n")
+    assert code == 0 and "Traceback" not in err, err
+    assert "this message is not valid UTF-8 (bytes e9 ff fe)" in err
+    assert "unknown mode '?'" in out  # echoed with the byte replaced, not a UnicodeEncodeError

@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from sdfp_edge.cli import model_options, user_errors
-from sdfp_edge.cli.generate import open_model, sampling_options, speculation_options, summary_line
+from sdfp_edge.cli import model_options, not_utf8_note, user_errors
+from sdfp_edge.cli.generate import check_sampling, open_model, sampling_options, speculation_options, summary_line
 from sdfp_edge.engine import MODES
 from sdfp_edge.errors import ContextOverflowError, SdfpError
 
@@ -102,6 +102,8 @@ class ChatSession:
 
     def reply(self, text: str) -> None:
         """One turn: stream the reply, then a one-line summary."""
+        if note := not_utf8_note("this message", text):
+            click.echo(note, err=True)
         self.history.append({"role": "user", "content": text})
         parts: list[str] = []
         with sigint_as_flag() as interrupted:  # from here on, even during the prefill
@@ -181,6 +183,9 @@ def chat(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: in
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
         pass
+    check_sampling(max_tokens, temperature, top_k, top_p, min_p, seed)
+    if note := not_utf8_note("--system", system):
+        click.echo(note, err=True)
     with open_model(model, threads, ctx_size, n_gpu_layers, verbose, mode, draft_model, skip_layers,
                     draft_max, draft_p_min) as m:
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from sdfp_edge.cli import batch, model_options, user_errors
+from sdfp_edge.cli import batch, model_options, not_utf8_note, user_errors
 from sdfp_edge.api import Model, check_max_tokens
 from sdfp_edge.engine import MODES
 from sdfp_edge.errors import SkipListError
@@ -39,6 +39,12 @@ def sampling_options(f: Any) -> Any:
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+def check_sampling(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, seed: int) -> None:
+    """Fail fast, before the model loads."""
+    check_max_tokens(max_tokens)
+    SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
 
 
 def speculation_options(f: Any) -> Any:
@@ -99,9 +105,10 @@ def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers
         if sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")
         prompt = sys.stdin.read()
-    # fail fast, before loading the model
-    check_max_tokens(max_tokens)
-    SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+    check_sampling(max_tokens, temperature, top_k, top_p, min_p, seed)
+    for what, text in (("the prompt", prompt), ("--system", system)):
+        if note := not_utf8_note(what, text):
+            click.echo(note, err=True)
     with open_model(model, threads, ctx_size, n_gpu_layers, verbose, mode, draft_model, skip_layers,
                     draft_max, draft_p_min) as m:
         kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,

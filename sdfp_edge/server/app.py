@@ -36,6 +36,7 @@ from sdfp_edge.server.auth import APIKeyMiddleware
 from sdfp_edge.server.cors import CORSMiddleware, cors_options
 from sdfp_edge.server.errors import (
     APIError,
+    check_unicode,
     error_body,
     from_user_error,
     from_validation,
@@ -62,6 +63,9 @@ def parse_json(raw: bytes, schema: type[B]) -> B:
         data = json.loads(raw)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise APIError(400, f"The request body is not valid JSON ({e}).") from None
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply.") from None
+    check_unicode(data)
     try:
         return schema.model_validate(data)
     except ValidationError as e:

@@ -1,14 +1,15 @@
 """OpenAI-style errors: `{"error": {"message", "type", "param", "code"}}` with the right status.
 
-400 for anything wrong with a request (malformed JSON, a field pydantic rejects, a prompt that
-does not fit, a mode the model cannot run), 401 for a missing or wrong API key, 404 for an
-unknown model or route, 500 for our own bugs. The official clients turn these into
+400 for anything wrong with a request (malformed JSON, text with a lone surrogate, a field
+pydantic rejects, a prompt that does not fit, a mode the model cannot run), 401 for a missing or wrong API key, 404 for an
+unknown model or route, 500 for our own bugs and for llama.cpp failing (`BackendError`). The official clients turn these into
 `BadRequestError`, `AuthenticationError`, `NotFoundError`, ... with the message intact.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,12 +18,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sdfp_edge.errors import ContextOverflowError, SdfpError
+from sdfp_edge.errors import BackendError, ContextOverflowError, SdfpError
 
 log = logging.getLogger("sdfp_edge.server")
 
 # pydantic puts union members and validator names into error locations; they are not fields
 _NOT_FIELDS = {"str", "int", "float", "bool", "list", "dict", "none", "json-or-python"}
+_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads has joined every valid pair
 
 
 class APIError(Exception):
@@ -50,7 +52,31 @@ def from_user_error(e: SdfpError) -> APIError:
     """An error the model layer raised about a request (bad parameters, prompt too long...)."""
     if isinstance(e, ContextOverflowError):
         return APIError(400, str(e), code="context_length_exceeded")
+    if isinstance(e, BackendError):
+        return APIError(500, str(e), type="server_error")
     return APIError(400, str(e))
+
+
+def check_unicode(data: Any) -> None:
+    """Refuse text with a lone UTF-16 surrogate ("\\udce9" is valid JSON but not a character).
+
+    A client that sends one has broken text; the 400 names the field rather than letting the
+    tokenizer guess. Iterative: the depth is whatever json.loads accepted.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        param, value = stack.pop()
+        if isinstance(value, str):
+            if m := _SURROGATE.search(value):
+                where = f"{param}: " if param else ""
+                raise APIError(400, f"{where}the text has a lone UTF-16 surrogate \\u{ord(m.group()):04x} at "
+                                    f"character {m.start()}, which is not Unicode; send UTF-8 text",
+                               param=param or None)
+        elif isinstance(value, dict):
+            stack += [(param, k) for k in value]
+            stack += [(f"{param}.{k}" if param else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{param}.{i}" if param else str(i), v) for i, v in enumerate(value)]
 
 
 def bad_api_key() -> APIError:

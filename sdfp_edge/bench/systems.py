@@ -139,7 +139,8 @@ def spec_for(name: str, s: Setup) -> SystemSpec:
     if name == A_A_CONTROL:
         desc = "a second `off` process: the A/A control (how far identical work moves on this machine)"
     options = {"mode": mode, "skip_layers": list(s.fit) if s.fit_from_cli else None,
-               "draft_model": draft if mode in ("auto", "draft-model") else None}
+               # auto is the product as shipped: one model; a second model is the draft-model system's
+               "draft_model": draft if mode == "draft-model" else None}
     return SystemSpec(name, "sdfp", "sdfp", desc, options)
 
 

@@ -17,8 +17,13 @@ option x condition, order rotated per repeat:
 The reference is `unset` (plain llama.cpp as its users run it). OMP_WAIT_POLICY and
 GOMP_SPINCOUNT are removed from the environment first; everything else is the caller's.
 
-    .venv/bin/python tools/thread_matrix.py --model qwen2.5-coder-1.5b -n 64 --repeats 3 \\
-        --noomp-python /tmp/venv-noomp/bin/python --out models/bench/threads.json
+    .venv/bin/python tools/thread_matrix.py --model qwen2.5-coder-1.5b -n 32 --repeats 3 \\
+        --noomp-python /tmp/venv-noomp/bin/python --out models/bench/threads/qwen.json
+
+The no-OpenMP Python: `CMAKE_ARGS="-DGGML_OPENMP=OFF" .venv/bin/python tools/build_runtime.py`
+(cached wheel, path printed), then `python3 -m venv /tmp/venv-noomp` and
+`/tmp/venv-noomp/bin/pip install numpy typing-extensions diskcache jinja2` and
+`/tmp/venv-noomp/bin/pip install --no-deps <that wheel>`.
 """
 
 from __future__ import annotations

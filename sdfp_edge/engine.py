@@ -245,6 +245,10 @@ class SpeculativeDecoder:
                 stats.reused_tokens = b.sync(tokens[:-1])
             stats.t_prefill = sw.total
             self.controller.cost.observe_batch(len(tokens) - 1 - stats.reused_tokens, sw.total)
+            if self.mode in ("layerskip", "draft-model") and not self.controller.cost.ready:
+                # a forced model draft never verifies one token alone, so c (its step relative
+                # to one target token) would stay unknown; timed, inside this call's total
+                self.calibrate()
         produced = 0
         try:
             while produced < max_tokens:

@@ -3,8 +3,8 @@
 This is the only module that drives llama.cpp's low-level API (through llama-cpp-python's
 ctypes bindings and owning wrappers). It exposes what draft and verify need and nothing
 more: decode tokens at explicit positions with logits for chosen rows, cut the KV cache
-back to a position, and switch the layer mask. Draft and target are the same object:
-`set_skip(layers)` before drafting, `set_skip(None)` before verifying.
+back to a position, and switch the draft's mask. Draft and target are the same object:
+`set_mask(draft)` before drafting, `set_mask(None)` before verifying.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class LlamaBackend:
         llama_cpp, internals = _import_llama_cpp()
         self._llama_cpp = llama_cpp
         llama_cpp._logger.set_verbose(verbose)
-        self._set_skip_fn = layer_skip.bind()
+        self._skip_fns = layer_skip.bind()
 
         if n_gpu_layers is None:  # all layers when a GPU backend is built, as llama.cpp users expect
             n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
@@ -175,7 +175,8 @@ class LlamaBackend:
         self.n_gpu_layers = n_gpu_layers
         self.n_vocab = self._model.n_vocab()
         self.n_seq_max = n_seq_max
-        self.skip: tuple[int, ...] = ()
+        self.mask = layer_skip.DraftMask()  # what later decodes leave out
+        self.draft_vocab: tuple[int, ...] = ()  # the small head's tokens (draft_vocab.py); () none
         self.kv_tokens: list[int] = []  # the tokens at positions 0.. of sequence 0 in the KV cache
 
     def _create_context(self, internals: Any, n_ctx: int, n_ctx_train: int, n_batch: int, n_threads: int, *,
@@ -267,20 +268,41 @@ class LlamaBackend:
                 "runtime": runtime_identity(), "n_threads": self.n_threads,
                 "n_gpu_layers": self.n_gpu_layers, "n_batch": self.n_batch, "cpu": cpu_name()}
 
-    # --- layer mask --------------------------------------------------------------------
-    def set_skip(self, layers: Sequence[int] | None) -> None:
-        """Leave `layers` out of later decodes (None or empty: the full model)."""
-        layers = tuple(sorted(layers)) if layers else ()
-        if layers == self.skip:
-            return
-        mask = layer_skip.mask_from_layers(layers, self.n_layer) if layers else None
-        layer_skip.set_layer_skip(self._set_skip_fn, self._ctx.ctx, mask)
-        self.skip = layers
+    # --- layer mask and draft head ----------------------------------------------------
+    def set_mask(self, mask: layer_skip.DraftMask | None) -> None:
+        """Leave `mask`'s blocks (and the full head) out of later decodes; None: the full model."""
+        mask = mask or layer_skip.DraftMask()
+        if (mask.attn, mask.ffn) != (self.mask.attn, self.mask.ffn):
+            bits = layer_skip.block_mask(mask.attn, mask.ffn, self.n_layer) if mask.attn or mask.ffn else None
+            layer_skip.set_block_skip(self._skip_fns, self._ctx.ctx, bits)
+        if mask.small_head != self.mask.small_head:
+            if mask.small_head and not self.draft_vocab:
+                raise ValueError("a small-head draft needs load_draft_vocab() first")
+            layer_skip.set_draft_head(self._skip_fns, self._ctx.ctx, mask.small_head)
+        self.mask = mask
 
-    def set_raw_mask(self, mask: Sequence[int] | None, n: int | None = None) -> None:
-        """Pass a mask to C unchanged (tests of the C contract)."""
-        layer_skip.set_layer_skip(self._set_skip_fn, self._ctx.ctx, mask, n=n)
-        self.skip = tuple(i for i, m in enumerate(mask or []) if m)
+    def set_skip(self, layers: Sequence[int] | None) -> None:
+        """Leave whole `layers` out of later decodes (None or empty: the full model)."""
+        self.set_mask(layer_skip.DraftMask.layers(layers) if layers else None)
+
+    def set_raw_mask(self, mask: Sequence[int] | None, n: int | None = None, *, blocks: bool = False) -> None:
+        """Pass a mask to C unchanged (tests of the C contract): 0/1 per layer, or bits with `blocks`."""
+        setter = layer_skip.set_block_skip if blocks else layer_skip.set_layer_skip
+        setter(self._skip_fns, self._ctx.ctx, mask, n=n)
+        if blocks:
+            bits = list(mask or [])
+            attn = tuple(i for i, m in enumerate(bits) if m & layer_skip.ATTN)
+            ffn = tuple(i for i, m in enumerate(bits) if m & layer_skip.FFN)
+        else:
+            attn = ffn = tuple(i for i, m in enumerate(mask or []) if m)
+        self.mask = layer_skip.DraftMask(attn, ffn, self.mask.small_head)
+
+    def load_draft_vocab(self, ids: Sequence[int] | None) -> None:
+        """Build the small output head over `ids` (a multiple of 32, see draft_vocab.py); None frees it."""
+        if ids is None and self.mask.small_head:
+            self.set_mask(layer_skip.DraftMask(self.mask.attn, self.mask.ffn))
+        layer_skip.set_draft_vocab(self._skip_fns, self._ctx.ctx, str(self.path), ids)
+        self.draft_vocab = tuple(ids) if ids is not None else ()
 
     def check_skip_supported(self) -> None:
         check_skip_supported(self.arch)

@@ -131,7 +131,7 @@ def test_gemma3_layer_skip(gemma3: Path) -> None:
 
 
 def test_wrong_length_and_last_layer_are_refused(smol: LlamaBackend) -> None:
-    fn = layer_skip.bind()
+    fn = layer_skip.bind().layer_skip
     n = smol.n_layer
     for bad_n in (n - 1, n + 1, 0):
         arr = (ctypes.c_uint8 * (n + 1))()
@@ -149,7 +149,7 @@ def test_wrong_length_and_last_layer_are_refused(smol: LlamaBackend) -> None:
 def test_unsupported_architecture_is_refused(foreign_arch_gguf: Path) -> None:
     b = open_backend(foreign_arch_gguf)
     try:
-        fn = layer_skip.bind()
+        fn = layer_skip.bind().layer_skip
         mask = (ctypes.c_uint8 * b.n_layer)(*([1] + [0] * (b.n_layer - 1)))
         assert fn(b._ctx.ctx, mask, b.n_layer) == layer_skip.ERR_ARCH
         with pytest.raises(UnsupportedArchitectureError, match="does not support layer skipping"):

@@ -65,6 +65,8 @@ def draft_autoregressively(
             logits = processor.apply(tokens, logits, drafted)
         logits = logits[0]
         steps += 1
+        if not np.isfinite(logits.max()):  # every token masked (a grammar outside the small head)
+            break
         if sampling.greedy:
             confidence = float(softmax(logits).max())
             tok = int(np.argmax(logits))

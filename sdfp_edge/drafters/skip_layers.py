@@ -15,24 +15,36 @@ import numpy as np
 
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.drafters.base import Proposal, draft_autoregressively
+from sdfp_edge.layer_skip import DraftMask
 from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams
 
+ATTN_SHARE = 0.25  # a layer's attention block, as a share of the layer's cost (a prior only)
+
 
 class SkipLayersDrafter:
-    name = "layerskip"
+    """Drafts with `mask` (layer_skip.DraftMask) set: whole layers, single attention or FFN
+    blocks, and optionally the small head over the backend's draft vocabulary."""
+
     uses_model = True
 
-    def __init__(self, backend: LlamaBackend, skip_layers: Sequence[int], *, threshold: float = 0.8) -> None:
+    def __init__(self, backend: LlamaBackend, skip: Sequence[int] | DraftMask, *, threshold: float = 0.8,
+                 name: str = "layerskip") -> None:
         backend.check_skip_supported()
         self.backend = backend
-        self.skip_layers = tuple(sorted(skip_layers))
-        if not self.skip_layers:
-            raise ValueError("a layer-skip drafter needs at least one layer to skip")
+        self.mask = skip if isinstance(skip, DraftMask) else DraftMask.layers(skip)
+        if not (self.mask.attn or self.mask.ffn):
+            raise ValueError("a layer-skip drafter needs at least one layer or block to skip")
+        if self.mask.small_head and not backend.draft_vocab:
+            raise ValueError("a small-head draft needs the backend's draft vocabulary (load_draft_vocab)")
+        self.name = name
+        self.skip_layers = self.mask.whole_layers
         self.threshold = threshold
-        # the layers it still runs; the output head makes the real figure higher (0.89-0.92
-        # measured for 3 of 28-30 layers here), which the first measured step corrects
-        self.cost_prior = 1.0 - len(self.skip_layers) / backend.n_layer
+        # the share of a step it still runs, attention taken as a quarter of a layer; the
+        # output head makes the real figure higher (0.89-0.92 measured for 3 of 28-30 layers
+        # here), which the first measured step corrects
+        skipped = (ATTN_SHARE * len(self.mask.attn) + (1 - ATTN_SHARE) * len(self.mask.ffn)) / backend.n_layer
+        self.cost_prior = 1.0 - skipped
 
     def propose(
         self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator,
@@ -43,9 +55,9 @@ class SkipLayersDrafter:
         b = self.backend
         start = b.n_past
         assert start == len(tokens) - 1, "KV cache must hold all tokens but the last"
-        b.set_skip(self.skip_layers)
+        b.set_mask(self.mask)
         try:
             return draft_autoregressively(b, tokens, k, sampling, rng, self.threshold, processor)
         finally:
-            b.set_skip(None)
+            b.set_mask(None)
             b.truncate(start)

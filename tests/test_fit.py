@@ -322,3 +322,19 @@ def test_block_gate_fisher_equals_weight_scaling_derivative() -> None:
         want += np.array([float((g * w).detach().double().sum()) ** 2 for g, w in zip(grads, weights)]) / len(seqs)
     np.testing.assert_allclose(got["attn"], want[0::2], rtol=1e-4)
     np.testing.assert_allclose(got["ffn"], want[1::2], rtol=1e-4)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_block_costs_are_parameter_shares(tied: bool) -> None:
+    from sdfp_edge.block_skip import block_costs
+
+    model = tiny_model("llama")
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    attn, ffn = block_costs(model)
+    layer = find_decoder_layers(model)[0]
+    n_attn = sum(p.numel() for p in manual_groups(layer, "llama")[0])
+    n_ffn = sum(p.numel() for p in manual_groups(layer, "llama")[1])
+    total = N_LAYER * (n_attn + n_ffn) + VOCAB * 64  # the head counts whether tied or not
+    np.testing.assert_allclose(attn, n_attn / total)
+    np.testing.assert_allclose(ffn, n_ffn / total)

@@ -110,13 +110,14 @@ def choose_skip_blocks(
     n_layer = arrays[0].size
     for name, x in zip(names, arrays):
         if x.ndim != 1 or x.size == 0 or x.size != n_layer:
-            raise SkipListError(f"{name} must be a non-empty 1-D array of {n_layer or 'n_layer'} entries, got shape {x.shape}")
+            raise SkipListError(f"{name} must be non-empty 1-D arrays of one length, got shape {x.shape}")
         if not np.all(np.isfinite(x)):
             raise SkipListError(f"{name} contain NaN or infinity at layers {np.flatnonzero(~np.isfinite(x)).tolist()}")
     scores, costs = np.stack(arrays[:2]), np.stack(arrays[2:])  # [2, n_layer]: attention, MLP
     if np.any(costs <= 0):
         raise SkipListError("block costs must be positive")
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.floating, np.integer)) or not math.isfinite(budget):
+    numeric = isinstance(budget, (int, float, np.floating, np.integer)) and not isinstance(budget, bool)
+    if not numeric or not math.isfinite(budget):
         raise SkipListError(f"the cost to save must be a finite number, got {budget!r}")
     layers = [i for i in range(n_layer - 1) if i > 0 or not keep_first]
     candidates = [(i, kind) for i in layers for kind in (0, 1)]

@@ -424,12 +424,11 @@ def inspect(path: str | os.PathLike[str]) -> str:
         f"  calibration:  {meta.calibration or '(unknown)'}",
     ]
     if meta.skip_attn or meta.skip_ffn:
-        lines += [
-            f"  skip attn:    {', '.join(map(str, meta.skip_attn)) or '(none)'} ({len(meta.skip_attn)} of {meta.n_layer})",
-            f"  skip ffn:     {', '.join(map(str, meta.skip_ffn)) or '(none)'} ({len(meta.skip_ffn)} of {meta.n_layer})",
-        ]
+        for label, chosen in (("skip attn:   ", meta.skip_attn), ("skip ffn:    ", meta.skip_ffn)):
+            lines.append(f"  {label} {', '.join(map(str, chosen)) or '(none)'} ({len(chosen)} of {meta.n_layer})")
     if meta.draft_vocab:
-        lines.append(f"  draft vocab:  {len(meta.draft_vocab)} tokens (ids {meta.draft_vocab[0]}..{meta.draft_vocab[-1]})")
+        vocab = meta.draft_vocab
+        lines.append(f"  draft vocab:  {len(vocab)} tokens (ids {vocab[0]}..{vocab[-1]})")
     if (meta.architecture, meta.n_layer) != (arch, n_layer):
         lines.append(f"  WARNING: made for {meta.architecture}, {meta.n_layer} layers: not this model")
     if meta.layer_scores:

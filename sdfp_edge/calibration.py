@@ -10,7 +10,8 @@ User file: plain text (tokenized and cut into consecutive chunks of seq_len toke
 JSONL, one object a line with either "text" (a string) or "messages" (a chat, rendered
 with the chat template).
 
-The `describe_*` functions give the one-line `sdfp.calibration` metadata string.
+The `describe_*` functions give the one-line `sdfp.calibration` metadata string;
+`generated_vocab` the token ids the model produced (the `sdfp.draft_vocab` metadata).
 """
 
 from __future__ import annotations
@@ -87,8 +88,7 @@ def self_generated(
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices), torch.no_grad():
         for i in range(n_samples):
-            prompt = _render(tokenizer, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], generation=True)
-            ids = torch.tensor([prompt[: seq_len - 1]], dtype=torch.long, device=device)
+            ids = torch.tensor([_prompt_ids(tokenizer, i, seq_len)], dtype=torch.long, device=device)
             torch.manual_seed(seed * 1_000_003 + i)
             gen_kwargs: dict[str, Any] = {"do_sample": False} if greedy else {
                 "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
@@ -103,6 +103,21 @@ def self_generated(
             )
             out.append(seq[0, :seq_len].detach().cpu())
     return out
+
+
+def generated_vocab(tokenizer: Any, sequences: list[Any], *, seq_len: int) -> tuple[int, ...]:
+    """The token ids the model produced in `self_generated(..., seq_len=seq_len)` sequences.
+
+    Only the continuations, not the prompts: the draft has to predict what the model
+    writes. An end-of-sequence token the model generated counts.
+
+    Returns:
+        Sorted, unique token ids.
+    """
+    produced: set[int] = set()
+    for i, seq in enumerate(sequences):
+        produced.update(int(t) for t in seq[len(_prompt_ids(tokenizer, i, seq_len)) :].tolist())
+    return tuple(sorted(produced))
 
 
 def from_file(
@@ -156,6 +171,12 @@ def _check_sizes(n_samples: int, seq_len: int) -> None:
         raise CalibrationError(f"the number of calibration samples must be at least 1, got {n_samples}")
     if seq_len < 2:
         raise CalibrationError(f"the calibration sequence length must be at least 2, got {seq_len}")
+
+
+def _prompt_ids(tokenizer: Any, i: int, seq_len: int) -> list[int]:
+    """The rendered prompt of self-generated sequence i (cut to leave room for one token)."""
+    prompt = _render(tokenizer, [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], generation=True)
+    return prompt[: seq_len - 1]
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation: bool) -> list[int]:

@@ -6,8 +6,11 @@
 Steps: check the options (and, when annotating, that IN is the model in HF_DIR); convert
 with llama.cpp's own `convert_hf_to_gguf.py` from the patched source tree (a subprocess,
 `--outtype f16`) and quantize with llama.cpp's quantizer (`llama_model_quantize`); score
-the decoder layers on calibration text (sdfp_edge.fit); write the `sdfp.*` metadata
-(sdfp_edge.metadata: streamed, temporary file renamed at the end, input untouched).
+the decoder layers and their attention and MLP blocks on calibration text
+(sdfp_edge.fit), in the same pass; write the `sdfp.*` metadata (sdfp_edge.metadata:
+streamed, temporary file renamed at the end, input untouched): the whole-layer skip list,
+a sub-layer choice saving the same share of a step (sdfp_edge.block_choice), and the
+tokens the model produced in its own calibration answers (the draft vocabulary).
 
 PyTorch and transformers are imported inside the functions that need them: importing this
 module (e.g. for `inspect`) stays light.
@@ -22,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,26 +124,35 @@ def convert(
         else:
             src = Path(gguf_in)
         _say(progress, f"scoring {config['num_hidden_layers']} layers ({method}) on {device}")
-        by_method, calibration = score_model(
+        scored = analyze_model(
             hf, methods=(method,), n_samples=n_samples, seq_len=seq_len,
             calibration_file=calibration_file, device=device, seed=seed, progress=progress,
         )
-        scores = by_method[method]
+        scores = scored.layer[method]
         n_layer = config["num_hidden_layers"]
         if count is None:
             count = _check_count(choose_n_skip_auto(scores, gguf_path=src, progress=progress), n_layer)
         from sdfp_edge.fit import choose_skip_layers  # torch is loaded by now
 
+        skip_layers = tuple(choose_skip_layers(scores, count))
+        skip_attn, skip_ffn = default_block_choice(scored, method, skip_layers)
         meta = SkipMetadata(
             architecture=read_model_info(src)[0],
             n_layer=n_layer,
-            skip_layers=tuple(choose_skip_layers(scores, count)),
-            layer_scores=tuple(float(s) for s in scores.astype("float32")),  # as GGUF stores them
+            skip_layers=skip_layers,
+            layer_scores=_as_stored(scores),
             score_method=method,
-            calibration=calibration,
+            calibration=scored.calibration,
+            attn_scores=_as_stored(scored.attn.get(method)),
+            ffn_scores=_as_stored(scored.ffn.get(method)),
+            skip_attn=tuple(skip_attn),
+            skip_ffn=tuple(skip_ffn),
+            draft_vocab=scored.draft_vocab,
         )
         write_skip_metadata(src, out, meta)
     _say(progress, f"wrote {out}: skip layers {list(meta.skip_layers)} of {n_layer}")
+    if meta.skip_attn or meta.skip_ffn:
+        _say(progress, f"  sub-layer draft: attention of {list(meta.skip_attn)}, MLP of {list(meta.skip_ffn)}")
     return meta
 
 
@@ -172,7 +185,35 @@ def choose_n_skip_auto(
     return best.n_skip
 
 
+def default_block_choice(
+    scored: ModelScores, method: str, skip_layers: tuple[int, ...]
+) -> tuple[list[int], list[int]]:
+    """The sub-layer draft that saves what the whole-layer list saves: (attention, MLP) layers.
+
+    Empty for a method without block scores (block_influence).
+    """
+    if method not in scored.attn:
+        return [], []
+    from sdfp_edge.block_choice import choose_skip_blocks, whole_layer_cost
+
+    budget = whole_layer_cost(skip_layers, scored.attn_cost, scored.ffn_cost)
+    return choose_skip_blocks(scored.attn[method], scored.ffn[method], scored.attn_cost, scored.ffn_cost, budget)
+
+
 # --- the steps -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """What one scoring pass over the HF model gives convert (arrays float64, [n_layer])."""
+
+    layer: dict[str, npt.NDArray[np.float64]]  # {method: [n_layer]} whole decoder layers
+    attn: dict[str, npt.NDArray[np.float64]]  # {method: [n_layer]} attention blocks (fit, gate_fisher)
+    ffn: dict[str, npt.NDArray[np.float64]]  # {method: [n_layer]} MLP blocks
+    attn_cost: npt.NDArray[np.float64]  # [n_layer] each attention block's share of a step
+    ffn_cost: npt.NDArray[np.float64]  # [n_layer] each MLP block's share
+    draft_vocab: tuple[int, ...]  # ids the model generated in calibration; () with a calibration file
+    calibration: str  # the sdfp.calibration description
 
 
 def score_model(
@@ -195,11 +236,36 @@ def score_model(
     Returns:
         ({method: scores [n_layer]}, the calibration description).
     """
+    scored = analyze_model(
+        hf_dir, methods=methods, n_samples=n_samples, seq_len=seq_len, calibration_file=calibration_file,
+        device=device, seed=seed, progress=progress, blocks=False,
+    )
+    return scored.layer, scored.calibration
+
+
+def analyze_model(
+    hf_dir: Path,
+    *,
+    methods: tuple[str, ...],
+    n_samples: int,
+    seq_len: int,
+    calibration_file: str | os.PathLike[str] | None,
+    device: str,
+    seed: int,
+    progress: bool,
+    blocks: bool = True,
+) -> ModelScores:
+    """`score_model` plus, in the same pass, block scores and costs and the draft vocabulary.
+
+    blocks=False leaves attn/ffn empty (and needs no attention/MLP split of the layers).
+    """
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sdfp_edge import calibration as cal
-    from sdfp_edge.fit import score_layers
+    from sdfp_edge.block_choice import block_costs
+    from sdfp_edge.fit import score_blocks, score_layers
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
     config = hf_config(hf_dir)
@@ -209,17 +275,30 @@ def score_model(
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype, local_files_only=True)
     try:
         model.to(device)  # type: ignore[arg-type]  # (transformers' typing of .to) generate there too
+        vocab: tuple[int, ...] = ()
         if calibration_file is None:
             seqs = cal.self_generated(model, tokenizer, n_samples=n_samples, seq_len=seq_len, seed=seed)
             description = cal.describe_self_generated(len(seqs), seq_len, seed)
+            vocab = cal.generated_vocab(tokenizer, seqs, seq_len=seq_len)
         else:
             seqs = cal.from_file(calibration_file, tokenizer, n_samples=n_samples, seq_len=seq_len)
             description = cal.describe_file(calibration_file, len(seqs), seq_len)
-        scores = score_layers(model, seqs, methods=methods, device=device, seed=seed, progress=progress)
+        options: dict[str, Any] = {"methods": methods, "device": device, "seed": seed, "progress": progress}
+        if blocks:
+            by_part = score_blocks(model, seqs, **options)
+            attn_cost, ffn_cost = block_costs(model)
+        else:
+            by_part = {m: {"layer": s} for m, s in score_layers(model, seqs, **options).items()}
+            attn_cost = ffn_cost = np.zeros(0)
     finally:
         del model
         gc.collect()
-    return scores, description
+    return ModelScores(
+        layer={m: parts["layer"] for m, parts in by_part.items()},
+        attn={m: parts["attn"] for m, parts in by_part.items() if "attn" in parts},
+        ffn={m: parts["ffn"] for m, parts in by_part.items() if "ffn" in parts},
+        attn_cost=attn_cost, ffn_cost=ffn_cost, draft_vocab=vocab, calibration=description,
+    )
 
 
 def convert_to_gguf(hf_dir: Path, work_dir: Path, *, quant: str) -> Path:
@@ -344,14 +423,26 @@ def inspect(path: str | os.PathLike[str]) -> str:
         f"  score method: {meta.score_method or '(unknown)'}",
         f"  calibration:  {meta.calibration or '(unknown)'}",
     ]
+    if meta.skip_attn or meta.skip_ffn:
+        for label, chosen in (("skip attn:   ", meta.skip_attn), ("skip ffn:    ", meta.skip_ffn)):
+            lines.append(f"  {label} {', '.join(map(str, chosen)) or '(none)'} ({len(chosen)} of {meta.n_layer})")
+    if meta.draft_vocab:
+        vocab = meta.draft_vocab
+        lines.append(f"  draft vocab:  {len(vocab)} tokens (ids {vocab[0]}..{vocab[-1]})")
     if (meta.architecture, meta.n_layer) != (arch, n_layer):
         lines.append(f"  WARNING: made for {meta.architecture}, {meta.n_layer} layers: not this model")
     if meta.layer_scores:
-        lines += ["", "  rank  layer  score         skipped"]
+        blocks = len(meta.attn_scores) == len(meta.ffn_scores) == len(meta.layer_scores)
+        header = "  rank  layer  score       " + ("  attn          ffn         " if blocks else "")
+        lines += ["", header + "  skipped" + (" (* = block skipped)" if blocks else "")]
         order = sorted(range(len(meta.layer_scores)), key=lambda i: (meta.layer_scores[i], i))
         for rank, i in enumerate(order, 1):
-            mark = "yes" if i in skipped else ""
-            lines.append(f"  {rank:4d}  {i:5d}  {meta.layer_scores[i]:<12.6g}  {mark}")
+            row = f"  {rank:4d}  {i:5d}  {meta.layer_scores[i]:<12.6g}"
+            if blocks:
+                attn = f"{meta.attn_scores[i]:.6g}{'*' if i in meta.skip_attn else ''}"
+                ffn = f"{meta.ffn_scores[i]:.6g}{'*' if i in meta.skip_ffn else ''}"
+                row += f"  {attn:<12}  {ffn:<12}"
+            lines.append(f"{row}  {'yes' if i in skipped else ''}".rstrip())
     return "\n".join(lines)
 
 
@@ -436,6 +527,11 @@ def _check_count(count: int, n_layer: int, why: str = "") -> int:
         raise SkipListError(f"cannot skip {count} of {n_layer} layers{why}: at most {max_skip} "
                             "(the first and the last layers are kept)")
     return count
+
+
+def _as_stored(scores: npt.NDArray[np.float64] | None) -> tuple[float, ...]:
+    """Scores as GGUF stores them (float32), () for none."""
+    return () if scores is None else tuple(float(s) for s in scores.astype("float32"))
 
 
 def _normalize_quant(quant: str) -> str:

@@ -38,10 +38,20 @@ gradient is ready and then drop it, so at most one parameter's gradient exists a
 peak memory is the model plus one sequence's activations (a 7-8B model in bf16 fits in
 32 GB with sequences of a few hundred tokens).
 
+Sub-layer blocks: a draft may also leave out only the attention block or only the MLP
+block of a layer. `score_blocks` scores both in the same passes as the whole layers:
+"fit" restricted to each block's parameters (its own Fisher trace times its own
+mean(theta^2): the whole-layer score is not the sum of the two), "gate_fisher" with one
+gate per residual branch (dL/dg_layer = dL/dg_attn + dL/dg_ffn at g = 1).
+"block_influence" stays whole-layer only. `block_parameters` says which parameters
+belong to which block; sdfp_edge.block_choice chooses blocks from the scores.
+
 Example (model: a transformers causal LM, sequences: calibration token ids):
 
     scores = score_layers(model, sequences, methods=("fit",))     # {"fit": [n_layer]}
     skip = choose_skip_layers(scores["fit"], 6)   # the 6 least sensitive, sorted
+    blocks = score_blocks(model, sequences, methods=("fit",))
+    # {"fit": {"layer": [n_layer], "attn": [n_layer], "ffn": [n_layer]}}
 """
 
 from __future__ import annotations
@@ -59,6 +69,13 @@ from torch import nn
 from sdfp_edge.errors import SkipListError
 
 METHODS = ("fit", "gate_fisher", "block_influence")
+BLOCK_METHODS = ("fit", "gate_fisher")  # the methods that also score attention and MLP blocks
+
+# Norms outside the attention / MLP modules, by the block they feed or finish. A
+# pre-norm layer's post_attention_layernorm is the MLP's input norm; a sandwich-norm
+# layer's (gemma2/3) is the attention output's norm.
+_ATTN_NORMS = ("input_layernorm", "ln_1")
+_FFN_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm", "ln_2")
 
 # Where the decoder layers live, most common first.
 _LAYER_PATHS = (
@@ -105,6 +122,57 @@ def residual_branches(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
     return attn, mlp
 
 
+def block_parameters(layer: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(attention parameters, MLP parameters) of a decoder layer: every parameter in one.
+
+    Attention: the attention module and the norms around it (`input_layernorm`, and
+    `post_attention_layernorm` in sandwich-norm layers); MLP: the MLP module and its norms
+    (`post_attention_layernorm` in pre-norm layers, `pre_/post_feedforward_layernorm`).
+
+    Raises:
+        ValueError: a parameter that belongs to neither (an unknown layer layout).
+    """
+    attn_mod = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
+    mlp_mod = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
+    if attn_mod is None or mlp_mod is None:
+        raise ValueError(f"cannot find the attention and MLP modules of {type(layer).__name__}")
+    sandwich = hasattr(layer, "post_feedforward_layernorm")
+    attn_names = (*_ATTN_NORMS, "post_attention_layernorm") if sandwich else _ATTN_NORMS
+    ffn_names = _FFN_NORMS if sandwich else (*_FFN_NORMS, "post_attention_layernorm")
+    attn = list(attn_mod.parameters()) + _norm_params(layer, attn_names)
+    ffn = list(mlp_mod.parameters()) + _norm_params(layer, ffn_names)
+    placed = {id(p) for p in attn + ffn}
+    stray = [name for name, p in layer.named_parameters() if id(p) not in placed]
+    if stray or len(placed) != len(attn) + len(ffn):
+        raise ValueError(
+            f"cannot split {type(layer).__name__} into attention and MLP blocks: "
+            f"{', '.join(stray) or 'a parameter shared by both'}"
+        )
+    return attn, ffn
+
+
+def score_blocks(
+    model: nn.Module,
+    sequences: Sequence[torch.Tensor],
+    *,
+    methods: Iterable[str] = BLOCK_METHODS,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, dict[str, npt.NDArray[np.float64]]]:
+    """Score every decoder layer and its attention and MLP blocks, in one pass.
+
+    Same arguments as `score_layers` (methods may include "block_influence", scored for
+    whole layers only).
+
+    Returns:
+        {method: {"layer": [n_layer], "attn": [n_layer], "ffn": [n_layer]}}, float64,
+        higher = more sensitive; "layer" equals `score_layers` up to float rounding;
+        "block_influence" has "layer" only.
+    """
+    return _score(model, sequences, methods=methods, blocks=True, device=device, seed=seed, progress=progress)
+
+
 def score_layers(
     model: nn.Module,
     sequences: Sequence[torch.Tensor],
@@ -129,6 +197,26 @@ def score_layers(
     Returns:
         {method: scores}, scores of shape [n_layer], float64, higher = more sensitive.
     """
+    scores = _score(model, sequences, methods=methods, blocks=False, device=device, seed=seed, progress=progress)
+    return {m: by_part["layer"] for m, by_part in scores.items()}
+
+
+def _score(
+    model: nn.Module,
+    sequences: Sequence[torch.Tensor],
+    *,
+    methods: Iterable[str],
+    blocks: bool,
+    device: str,
+    seed: int,
+    progress: bool,
+) -> dict[str, dict[str, npt.NDArray[np.float64]]]:
+    """The pass behind score_layers and score_blocks.
+
+    Gradients are summed per (layer, group): one group per layer without blocks (the
+    layer's parameters, one gate shared by both branches), two with blocks (attention,
+    MLP; one gate per branch). Whole-layer values are the sums over groups.
+    """
     methods = tuple(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -139,17 +227,25 @@ def score_layers(
 
     layers = find_decoder_layers(model)
     n_layer = len(layers)
+    # groups[l]: the parameter groups of layer l, scored apart (one gate each)
+    groups = [block_parameters(layer) if blocks else (list(layer.parameters()),) for layer in layers]
+    n_group = 2 if blocks else 1
     need_grad = "fit" in methods or "gate_fisher" in methods
     torch.manual_seed(seed)
     if getattr(model, "hf_device_map", None) is None:
         model.to(device)
     run_device = next(model.parameters()).device
 
-    sq_grad = torch.zeros(n_layer, dtype=torch.float64)  # [n_layer] sum_n ||grad_l||^2
+    sq_grad = torch.zeros(n_layer, n_group, dtype=torch.float64)  # [n_layer, n_group] sum_n ||grad||^2
     gate_sq = torch.zeros(n_layer, dtype=torch.float64)  # [n_layer] sum_n (dL/dg_l)^2
+    branch_sq = torch.zeros(n_layer, 2, dtype=torch.float64)  # [n_layer, 2] sum_n (dL/dg_branch)^2
     bi_sum = torch.zeros(n_layer, dtype=torch.float64)  # [n_layer] sum_n mean_t (1 - cos)
-    per_seq = torch.zeros(n_layer, dtype=torch.float32, device=run_device)
-    gates = [torch.ones((), device=run_device, requires_grad=True) for _ in range(n_layer)]
+    per_seq = torch.zeros(n_layer, n_group, dtype=torch.float32, device=run_device)
+    def new_gate() -> torch.Tensor:
+        return torch.ones((), device=run_device, requires_grad=True)
+
+    # gates[l]: the gates of layer l's branches (attention, MLP); one gate for both without blocks
+    gates = [[new_gate(), new_gate()] if blocks else [new_gate()] * 2 for _ in range(n_layer)]
 
     was_training = model.training
     requires_grad = {p: p.requires_grad for p in model.parameters()}
@@ -162,13 +258,14 @@ def score_layers(
                 # no parameter needs one: backward then stops at the gates.
                 p.requires_grad_("fit" in methods and id(p) in layer_params)
             if "fit" in methods:
-                for l, layer in enumerate(layers):
-                    for p in layer.parameters():
-                        h = p.register_post_accumulate_grad_hook(_sq_grad_hook(per_seq, l))
-                        stack.callback(h.remove)
+                for l, layer_groups in enumerate(groups):
+                    for g, params in enumerate(layer_groups):
+                        for p in params:
+                            h = p.register_post_accumulate_grad_hook(_sq_grad_hook(per_seq, l, g))
+                            stack.callback(h.remove)
             if "gate_fisher" in methods:
-                for layer, gate in zip(layers, gates):
-                    for branch in residual_branches(layer):
+                for layer, layer_gates in zip(layers, gates):
+                    for branch, gate in zip(residual_branches(layer), layer_gates):
                         stack.callback(branch.register_forward_hook(_gate_hook(gate)).remove)
             bi_seq: list[float] = [0.0] * n_layer
             if "block_influence" in methods:
@@ -184,10 +281,11 @@ def score_layers(
                     per_seq.zero_()
                     out.loss.backward()
                     sq_grad += per_seq.double().cpu()
-                    for l, gate in enumerate(gates):
-                        if gate.grad is not None:
-                            gate_sq[l] += float(gate.grad) ** 2
-                            gate.grad = None
+                    for l, layer_gates in enumerate(gates):
+                        d = [_take_grad(gate) for gate in (layer_gates if blocks else layer_gates[:1])]
+                        gate_sq[l] += sum(d) ** 2  # at g = 1, dL/dg_layer = sum of the branch derivatives
+                        if blocks:
+                            branch_sq[l] += torch.tensor(d, dtype=torch.float64) ** 2
                 bi_sum += torch.tensor(bi_seq, dtype=torch.float64)
                 del out
     finally:
@@ -197,14 +295,21 @@ def score_layers(
         model.train(was_training)
 
     n = len(seqs)
-    result: dict[str, npt.NDArray[np.float64]] = {}
+    result: dict[str, dict[str, npt.NDArray[np.float64]]] = {}
     if "fit" in methods:
         sigma2 = np.array([_mean_square(layer.parameters()) for layer in layers])
-        result["fit"] = (sq_grad / n).numpy() * sigma2
+        result["fit"] = {"layer": (sq_grad.sum(dim=1) / n).numpy() * sigma2}
+        if blocks:
+            block_sigma2 = np.array([[_mean_square(params) for params in layer_groups] for layer_groups in groups])
+            trace = (sq_grad / n).numpy() * block_sigma2  # [n_layer, 2]
+            result["fit"].update(attn=trace[:, 0].copy(), ffn=trace[:, 1].copy())
     if "gate_fisher" in methods:
-        result["gate_fisher"] = (gate_sq / n).numpy()
+        result["gate_fisher"] = {"layer": (gate_sq / n).numpy()}
+        if blocks:
+            fisher = (branch_sq / n).numpy()  # [n_layer, 2]
+            result["gate_fisher"].update(attn=fisher[:, 0].copy(), ffn=fisher[:, 1].copy())
     if "block_influence" in methods:
-        result["block_influence"] = (bi_sum / n).numpy()
+        result["block_influence"] = {"layer": (bi_sum / n).numpy()}
     return {m: result[m] for m in methods}
 
 
@@ -251,10 +356,10 @@ def _as_batch(ids: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _sq_grad_hook(acc: torch.Tensor, layer: int) -> Callable[[torch.Tensor], None]:
+def _sq_grad_hook(acc: torch.Tensor, layer: int, group: int) -> Callable[[torch.Tensor], None]:
     def hook(p: torch.Tensor) -> None:
         assert p.grad is not None
-        acc[layer] += torch.linalg.vector_norm(p.grad, dtype=torch.float32).square()
+        acc[layer, group] += torch.linalg.vector_norm(p.grad, dtype=torch.float32).square()
         p.grad = None  # free it now: never more than one parameter's gradient alive
 
     return hook
@@ -267,6 +372,18 @@ def _gate_hook(gate: torch.Tensor) -> Callable[..., Any]:
         return output * gate.to(output.dtype)
 
     return hook
+
+
+def _take_grad(gate: torch.Tensor) -> float:
+    """The gate's derivative (0 if the loss does not depend on it), cleared for the next sequence."""
+    d = 0.0 if gate.grad is None else float(gate.grad)
+    gate.grad = None
+    return d
+
+
+def _norm_params(layer: nn.Module, names: Iterable[str]) -> list[nn.Parameter]:
+    return [p for name in names if isinstance(getattr(layer, name, None), nn.Module)
+            for p in getattr(layer, name).parameters()]
 
 
 def _influence_hook(acc: list[float], layer: int) -> Callable[..., None]:

@@ -4,6 +4,12 @@ The skip list travels inside the one GGUF that ships to laptops. Keys live in th
 namespace so that llama.cpp and every other GGUF tool ignore them. `sdfp.n_layer` and
 `sdfp.architecture` let the runtime refuse a list that was made for another model.
 
+Version 2 adds optional keys for sub-layer drafts (absent = empty; version-1 files read
+as before): per-block scores `sdfp.attn_scores` / `sdfp.ffn_scores` (same method as
+`sdfp.score_method`), a sub-layer skip choice `sdfp.skip_attn` / `sdfp.skip_ffn`, and
+`sdfp.draft_vocab`, the token ids the model produced in its calibration generations. An
+empty list is not written (GGUF arrays cannot be empty).
+
 Reading uses gguf's memory-mapped reader (no tensor is loaded). Writing uses gguf-py's
 own `copy_with_new_metadata` recipe, streaming the tensors into a temporary file beside
 the output that is renamed at the end: the input is never modified and a killed run
@@ -21,7 +27,7 @@ from typing import Any
 
 from sdfp_edge.errors import ModelFileError, SkipListError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: no sub-layer keys; read the same way
 
 KEY_VERSION = "sdfp.version"
 KEY_ARCH = "sdfp.architecture"
@@ -30,6 +36,11 @@ KEY_SKIP_LAYERS = "sdfp.skip_layers"
 KEY_LAYER_SCORES = "sdfp.layer_scores"
 KEY_SCORE_METHOD = "sdfp.score_method"
 KEY_CALIBRATION = "sdfp.calibration"
+KEY_ATTN_SCORES = "sdfp.attn_scores"  # version 2
+KEY_FFN_SCORES = "sdfp.ffn_scores"
+KEY_SKIP_ATTN = "sdfp.skip_attn"
+KEY_SKIP_FFN = "sdfp.skip_ffn"
+KEY_DRAFT_VOCAB = "sdfp.draft_vocab"
 
 GGUF_MAGIC = b"GGUF"
 
@@ -45,6 +56,11 @@ class SkipMetadata:
     score_method: str = ""
     calibration: str = ""
     version: int = FORMAT_VERSION
+    attn_scores: tuple[float, ...] = ()  # [n_layer] attention blocks, same method; may be empty
+    ffn_scores: tuple[float, ...] = ()  # [n_layer] MLP blocks; may be empty
+    skip_attn: tuple[int, ...] = ()  # layers whose attention block a sub-layer draft skips
+    skip_ffn: tuple[int, ...] = ()  # layers whose MLP block it skips
+    draft_vocab: tuple[int, ...] = ()  # token ids for the draft's logits, sorted, unique; empty = all
 
     def check(self, *, architecture: str | None = None, n_layer: int | None = None) -> None:
         """Refuse a list made for another model, or one the runtime cannot run."""
@@ -60,10 +76,20 @@ class SkipMetadata:
         if not self.skip_layers:
             raise SkipListError("empty skip list: a draft must skip at least one layer")
         validate_skip_layers(self.skip_layers, self.n_layer)
-        if self.layer_scores and len(self.layer_scores) != self.n_layer:
-            raise SkipListError(
-                f"sdfp.layer_scores has {len(self.layer_scores)} entries for {self.n_layer} layers"
-            )
+        for key, scores in ((KEY_LAYER_SCORES, self.layer_scores), (KEY_ATTN_SCORES, self.attn_scores),
+                            (KEY_FFN_SCORES, self.ffn_scores)):
+            if scores and len(scores) != self.n_layer:
+                raise SkipListError(f"{key} has {len(scores)} entries for {self.n_layer} layers")
+        for key, blocks in ((KEY_SKIP_ATTN, self.skip_attn), (KEY_SKIP_FFN, self.skip_ffn)):
+            try:
+                validate_skip_layers(blocks, self.n_layer)
+            except SkipListError as e:
+                raise SkipListError(f"{key}: {e}") from None
+        bad = [t for t in self.draft_vocab if isinstance(t, bool) or not isinstance(t, int) or t < 0]
+        if bad:
+            raise SkipListError(f"{KEY_DRAFT_VOCAB} has invalid token ids {bad[:5]}")
+        if any(a >= b for a, b in zip(self.draft_vocab, self.draft_vocab[1:])):
+            raise SkipListError(f"{KEY_DRAFT_VOCAB} must be sorted and list each token id once")
 
 
 def validate_skip_layers(skip_layers: tuple[int, ...] | list[int], n_layer: int) -> None:
@@ -201,6 +227,11 @@ def skip_metadata(kv: dict[str, Any], source: object) -> SkipMetadata | None:
             score_method=str(kv.get(KEY_SCORE_METHOD) or ""),
             calibration=str(kv.get(KEY_CALIBRATION) or ""),
             version=int(kv.get(KEY_VERSION) or 0),
+            attn_scores=tuple(float(x) for x in (kv.get(KEY_ATTN_SCORES) or [])),
+            ffn_scores=tuple(float(x) for x in (kv.get(KEY_FFN_SCORES) or [])),
+            skip_attn=tuple(int(i) for i in (kv.get(KEY_SKIP_ATTN) or [])),
+            skip_ffn=tuple(int(i) for i in (kv.get(KEY_SKIP_FFN) or [])),
+            draft_vocab=tuple(int(t) for t in (kv.get(KEY_DRAFT_VOCAB) or [])),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise SkipListError(f"{source}: malformed sdfp metadata ({e})") from e
@@ -236,10 +267,14 @@ def write_skip_metadata(
         KEY_SCORE_METHOD: MetadataDetails(T.STRING, meta.score_method),
         KEY_CALIBRATION: MetadataDetails(T.STRING, meta.calibration),
     }
-    if meta.layer_scores:
-        new[KEY_LAYER_SCORES] = MetadataDetails(
-            T.ARRAY, [float(s) for s in meta.layer_scores], sub_type=T.FLOAT32
-        )
+    for key, scores in ((KEY_LAYER_SCORES, meta.layer_scores), (KEY_ATTN_SCORES, meta.attn_scores),
+                        (KEY_FFN_SCORES, meta.ffn_scores)):
+        if scores:
+            new[key] = MetadataDetails(T.ARRAY, [float(s) for s in scores], sub_type=T.FLOAT32)
+    for key, ids in ((KEY_SKIP_ATTN, meta.skip_attn), (KEY_SKIP_FFN, meta.skip_ffn),
+                     (KEY_DRAFT_VOCAB, meta.draft_vocab)):
+        if ids:  # absent = empty
+            new[key] = MetadataDetails(T.ARRAY, list(ids), sub_type=T.INT32)
     old_sdfp = [name for name in reader.fields if name.startswith("sdfp.")]
 
     dst_p.parent.mkdir(parents=True, exist_ok=True)

@@ -124,6 +124,45 @@ def test_annotate_again_replaces_metadata(hf_dir: Path, tiny_gguf: Path, tmp_pat
     assert meta.score_method == "gate_fisher" and len(meta.skip_layers) == 1
 
 
+def test_annotate_records_sub_layer_choice_and_draft_vocab(hf_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    from sdfp_edge.block_choice import block_costs, whole_layer_cost
+
+    out = tmp_path / "annotated.gguf"
+    meta = cv.convert(hf_dir, out, gguf_in=tiny_gguf, n_skip=1, seed=3, **FAST)
+    assert read_skip_metadata(out) == meta and meta.version == 2
+    assert len(meta.attn_scores) == len(meta.ffn_scores) == N_LAYER
+    assert all(s > 0 for s in meta.attn_scores + meta.ffn_scores)
+    # the sub-layer draft saves at least what the whole-layer list saves, never in the first or last layer
+    blocks = set(meta.skip_attn) | set(meta.skip_ffn)
+    assert blocks and blocks <= set(range(1, N_LAYER - 1))
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir)
+    attn_cost, ffn_cost = block_costs(model)
+    saved = attn_cost[list(meta.skip_attn)].sum() + ffn_cost[list(meta.skip_ffn)].sum()
+    assert saved >= whole_layer_cost(meta.skip_layers, attn_cost, ffn_cost) * (1 - 1e-6)
+    # the draft vocabulary: what the model wrote in its own calibration answers
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    seqs = cal.self_generated(model, tokenizer, n_samples=2, seq_len=12, seed=3)
+    assert meta.draft_vocab == cal.generated_vocab(tokenizer, seqs, seq_len=12)
+    assert meta.draft_vocab and list(meta.draft_vocab) == sorted(set(meta.draft_vocab))
+
+    text = cv.inspect(out)
+    assert f"skip attn:    {', '.join(map(str, meta.skip_attn)) or '(none)'}" in text
+    assert f"draft vocab:  {len(meta.draft_vocab)} tokens" in text
+
+
+def test_block_influence_has_no_sub_layer_scores(hf_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    meta = cv.convert(hf_dir, tmp_path / "bi.gguf", gguf_in=tiny_gguf, n_skip=1, method="block_influence", **FAST)
+    assert (meta.attn_scores, meta.ffn_scores, meta.skip_attn, meta.skip_ffn) == ((), (), (), ())
+    assert meta.draft_vocab  # the vocabulary does not depend on the method
+
+
+def test_calibration_file_has_no_draft_vocab(hf_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog " * 4)
+    meta = cv.convert(hf_dir, tmp_path / "f.gguf", gguf_in=tiny_gguf, n_skip=1, calibration_file=corpus, **FAST)
+    assert meta.draft_vocab == () and len(meta.attn_scores) == N_LAYER
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -277,6 +316,22 @@ def test_self_generated_continues_the_rendered_prompts(tiny_lm: tuple) -> None:
     other = cal.self_generated(model, tokenizer, n_samples=2, seq_len=96, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(seqs, again))
     assert not all(torch.equal(a, b) for a, b in zip(seqs, other))
+
+
+def test_generated_vocab_is_what_the_model_wrote(tiny_lm: tuple) -> None:
+    model, tokenizer = tiny_lm
+    seqs = cal.self_generated(model, tokenizer, n_samples=3, seq_len=128, seed=0)
+    written: set[int] = set()
+    for i, s in enumerate(seqs):
+        prompt = tokenizer(
+            tokenizer.apply_chat_template([{"role": "user", "content": cal.PROMPTS[i]}], tokenize=False,
+                                          add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"][:127]  # a long prompt is cut to leave room for one generated token
+        assert len(s) > len(prompt)
+        written |= set(s[len(prompt):].tolist())
+    vocab = cal.generated_vocab(tokenizer, seqs, seq_len=128)
+    assert vocab == tuple(sorted(written)) and len(vocab) > 3
 
 
 def test_from_text_file_chunks(tiny_lm: tuple, tmp_path: Path) -> None:

@@ -17,7 +17,15 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from sdfp_edge.errors import SkipListError
-from sdfp_edge.fit import METHODS, choose_skip_layers, find_decoder_layers, score_layers
+from sdfp_edge.fit import (
+    BLOCK_METHODS,
+    METHODS,
+    block_parameters,
+    choose_skip_layers,
+    find_decoder_layers,
+    score_blocks,
+    score_layers,
+)
 
 VOCAB = 96
 N_LAYER = 6
@@ -195,3 +203,138 @@ def test_choose_skip_layers_picks_the_lowest_candidates(scores: list[float], dat
     rest = [i for i in candidates if i not in chosen]
     if chosen and rest:
         assert max(scores[i] for i in chosen) <= min(scores[i] for i in rest)
+
+
+# --- attention and MLP blocks ------------------------------------------------------------
+
+
+def zero_mlp(model: torch.nn.Module, index: int) -> None:
+    with torch.no_grad():
+        for p in find_decoder_layers(model)[index].mlp.parameters():
+            p.zero_()
+
+
+def tiny_gemma3(*, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=N_LAYER,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+    )
+    return transformers.Gemma3ForCausalLM(config)
+
+
+def manual_groups(layer: torch.nn.Module, arch: str) -> tuple[list, list]:
+    """The expected split, written out by hand for each layout."""
+    if arch == "gemma3":
+        attn = [*layer.self_attn.parameters(), layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+        ffn = [*layer.mlp.parameters(), layer.pre_feedforward_layernorm.weight, layer.post_feedforward_layernorm.weight]
+    else:
+        attn = [*layer.self_attn.parameters(), layer.input_layernorm.weight]
+        ffn = [*layer.mlp.parameters(), layer.post_attention_layernorm.weight]
+    return attn, ffn
+
+
+def any_model(arch: str, *, seed: int = 0) -> torch.nn.Module:
+    return tiny_gemma3(seed=seed) if arch == "gemma3" else tiny_model(arch, seed=seed)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_block_parameters_split_every_parameter_once(arch: str) -> None:
+    for layer in find_decoder_layers(any_model(arch)):
+        attn, ffn = block_parameters(layer)
+        want_attn, want_ffn = manual_groups(layer, arch)
+        assert {id(p) for p in attn} == {id(p) for p in want_attn}
+        assert {id(p) for p in ffn} == {id(p) for p in want_ffn}
+        assert len(attn) + len(ffn) == len(list(layer.parameters()))
+
+
+def test_block_parameters_refuses_an_unknown_layout() -> None:
+    layer = torch.nn.Module()
+    layer.self_attn, layer.mlp, layer.extra = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="extra"):
+        block_parameters(layer)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_zeroed_mlp_scores_lowest_ffn_while_its_attention_counts(arch: str) -> None:
+    model = any_model(arch)
+    zero_mlp(model, ZEROED)
+    scores = score_blocks(model, calib())
+    assert set(scores) == set(BLOCK_METHODS)
+    for method, parts in scores.items():
+        assert set(parts) == {"layer", "attn", "ffn"}, method
+        for part in parts.values():
+            assert part.shape == (N_LAYER,) and part.dtype == np.float64, method
+        ffn, attn = parts["ffn"], parts["attn"]
+        assert ffn[ZEROED] == 0.0 and np.all(np.delete(ffn, ZEROED) > 0), (method, ffn)
+        assert np.all(attn > 0), (method, attn)  # the layer's attention is scored as usual
+        assert parts["layer"][ZEROED] > 0, method
+
+
+def test_score_blocks_whole_layers_equal_score_layers() -> None:
+    model = tiny_model("qwen2", seed=6)
+    seqs = calib(n=2)
+    layers_only = score_layers(model, seqs)
+    blocks = score_blocks(model, seqs, methods=METHODS)
+    assert set(blocks["block_influence"]) == {"layer"}  # whole layers only
+    for m in METHODS:
+        np.testing.assert_allclose(blocks[m]["layer"], layers_only[m], rtol=1e-5)
+    # whole-layer FIT is not the sum of the block scores: each group has its own mean(theta^2)
+    assert not np.allclose(blocks["fit"]["layer"], blocks["fit"]["attn"] + blocks["fit"]["ffn"])
+
+
+def test_block_fit_equals_direct_fisher_trace_times_weight_variance() -> None:
+    model = tiny_model("llama", seed=3)
+    seqs = calib(n=2)
+    got = score_blocks(model, seqs, methods=("fit",))["fit"]
+
+    groups = [g for layer in find_decoder_layers(model) for g in manual_groups(layer, "llama")]  # [2 * n_layer]
+    trace = np.zeros(2 * N_LAYER)
+    for ids in seqs:
+        ids = ids.unsqueeze(0)
+        grads = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, [p for g in groups for p in g])
+        k = 0
+        for j, g in enumerate(groups):
+            for _ in g:
+                trace[j] += float(grads[k].double().pow(2).sum()) / len(seqs)
+                k += 1
+    with torch.no_grad():
+        sigma2 = np.array([float(sum(p.double().pow(2).sum() for p in g)) / sum(p.numel() for p in g)
+                           for g in groups])
+    want = (trace * sigma2).reshape(N_LAYER, 2)
+    np.testing.assert_allclose(got["attn"], want[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(got["ffn"], want[:, 1], rtol=1e-4)
+
+
+def test_block_gate_fisher_equals_weight_scaling_derivative() -> None:
+    # as for whole layers: a gate on the attention branch scales o_proj, one on the MLP
+    # branch scales down_proj, so dL/dg_attn = <dL/dW_o, W_o>, dL/dg_ffn = <dL/dW_down, W_down>
+    model = tiny_model("llama", seed=4)
+    seqs = calib(n=2)
+    got = score_blocks(model, seqs, methods=("gate_fisher",))["gate_fisher"]
+
+    layers = find_decoder_layers(model)
+    weights = [w for layer in layers for w in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight)]
+    want = np.zeros(2 * N_LAYER)
+    for ids in seqs:
+        ids = ids.unsqueeze(0)
+        grads = torch.autograd.grad(model(input_ids=ids, labels=ids).loss, weights)
+        want += np.array([float((g * w).detach().double().sum()) ** 2 for g, w in zip(grads, weights)]) / len(seqs)
+    np.testing.assert_allclose(got["attn"], want[0::2], rtol=1e-4)
+    np.testing.assert_allclose(got["ffn"], want[1::2], rtol=1e-4)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_block_costs_are_parameter_shares(tied: bool) -> None:
+    from sdfp_edge.block_choice import block_costs
+
+    model = tiny_model("llama")
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    attn, ffn = block_costs(model)
+    layer = find_decoder_layers(model)[0]
+    n_attn = sum(p.numel() for p in manual_groups(layer, "llama")[0])
+    n_ffn = sum(p.numel() for p in manual_groups(layer, "llama")[1])
+    total = N_LAYER * (n_attn + n_ffn) + VOCAB * 64  # the head counts whether tied or not
+    np.testing.assert_allclose(attn, n_attn / total)
+    np.testing.assert_allclose(ffn, n_ffn / total)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdfp_edge.errors import ModelFileError, SdfpError
+from sdfp_edge.errors import ModelFileError, SdfpError, SkipListError
 from sdfp_edge.metadata import SkipMetadata, read_kv, read_skip_metadata, write_skip_metadata
 
 
@@ -31,6 +31,68 @@ def test_skip_metadata_round_trip(smollm2_plain: Path, tmp_path: Path) -> None:
     out = write_skip_metadata(smollm2_plain, tmp_path / "a.gguf", meta)
     assert read_skip_metadata(out) == meta
     assert read_skip_metadata(smollm2_plain) is None
+
+
+def test_sub_layer_fields_round_trip(smollm2_plain: Path, tmp_path: Path) -> None:
+    meta = SkipMetadata(
+        "llama", 30, (3, 7, 11), tuple(float(i) for i in range(30)), "fit", "self:8x128",
+        attn_scores=tuple(0.5 * i for i in range(30)), ffn_scores=tuple(0.25 * i for i in range(30)),
+        skip_attn=(2, 3, 9), skip_ffn=(3, 28), draft_vocab=(0, 5, 17, 49151),
+    )
+    out = write_skip_metadata(smollm2_plain, tmp_path / "a.gguf", meta)
+    got = read_skip_metadata(out)
+    assert got == meta and got.version == 2
+    kv = read_kv(out, {"sdfp.skip_attn", "sdfp.skip_ffn", "sdfp.draft_vocab", "sdfp.attn_scores"})
+    assert kv["sdfp.skip_ffn"] == [3, 28] and kv["sdfp.draft_vocab"] == [0, 5, 17, 49151]
+    # empty sub-layer lists are left out of the file and read back as empty
+    whole = SkipMetadata("llama", 30, (3,), attn_scores=meta.attn_scores, ffn_scores=meta.ffn_scores)
+    out2 = write_skip_metadata(out, tmp_path / "b.gguf", whole)  # replaces every earlier sdfp.* key
+    assert read_skip_metadata(out2) == whole
+    assert "sdfp.skip_attn" not in read_kv(out2) and "sdfp.draft_vocab" not in read_kv(out2)
+
+
+def test_version_1_file_still_reads(smollm2_plain: Path, tmp_path: Path) -> None:
+    """A file written before the sub-layer keys existed: exactly the version-1 keys."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    T = gguf.GGUFValueType
+    v1 = {
+        "sdfp.version": MetadataDetails(T.UINT32, 1),
+        "sdfp.architecture": MetadataDetails(T.STRING, "llama"),
+        "sdfp.n_layer": MetadataDetails(T.UINT32, 30),
+        "sdfp.skip_layers": MetadataDetails(T.ARRAY, [23, 25, 26], sub_type=T.INT32),
+        "sdfp.layer_scores": MetadataDetails(T.ARRAY, [1.0] * 30, sub_type=T.FLOAT32),
+        "sdfp.score_method": MetadataDetails(T.STRING, "fit"),
+        "sdfp.calibration": MetadataDetails(T.STRING, "self-generated:8x128:seed0"),
+    }
+    out = tmp_path / "v1.gguf"
+    reader = gguf.GGUFReader(smollm2_plain, "r")
+    copy_with_new_metadata(reader, gguf.GGUFWriter(out, arch="llama"), v1, [])
+    meta = read_skip_metadata(out)
+    assert meta == SkipMetadata("llama", 30, (23, 25, 26), (1.0,) * 30, "fit", "self-generated:8x128:seed0", version=1)
+    assert (meta.attn_scores, meta.ffn_scores, meta.skip_attn, meta.skip_ffn, meta.draft_vocab) == ((),) * 5
+    meta.check(architecture="llama", n_layer=30)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"attn_scores": (1.0,) * 5}, "sdfp.attn_scores has 5 entries for 6 layers"),
+        ({"ffn_scores": (1.0,) * 7}, "sdfp.ffn_scores has 7 entries"),
+        ({"skip_attn": (6,)}, "sdfp.skip_attn: layer 6 is out of range"),
+        ({"skip_ffn": (5,)}, "sdfp.skip_ffn: layer 5 is the last layer"),
+        ({"skip_ffn": (2, 2)}, "sdfp.skip_ffn: layer 2 appears twice"),
+        ({"skip_attn": (-1,)}, "out of range"),
+        ({"draft_vocab": (3, -1)}, "invalid token ids"),
+        ({"draft_vocab": (3, 3)}, "sorted and list each token id once"),
+        ({"draft_vocab": (5, 3)}, "sorted"),
+    ],
+)
+def test_check_refuses_bad_sub_layer_fields(fields: dict, message: str) -> None:
+    SkipMetadata("llama", 6, (2,), skip_attn=(0, 1, 4), skip_ffn=(2,), draft_vocab=(0, 9)).check(n_layer=6)
+    with pytest.raises(SkipListError, match=message):
+        SkipMetadata("llama", 6, (2,), **fields).check(n_layer=6)
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ def convert(
         n_layer = config["num_hidden_layers"]
         if count is None:
             count = _check_count(choose_n_skip_auto(scores, gguf_path=src, progress=progress), n_layer)
-        from sdfp_edge.fit import choose_skip_layers  # torch is loaded by now
+        from sdfp_edge.block_choice import choose_skip_layers
 
         skip_layers = tuple(choose_skip_layers(scores, count))
         skip_attn, skip_ffn = default_block_choice(scored, method, skip_layers)
@@ -172,7 +172,7 @@ def choose_n_skip_auto(
     if gguf_path is None:
         return _ratio_to_count(DEFAULT_SKIP_RATIO, n_layer)
     from sdfp_edge import skip_count
-    from sdfp_edge.fit import choose_skip_layers
+    from sdfp_edge.block_choice import choose_skip_layers
 
     counts = sorted({max(1, min(n_layer - 2, round(r * n_layer))) for r in AUTO_SKIP_RATIOS})
     _say(progress, f"measuring draft acceptance for skip counts {counts} on held-out prompts")

@@ -78,7 +78,7 @@ def get_scores(args: argparse.Namespace, gguf_path: Path) -> tuple[dict[str, lis
 def layer_lists(scores: dict[str, list[float]], n_layer: int, counts: list[int],
                 seeds: list[int]) -> list[tuple[str, int, list[int]]]:
     """(choice, count, layers) for every choice at every count."""
-    from sdfp_edge.fit import choose_skip_layers
+    from sdfp_edge.block_choice import choose_skip_layers
 
     jobs = []
     for n in counts:

@@ -26,14 +26,16 @@ from typing import Any
 import jinja2
 
 from sdfp_edge.backend import LlamaBackend, check_skip_supported
+from sdfp_edge import draft_vocab
 from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
+from sdfp_edge.drafters.skip_layers import layer_skip_candidates
 from sdfp_edge.drafters.base import Drafter
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
-from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError, SdfpError
 from sdfp_edge.grammar import Grammar
 from sdfp_edge.logits_processors import LogitsProcessor, Penalties, TokenLogprob
-from sdfp_edge.metadata import model_info, read_kv, skip_metadata, validate_skip_layers
+from sdfp_edge.metadata import SkipMetadata, model_info, read_kv, skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
 from sdfp_edge.sampling import SamplingParams
 
@@ -95,6 +97,7 @@ class SkipChoice:
     note: str | None  # something the user should be told once (no skip list), or None
     architecture: str
     n_layer: int
+    metadata: SkipMetadata | None = None  # the GGUF's sdfp.* keys when the list came from them
 
 
 def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> SkipChoice:
@@ -116,6 +119,8 @@ def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> SkipCh
                                            "`sdfp-edge convert` or pass --skip-layers"), arch, n_layer)
         meta.check(architecture=arch, n_layer=n_layer)
         layers, source = meta.skip_layers, f"GGUF metadata ({meta.score_method or 'unknown method'})"
+        check_skip_supported(arch)
+        return SkipChoice(tuple(sorted(layers)), source, None, arch, n_layer, meta)
     if layers:
         check_skip_supported(arch)
     return SkipChoice(tuple(sorted(layers)), source, None, arch, n_layer)
@@ -150,6 +155,7 @@ class Model:
         # everything that can be checked from the file's metadata is checked before loading
         choice = resolve_skip_layers(path, skip_layers)
         self.skip_layers, self.skip_source = choice.layers, choice.source
+        self._skip_choice = choice
         self.notes: list[str] = [choice.note] if choice.note else []  # things the user should know once
         self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                     verbose=verbose, info=(choice.architecture, choice.n_layer),
@@ -175,7 +181,10 @@ class Model:
         b = self.backend
         drafters: list[Drafter] = [PromptLookupDrafter()]
         if self.skip_layers:
-            drafters.append(SkipLayersDrafter(b, self.skip_layers, threshold=threshold))
+            meta = self._skip_choice.metadata
+            small_head = self._load_draft_vocab(meta.draft_vocab if meta else ())
+            for name, mask in layer_skip_candidates(self.skip_layers, meta, small_head=small_head).items():
+                drafters.append(SkipLayersDrafter(b, mask, threshold=threshold, name=name))
         if draft_model is not None:
             self._draft_backend = LlamaBackend(resolve_model(str(draft_model)), n_ctx=b.n_ctx,
                                                n_threads=n_threads, n_gpu_layers=n_gpu_layers,
@@ -184,6 +193,16 @@ class Model:
             drafters.append(DraftModelDrafter(self._draft_backend, target_vocab=b.n_vocab, cost_prior=size_ratio,
                                               threshold=threshold))
         return drafters
+
+    def _load_draft_vocab(self, recorded: Sequence[int]) -> bool:
+        """Give the backend the small draft head; False (with a note) where the model cannot have one."""
+        b = self.backend
+        try:
+            b.load_draft_vocab(draft_vocab.choose(b.n_vocab, recorded=recorded, is_eog=b.is_eog))
+        except (SdfpError, ValueError) as e:
+            self.notes.append(f"note: layer-skip drafts use the full output head ({e})")
+            return False
+        return True
 
     def _cost_identity(self, drafters: Sequence[Drafter]) -> dict[str, Any]:
         ident = self.backend.identity()

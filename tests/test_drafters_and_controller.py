@@ -234,3 +234,21 @@ def test_cost_store_round_trip_identity_and_damage(tmp_path: Path) -> None:
     blocked.write_text("")
     CostStore({"x": 1}, blocked / "costs").save({"cost": {}})  # cannot be written: ignored
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".costs-")] == []
+
+
+def test_layer_skip_candidates_from_the_gguf_scores() -> None:
+    from sdfp_edge.drafters.skip_layers import layer_skip_candidates
+    from sdfp_edge.layer_skip import DraftMask
+    from sdfp_edge.metadata import SkipMetadata
+
+    scores = tuple(float(x) for x in [9, 1, 5, 2, 8, 3, 7, 4, 6, 0.5, 9, 9])  # 12 layers
+    meta = SkipMetadata("qwen2", 12, (1, 3), layer_scores=scores, skip_attn=(2, 4), skip_ffn=(5,))
+    got = layer_skip_candidates((1, 3), meta, small_head=True)
+    assert got["layerskip"] == DraftMask.layers((1, 3), small_head=True)
+    assert got["layerskip-deep"] == DraftMask.layers((1, 3, 5, 9), small_head=True)  # 2 x 2, <= 12 // 3
+    assert got["layerskip-blocks"] == DraftMask((2, 4), (5,), True)
+    # a list from the command line is exactly that draft
+    assert layer_skip_candidates((6,), None, small_head=False) == {"layerskip": DraftMask.layers((6,))}
+    # nothing deeper to add when the list already holds a third of the layers; no block keys
+    few = SkipMetadata("qwen2", 12, (1, 3, 5, 9), layer_scores=scores)
+    assert set(layer_skip_candidates((1, 3, 5, 9), few, small_head=False)) == {"layerskip"}

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
+from sdfp_edge import draft_vocab
 from sdfp_edge import verify as verify_module
 from sdfp_edge.api import Model
 from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.drafters import SkipLayersDrafter
+from sdfp_edge.layer_skip import DraftMask
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
 from sdfp_edge.verify import Verdict
 
@@ -47,6 +50,19 @@ def test_greedy_every_mode_matches_plain_decoding_smollm2(smol: Model, prompt: s
             assert stats["drafted"] > 0 and stats["acceptance_rate"] > 0.95
         if mode == "layerskip":
             assert stats["drafted"] > 0
+
+
+def test_greedy_with_block_masks_and_the_small_head_matches_plain_decoding_smollm2(smollm2_plain: Path) -> None:
+    """Sub-layer drafts over the small head change only what is drafted, never the output."""
+    mask = DraftMask(attn=(2, 5, 9, 14), ffn=(4, 9, 20, 24), small_head=True)
+    with Model(smollm2_plain, n_ctx=1024, n_threads=2, skip_layers=SMOL_SKIP) as m:
+        assert len(m.backend.draft_vocab) == draft_vocab.DEFAULT_SIZE  # loaded with any skip list
+        m.decoder.drafters["layerskip"] = SkipLayersDrafter(m.backend, mask, threshold=0.0)
+        for prompt in PROMPTS:
+            msgs = [{"role": "user", "content": prompt}]
+            plain = greedy_ids(m, msgs, "off")
+            assert greedy_ids(m, msgs, "layerskip") == plain
+            assert m.last_stats["drafted"] > 0 and m.last_stats["accepted"] > 0
 
 
 def first_divergence_margin(path: Path, prompt_ids: list[int], plain: list[int], other: list[int]) -> float:

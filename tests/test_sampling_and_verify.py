@@ -62,7 +62,15 @@ Q0 = np.array([0.4, 0.1, 0.2, 0.1, 0.1, 0.1])
 Q1 = np.array([0.05, 0.05, 0.6, 0.1, 0.1, 0.1])
 
 
-def two_token_joint(rule, n: int, *, one_hot_draft: int | None = None, seed: int = 0) -> np.ndarray:
+def on_subset(q: np.ndarray, keep: list[int]) -> np.ndarray:
+    """q restricted to `keep` and renormalised: a small draft head's distribution."""
+    out = np.zeros_like(q)
+    out[keep] = q[keep]
+    return out / out.sum()
+
+
+def two_token_joint(rule, n: int, *, one_hot_draft: int | None = None, seed: int = 0,
+                    q0: np.ndarray = Q0, q1: np.ndarray = Q1) -> np.ndarray:
     """Emit two tokens per trial with k=2 drafts; when fewer come out, the target continues.
 
     p_1 does not depend on the first token here, so the exact joint is outer(P0, P1).
@@ -72,8 +80,8 @@ def two_token_joint(rule, n: int, *, one_hot_draft: int | None = None, seed: int
     p = np.stack([P0, P1, P1])
     for _ in range(n):
         if one_hot_draft is None:
-            d = np.array([sample(Q0, rng), sample(Q1, rng)])
-            q = np.stack([Q0, Q1])
+            d = np.array([sample(q0, rng), sample(q1, rng)])
+            q = np.stack([q0, q1])
         else:
             d, q = np.array([one_hot_draft, one_hot_draft]), None
         v = rule(d, q, p, rng)
@@ -94,6 +102,16 @@ def test_rejection_sampler_reproduces_the_target_distribution(one_hot: int | Non
     counts = two_token_joint(rejection_sample, n, one_hot_draft=one_hot)
     expected = np.outer(P0, P1).ravel() * n
     assert chisquare(counts.ravel(), expected).pvalue > 0.01
+
+
+def test_a_draft_over_a_subset_of_the_vocabulary_keeps_the_target_distribution() -> None:
+    """The small draft head gives q = 0 outside its tokens (draft_vocab.py); still exact."""
+    n = 20000
+    counts = two_token_joint(rejection_sample, n, q0=on_subset(Q0, [0, 1, 2]), q1=on_subset(Q1, [2, 3, 4, 5]))
+    expected = np.outer(P0, P1).ravel() * n
+    assert chisquare(counts.ravel(), expected).pvalue > 0.01
+    broken = two_token_joint(accept_everything, n, q0=on_subset(Q0, [0, 1, 2]), q1=on_subset(Q1, [2, 3, 4, 5]))
+    assert chisquare(broken.ravel(), expected).pvalue < 1e-6
 
 
 def test_the_chi_square_check_catches_a_broken_rule() -> None:

@@ -14,12 +14,36 @@ from collections.abc import Sequence
 import numpy as np
 
 from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.block_choice import choose_skip_layers
 from sdfp_edge.drafters.base import Proposal, draft_autoregressively
 from sdfp_edge.layer_skip import DraftMask
 from sdfp_edge.logits_processors import LogitsProcessor
+from sdfp_edge.metadata import SkipMetadata
 from sdfp_edge.sampling import SamplingParams
 
 ATTN_SHARE = 0.25  # a layer's attention block, as a share of the layer's cost (a prior only)
+
+
+def layer_skip_candidates(skip_layers: Sequence[int], meta: SkipMetadata | None, *,
+                          small_head: bool) -> dict[str, DraftMask]:
+    """The layer-skip drafts the controller may choose between, by name (SWIFT's on-the-fly
+    choice of depth, with the GGUF's FIT ranking instead of a search).
+
+    "layerskip" is the list itself (--skip-layers or sdfp.skip_layers). From the GGUF's scores
+    the runtime adds a deeper draft ("layerskip-deep": twice as many of the least sensitive
+    layers, at most a third of them) and convert's sub-layer draft ("layerskip-blocks"). Each
+    is its own source: its measured acceptance and cost decide, and it is never chosen where
+    it does not pay. All use the small head when the backend has one.
+    """
+    out = {"layerskip": DraftMask.layers(skip_layers, small_head=small_head)}
+    if meta is None:  # a list from the command line: exactly that draft
+        return out
+    n_deep = min(2 * len(skip_layers), meta.n_layer // 3)
+    if meta.layer_scores and n_deep > len(skip_layers):
+        out["layerskip-deep"] = DraftMask.layers(choose_skip_layers(meta.layer_scores, n_deep), small_head=small_head)
+    if meta.skip_attn or meta.skip_ffn:
+        out["layerskip-blocks"] = DraftMask(tuple(sorted(meta.skip_attn)), tuple(sorted(meta.skip_ffn)), small_head)
+    return out
 
 
 class SkipLayersDrafter:

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""What a layer-skip draft step costs: c for each cut, with and without the small head.
+
+Why this exists: a layer-skip draft pays only when its step is cheap against a target token
+(c) -- issue 13. Timing-only (no acceptance; see tools/draft_frontier.py for that): single-
+token decodes at one position with 200 tokens in the KV cache, the median of --repeats
+after two warm-ups, each mask timed between two full-model timings so drift cancels.
+Cuts: the small head alone, then n evenly spread layers for each fraction, as whole layers,
+whole layers + small head, their FFN blocks only and their attention blocks only.
+
+It also times the switch: alternating masked and full single-token decodes (the draft and
+verify pattern, where llama.cpp rebuilds the graph at each change of mask) against the
+mean of the two alone.
+
+    .venv/bin/python tools/draft_step_cost.py --model qwen2.5-coder-1.5b --out models/bench/draft-cost/qwen.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdfp_edge import draft_vocab, models
+from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.bench.runner import machine_info
+from sdfp_edge.layer_skip import DraftMask
+
+TEXT = "Write a Python function that checks whether a number is prime, with a docstring and tests. " * 20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--fractions", default="0.1,0.2,0.3,0.4", help="shares of the layers skipped")
+    ap.add_argument("--vocab-sizes", default=str(draft_vocab.DEFAULT_SIZE))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    path = models.resolve_model(args.model)
+    started = dt.datetime.now(dt.timezone.utc)
+    b = LlamaBackend(path, n_ctx=1024, n_threads=args.threads)
+    tokens = b.tokenize(TEXT)[:201]
+    b.decode(tokens[:200], logits="last")
+    start = b.n_past
+
+    def step(mask: DraftMask | None) -> float:
+        b.set_mask(mask)
+        t0 = time.perf_counter()
+        b.decode([tokens[200]], logits="last")
+        t = time.perf_counter() - t0
+        b.truncate(start)
+        return t
+
+    def median(mask: DraftMask | None) -> float:
+        ts = [step(mask) for _ in range(args.repeats + 2)][2:]
+        b.set_mask(None)
+        return float(np.median(ts))
+
+    def c_of(mask: DraftMask) -> float:
+        before, masked, after = median(None), median(mask), median(None)
+        return masked / ((before + after) / 2)
+
+    rows = []
+    full_ms = median(None) * 1000
+    for size in (int(x) for x in args.vocab_sizes.split(",")):
+        b.load_draft_vocab(draft_vocab.choose(b.n_vocab, size=size, is_eog=b.is_eog))
+        rows.append({"cut": f"small head ({len(b.draft_vocab)} of {b.n_vocab} tokens)", "c": c_of(DraftMask(small_head=True))})
+    n_layer = b.n_layer
+    for frac in (float(x) for x in args.fractions.split(",")):
+        n = max(1, round(frac * n_layer))
+        layers = tuple(sorted({int(x) for x in np.linspace(1, n_layer - 2, n).round()}))
+        for name, mask in ((f"{len(layers)} layers", DraftMask.layers(layers)),
+                           (f"{len(layers)} layers + small head", DraftMask.layers(layers, small_head=True)),
+                           (f"FFN of {len(layers)} layers", DraftMask(ffn=layers)),
+                           (f"attention of {len(layers)} layers", DraftMask(attn=layers))):
+            rows.append({"cut": name, "layers": list(layers), "c": c_of(mask)})
+
+    probe = DraftMask.layers(tuple(range(1, n_layer - 1, 3)))  # a third of the layers
+    alone = (median(None) + median(probe)) / 2
+    alternating = []
+    for _ in range(args.repeats + 2):
+        alternating += [step(probe), step(None)]
+    b.set_mask(None)
+    switch = float(np.median(alternating[4:]))
+    b.close()
+
+    result = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(args.threads),
+              "model": str(path), "full_ms": full_ms, "rows": rows,
+              "switch": {"mask": probe.describe(), "alone_ms": alone * 1000, "alternating_ms": switch * 1000}}
+    print(f"{path.name}: one token {full_ms:.1f} ms ({result['machine']['cpu']})")
+    for r in rows:
+        print(f"  {r['cut']:36s} c = {r['c']:.3f}")
+    print(f"  alternating masked/full: {switch * 1000:.2f} ms per decode, alone {alone * 1000:.2f} ms "
+          f"(+{(switch - alone) * 1000:.2f} ms per switch)")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,22 +12,7 @@ from sdfp_edge import draft_vocab, layer_skip
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.errors import ModelFileError, SkipListError, UnsupportedArchitectureError
 from sdfp_edge.layer_skip import ATTN, FFN, DraftMask
-
-PROMPT = "The quick brown fox jumps over the lazy dog. Then it"
-
-
-def open_backend(path: Path) -> LlamaBackend:
-    return LlamaBackend(path, n_ctx=256, n_threads=2)
-
-
-def prompt_logits(b: LlamaBackend, mask: DraftMask | None) -> np.ndarray:
-    b.reset()
-    b.set_mask(mask)
-    try:
-        return b.decode(b.tokenize(PROMPT), logits="all")
-    finally:
-        b.set_mask(None)
-
+from skip_helpers import PROMPT, open_backend, prompt_logits, shared_cache_check
 
 @pytest.fixture(scope="module")
 def smol(smollm2: Path):
@@ -53,29 +38,6 @@ def block_checks(b: LlamaBackend, layers: tuple[int, ...]) -> None:
         assert np.isfinite(x).all() and np.abs(x - plain).max() > 1e-2
     assert np.abs(attn - ffn).max() > 1e-2 and np.abs(attn - whole).max() > 1e-2
     assert np.array_equal(prompt_logits(b, None), plain)  # cleared: the full graph again
-
-
-def shared_cache_check(path: Path, mask: DraftMask) -> None:
-    """Draft with block masks (and the small head), cut those positions, verify: as if never drafted."""
-    drafted = open_backend(path)
-    plain = open_backend(path)
-    try:
-        if mask.small_head:
-            drafted.load_draft_vocab(draft_vocab.choose(drafted.n_vocab, size=4096, is_eog=drafted.is_eog))
-        prompt = plain.tokenize(PROMPT)
-        cont = plain.tokenize(" went home and slept", add_special=False)
-        for b in (drafted, plain):
-            b.decode(prompt, logits="last")
-        start = drafted.n_past
-        drafted.set_mask(mask)
-        for t in cont:
-            drafted.decode([t], logits="last")
-        drafted.set_mask(None)
-        drafted.truncate(start)
-        assert np.array_equal(drafted.decode(cont, logits="all"), plain.decode(cont, logits="all"))
-    finally:
-        drafted.close()
-        plain.close()
 
 
 def test_blocks_llama_arch(smol: LlamaBackend, smollm2: Path) -> None:

@@ -11,22 +11,8 @@ import pytest
 from sdfp_edge import layer_skip
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.errors import RuntimeBuildError, SkipListError, UnsupportedArchitectureError
-
-PROMPT = "The quick brown fox jumps over the lazy dog. Then it"
-
-
-def open_backend(path: Path) -> LlamaBackend:
-    return LlamaBackend(path, n_ctx=256, n_threads=2)
-
-
-def prompt_logits(b: LlamaBackend, mask: list[int] | None) -> np.ndarray:
-    b.reset()
-    b.set_raw_mask(mask)
-    try:
-        return b.decode(b.tokenize(PROMPT), logits="all")
-    finally:
-        b.set_raw_mask(None)
-
+from sdfp_edge.layer_skip import DraftMask
+from skip_helpers import PROMPT, open_backend, prompt_logits, shared_cache_check
 
 @pytest.fixture(scope="module")
 def smol(smollm2: Path):
@@ -81,31 +67,8 @@ def test_switching_masks_matches_a_fresh_context_per_mask(smollm2: Path) -> None
     assert not np.array_equal(expected["b"], expected["a"])
 
 
-def shared_cache_check(path: Path, skip: list[int]) -> None:
-    """Draft with a mask, cut those positions, verify with the full model: as if never drafted."""
-    drafted_then_verified = open_backend(path)
-    plain = open_backend(path)
-    try:
-        prompt = plain.tokenize(PROMPT)
-        cont = plain.tokenize(" went home and slept", add_special=False)
-        for b in (drafted_then_verified, plain):
-            b.decode(prompt, logits="last")
-        start = drafted_then_verified.n_past
-        drafted_then_verified.set_skip(skip)
-        for t in cont:  # draft steps write scratch KV at positions start..
-            drafted_then_verified.decode([t], logits="last")
-        drafted_then_verified.set_skip(None)
-        drafted_then_verified.truncate(start)
-        got = drafted_then_verified.decode(cont, logits="all")
-        want = plain.decode(cont, logits="all")
-        assert np.array_equal(got, want)
-    finally:
-        drafted_then_verified.close()
-        plain.close()
-
-
 def test_shared_kv_cache_smollm2(smollm2: Path) -> None:
-    shared_cache_check(smollm2, [4, 9, 14, 19])
+    shared_cache_check(smollm2, DraftMask.layers([4, 9, 14, 19]))
 
 
 @pytest.mark.slow
@@ -116,7 +79,7 @@ def test_qwen2_layer_skip(qwen05: Path) -> None:
     assert np.array_equal(plain, prompt_logits(b, [0] * 24))
     assert np.abs(prompt_logits(b, [1 if i in (6, 13) else 0 for i in range(24)]) - plain).max() > 1e-2
     b.close()
-    shared_cache_check(qwen05, [6, 13, 17])
+    shared_cache_check(qwen05, DraftMask.layers([6, 13, 17]))
 
 
 @pytest.mark.slow
@@ -127,7 +90,7 @@ def test_gemma3_layer_skip(gemma3: Path) -> None:
     assert np.array_equal(plain, prompt_logits(b, [0] * 18))
     assert np.abs(prompt_logits(b, [1 if i in (4, 9) else 0 for i in range(18)]) - plain).max() > 1e-2
     b.close()
-    shared_cache_check(gemma3, [4, 9, 12])
+    shared_cache_check(gemma3, DraftMask.layers([4, 9, 12]))
 
 
 def test_wrong_length_and_last_layer_are_refused(smol: LlamaBackend) -> None:
@@ -175,4 +138,4 @@ def test_qwen3_layer_skip(qwen3_gguf: Path) -> None:
     assert np.array_equal(plain, prompt_logits(b, [0] * 30))
     assert np.abs(prompt_logits(b, [1 if i in (6, 13) else 0 for i in range(30)]) - plain).max() > 1e-2
     b.close()
-    shared_cache_check(qwen3_gguf, [6, 13, 17])
+    shared_cache_check(qwen3_gguf, DraftMask.layers([6, 13, 17]))

@@ -26,13 +26,12 @@ from typing import Any
 import jinja2
 
 from sdfp_edge.backend import LlamaBackend, check_skip_supported
-from sdfp_edge import draft_vocab
 from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
 from sdfp_edge.drafters.skip_layers import layer_skip_candidates
 from sdfp_edge.drafters.base import Drafter
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
-from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError, SdfpError
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError
 from sdfp_edge.grammar import Grammar
 from sdfp_edge.logits_processors import LogitsProcessor, Penalties, TokenLogprob
 from sdfp_edge.metadata import SkipMetadata, model_info, read_kv, skip_metadata, validate_skip_layers
@@ -182,9 +181,9 @@ class Model:
         drafters: list[Drafter] = [PromptLookupDrafter()]
         if self.skip_layers:
             meta = self._skip_choice.metadata
-            small_head = self._load_draft_vocab(meta.draft_vocab if meta else ())
-            for name, mask in layer_skip_candidates(self.skip_layers, meta, small_head=small_head).items():
-                drafters.append(SkipLayersDrafter(b, mask, threshold=threshold, name=name))
+            recorded = meta.draft_vocab if meta else ()
+            for name, mask in layer_skip_candidates(self.skip_layers, meta, small_head=True).items():
+                drafters.append(SkipLayersDrafter(b, mask, threshold=threshold, name=name, recorded_vocab=recorded))
         if draft_model is not None:
             self._draft_backend = LlamaBackend(resolve_model(str(draft_model)), n_ctx=b.n_ctx,
                                                n_threads=n_threads, n_gpu_layers=n_gpu_layers,
@@ -193,16 +192,6 @@ class Model:
             drafters.append(DraftModelDrafter(self._draft_backend, target_vocab=b.n_vocab, cost_prior=size_ratio,
                                               threshold=threshold))
         return drafters
-
-    def _load_draft_vocab(self, recorded: Sequence[int]) -> bool:
-        """Give the backend the small draft head; False (with a note) where the model cannot have one."""
-        b = self.backend
-        try:
-            b.load_draft_vocab(draft_vocab.choose(b.n_vocab, recorded=recorded, is_eog=b.is_eog))
-        except (SdfpError, ValueError) as e:
-            self.notes.append(f"note: layer-skip drafts use the full output head ({e})")
-            return False
-        return True
 
     def _cost_identity(self, drafters: Sequence[Drafter]) -> dict[str, Any]:
         ident = self.backend.identity()

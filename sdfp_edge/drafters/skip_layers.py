@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sdfp_edge import draft_vocab
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.block_choice import choose_skip_layers
 from sdfp_edge.drafters.base import Proposal, draft_autoregressively
+from sdfp_edge.errors import SdfpError
 from sdfp_edge.layer_skip import DraftMask
 from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.metadata import SkipMetadata
@@ -33,7 +35,7 @@ def layer_skip_candidates(skip_layers: Sequence[int], meta: SkipMetadata | None,
     the runtime adds a deeper draft ("layerskip-deep": twice as many of the least sensitive
     layers, at most a third of them) and convert's sub-layer draft ("layerskip-blocks"). Each
     is its own source: its measured acceptance and cost decide, and it is never chosen where
-    it does not pay. All use the small head when the backend has one.
+    it does not pay. All draft over the small head (built on first use).
     """
     out = {"layerskip": DraftMask.layers(skip_layers, small_head=small_head)}
     if meta is None:  # a list from the command line: exactly that draft
@@ -53,14 +55,14 @@ class SkipLayersDrafter:
     uses_model = True
 
     def __init__(self, backend: LlamaBackend, skip: Sequence[int] | DraftMask, *, threshold: float = 0.8,
-                 name: str = "layerskip") -> None:
+                 name: str = "layerskip", recorded_vocab: Sequence[int] = ()) -> None:
+        """`recorded_vocab`: the GGUF's sdfp.draft_vocab, for the small head (draft_vocab.py)."""
         backend.check_skip_supported()
         self.backend = backend
         self.mask = skip if isinstance(skip, DraftMask) else DraftMask.layers(skip)
         if not (self.mask.attn or self.mask.ffn):
             raise ValueError("a layer-skip drafter needs at least one layer or block to skip")
-        if self.mask.small_head and not backend.draft_vocab:
-            raise ValueError("a small-head draft needs the backend's draft vocabulary (load_draft_vocab)")
+        self.recorded_vocab = tuple(recorded_vocab)
         self.name = name
         self.skip_layers = self.mask.whole_layers
         self.threshold = threshold
@@ -79,9 +81,20 @@ class SkipLayersDrafter:
         b = self.backend
         start = b.n_past
         assert start == len(tokens) - 1, "KV cache must hold all tokens but the last"
+        self._ensure_head()
         b.set_mask(self.mask)
         try:
             return draft_autoregressively(b, tokens, k, sampling, rng, self.threshold, processor)
         finally:
             b.set_mask(None)
             b.truncate(start)
+
+    def _ensure_head(self) -> None:
+        """Build the small head on first use: a process that never drafts with it (plain
+        decoding wherever drafts do not pay) spends nothing on it at start-up."""
+        b = self.backend
+        if self.mask.small_head and not b.draft_vocab:
+            try:
+                b.load_draft_vocab(draft_vocab.choose(b.n_vocab, recorded=self.recorded_vocab, is_eog=b.is_eog))
+            except SdfpError:  # an output head with a bias or scale: draft with the full head
+                self.mask = DraftMask(self.mask.attn, self.mask.ffn)

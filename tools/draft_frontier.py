@@ -215,11 +215,16 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def beside(out: Path, ext: str) -> Path:
+    """OUT + ext (not with_suffix: "qwen2.5-coder-1.5b" has a dot of its own)."""
+    return out.parent / (out.name + ext)
+
+
 def rewrite(out: Path) -> None:
     """OUT.md and OUT.png again from OUT.json (after a change to the table or the plot)."""
-    r = json.loads(out.with_suffix(".json").read_text())
-    out.with_suffix(".md").write_text(markdown(r))
-    plot(r, out.with_suffix(".png"))
+    r = json.loads(beside(out, ".json").read_text())
+    beside(out, ".md").write_text(markdown(r))
+    plot(r, beside(out, ".png"))
 
 
 def main() -> None:
@@ -277,9 +282,9 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(text)
-        plot(result, args.out.with_suffix(".png"))
+        beside(args.out, ".json").write_text(json.dumps(result, indent=1) + "\n")
+        beside(args.out, ".md").write_text(text)
+        plot(result, beside(args.out, ".png"))
 
 
 if __name__ == "__main__":

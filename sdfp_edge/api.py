@@ -107,6 +107,7 @@ def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> SkipCh
     """
     kv = read_kv(path)  # one header read for both
     arch, n_layer = model_info(kv, path)
+    meta = None
     if skip_layers is not None:
         layers, source = tuple(skip_layers), "command line"
         validate_skip_layers(list(layers), n_layer)
@@ -118,11 +119,9 @@ def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> SkipCh
                                            "`sdfp-edge convert` or pass --skip-layers"), arch, n_layer)
         meta.check(architecture=arch, n_layer=n_layer)
         layers, source = meta.skip_layers, f"GGUF metadata ({meta.score_method or 'unknown method'})"
-        check_skip_supported(arch)
-        return SkipChoice(tuple(sorted(layers)), source, None, arch, n_layer, meta)
     if layers:
         check_skip_supported(arch)
-    return SkipChoice(tuple(sorted(layers)), source, None, arch, n_layer)
+    return SkipChoice(tuple(sorted(layers)), source, None, arch, n_layer, meta)
 
 
 class Model:

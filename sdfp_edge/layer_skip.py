@@ -89,16 +89,6 @@ def bind(lib: Any = None) -> Functions:
     return Functions(layer, block, vocab, head)
 
 
-def mask_from_layers(layers: Sequence[int], n_layer: int) -> list[int]:
-    """[n_layer] 0/1 mask from a list of layer indices (range-checked)."""
-    mask = [0] * n_layer
-    for i in layers:
-        if not 0 <= i < n_layer:
-            raise SkipListError(f"layer {i} is out of range: the model has layers 0..{n_layer - 1}")
-        mask[i] = 1
-    return mask
-
-
 @dataclass(frozen=True)
 class DraftMask:
     """What a draft leaves out of the model: attention and FFN blocks per layer, and the full

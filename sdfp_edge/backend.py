@@ -32,6 +32,14 @@ from sdfp_edge.metadata import check_gguf_file, read_model_info
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 GOMP_SPINCOUNT = "10000"  # chosen by tools/thread_matrix.py (README, "Threads")
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
+# A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
+# SmolLM2's logits moved by up to 0.46 when the same prompt was decoded in two batches
+# instead of one (2026-12-01). So prefills end their batches at multiples of this many
+# positions, wherever they start: a prompt's KV is then the same whether a prefix of it
+# was reused or not, as long as the reused part is whole chunks (parallel.py). 64 cost 3%
+# over one batch of 256 on SmolLM2 and 0.4% on Qwen 1.5B here (16 and 32: 16%); a GPU,
+# not measured, keeps whole n_batch batches.
+PREFILL_CHUNK_CPU = 64
 INT32_MAX = 2**31 - 1
 
 # llama_decode's return codes (llama.h)
@@ -171,6 +179,8 @@ class LlamaBackend:
         # llama.cpp may round the KV cache up (to a multiple of 256); the limit is what was asked
         self.n_ctx = min(n_ctx, self._ctx.n_ctx())
         self.n_batch = n_batch
+        gpu = mparams.n_gpu_layers > 0 and llama_cpp.llama_supports_gpu_offload()
+        self.prefill_chunk = n_batch if gpu else min(PREFILL_CHUNK_CPU, n_batch)
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.n_vocab = self._model.n_vocab()
@@ -329,9 +339,10 @@ class LlamaBackend:
             raise ValueError(f"cannot return all logits for more than n_batch={self.n_batch} tokens")
         b = self._batch.batch
         out = None
-        for start in range(0, n, self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            last_chunk = start + len(chunk) == n
+        bounds = [(0, n)] if logits == "all" else self._prefill_chunks(range(self.n_past, self.n_past + n))
+        for start, stop in bounds:
+            chunk = tokens[start:stop]
+            last_chunk = stop == n
             b.n_tokens = len(chunk)
             for i, tok in enumerate(chunk):
                 b.token[i] = tok
@@ -375,8 +386,8 @@ class LlamaBackend:
 
         Args:
             tokens, positions, seq_ids: one entry per token.
-            logits: True: return one row per token (at most n_batch tokens); False: return
-                None and split a long input into n_batch chunks (a prompt's prefill).
+            logits: True: return one row per token (at most n_batch tokens), one batch;
+                False: return None, decoding in prefill chunks (a prompt's prefill).
         Returns:
             float32 array [len(tokens), n_vocab], a copy, or None.
         """
@@ -386,8 +397,7 @@ class LlamaBackend:
         if logits and n > self.n_batch:
             raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens")
         b = self._batch.batch
-        for start in range(0, n, self.n_batch):
-            stop = min(n, start + self.n_batch)
+        for start, stop in [(0, n)] if logits else self._prefill_chunks(positions):
             b.n_tokens = stop - start
             for i in range(start, stop):
                 j = i - start
@@ -403,6 +413,16 @@ class LlamaBackend:
             return None
         ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)  # rows in batch order
         return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).copy()
+
+    def _prefill_chunks(self, positions: Sequence[int]) -> list[tuple[int, int]]:
+        """[start, stop) index ranges: a new batch wherever a position is a multiple of
+        prefill_chunk (see PREFILL_CHUNK_CPU), and at most n_batch tokens in one."""
+        bounds, start = [], 0
+        for i in range(1, len(positions) + 1):
+            if i == len(positions) or positions[i] % self.prefill_chunk == 0 or i - start == self.n_batch:
+                bounds.append((start, i))
+                start = i
+        return bounds
 
     def seq_remove(self, seq_id: int, p0: int) -> None:
         """Forget sequence `seq_id`'s KV positions >= p0."""

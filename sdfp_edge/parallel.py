@@ -7,8 +7,9 @@ plus its drafts at that slot's positions; each slot then accepts a prefix of its
 (verify.py), cuts its own rejected positions (llama_memory_seq_rm on its sequence id) and
 emits the accepted drafts plus the target's token. A slot whose text ends is refilled
 with the next request before the next cycle. A new prompt first takes the KV of the
-longest prefix that any slot already holds (its own previous text, or a copy of another
-slot's: a shared system prompt is evaluated once), then decodes the rest.
+longest prefix that any slot already holds in whole prefill chunks (its own previous
+prompt, or a copy of another slot's: a shared system prompt is evaluated once), then
+decodes the rest (why whole chunks: `_reusable`).
 
 Why one KV stream per sequence and not llama.cpp's unified cache: in a unified cache a
 sequence's cells end up out of position order once others are freed, and the CPU
@@ -74,6 +75,7 @@ class _Slot:
 
     seq_id: int
     kv: list[int] = field(default_factory=list)  # tokens at positions 0.. of this sequence's KV
+    whole_chunks: int = 0  # kv[:whole_chunks] was prefilled in whole prefill chunks: reusable
     req: Request | None = None
     tokens: list[int] = field(default_factory=list)  # prompt + generated
     result: Result | None = None
@@ -201,9 +203,9 @@ class ParallelDecoder:
         self.check(req)
         b = self.backend
         context = list(req.prompt[:-1])  # the KV holds all but the last token
-        donor, keep = slot, common_prefix_len(slot.kv, context)
+        donor, keep = slot, self._reusable(slot, context)
         for other in self.slots:
-            n = common_prefix_len(other.kv, context)
+            n = self._reusable(other, context)
             if n > keep:
                 donor, keep = other, n
         if donor is slot:
@@ -218,6 +220,7 @@ class ParallelDecoder:
                 b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits=False)
             self.controller.cost.observe_batch(len(rest), sw.total)
             slot.kv.extend(rest)
+        slot.whole_chunks = len(context) - len(context) % b.prefill_chunk
         slot.req = req
         slot.tokens = list(req.prompt)
         slot.result = Result(req.key, "", [], "", len(req.prompt), keep)
@@ -226,6 +229,17 @@ class ParallelDecoder:
         slot.rng = np.random.default_rng(req.sampling.seed)
         slot.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sent = 0
+
+    def _reusable(self, slot: _Slot, context: Sequence[int]) -> int:
+        """How much of `context` the slot's KV can give: whole prefill chunks only.
+
+        The KV of a prompt depends on where its prefill's batches were cut (backend.py,
+        PREFILL_CHUNK_CPU). Reusing only whole chunks, and prefilling the rest in chunks
+        that end at the same multiples, gives every prompt the KV of a prefill from an
+        empty cache, bit for bit: its answer does not depend on what ran before it (a
+        resumed run equals an uninterrupted one)."""
+        n = min(common_prefix_len(slot.kv, context), slot.whole_chunks)
+        return n - n % self.backend.prefill_chunk
 
     # --- one cycle -------------------------------------------------------------------------
     def _room(self, slot: _Slot) -> int:

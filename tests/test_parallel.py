@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdfp_edge.api import Model
@@ -12,7 +13,11 @@ from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.parallel import ParallelDecoder, Request, allocate_drafts, stream_batch_seconds
 from sdfp_edge.sampling import SamplingParams
 
-SYSTEM = "You are a careful assistant. Answer briefly and copy names exactly as given."
+# long enough (over 64 tokens: PREFILL_CHUNK_CPU) that later prompts reuse its KV
+SYSTEM = ("You are a careful assistant. Answer briefly and copy names exactly as given. When a "
+          "question asks for a list, give the list and nothing else; when it asks for code, give "
+          "the code in one block; when it asks for a number, give the number first and then one "
+          "short sentence that explains how you found it.")
 QUESTIONS = [
     "Copy this list exactly: apples, pears, plums, apples, pears, plums.",
     "Explain in two sentences why the sky is blue.",
@@ -108,8 +113,11 @@ def test_greedy_each_prompt_matches_decoding_it_alone(single: Model, par: Model,
     """Bit for bit on SmolLM2 Q4_1: each sequence has its own KV stream, so its attention is
     computed as when it is alone (a unified cache was measured to flip tokens: parallel.py)."""
     n = 24
-    alone = {i: single.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-                            max_tokens=n, mode="off") for i, q in enumerate(QUESTIONS)}
+    alone = {}
+    for i, q in enumerate(QUESTIONS):
+        single.backend.reset()  # each prompt from an empty cache: decoding it alone
+        alone[i] = single.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                               max_tokens=n, mode="off")
     dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode=mode)
     reqs = [Request(i, chat_ids(par, q), n) for i, q in enumerate(QUESTIONS)]
     results = {r.key: r for r in dec.run(reqs)}
@@ -124,6 +132,49 @@ def test_greedy_each_prompt_matches_decoding_it_alone(single: Model, par: Model,
         assert sum(r.drafted for r in results.values()) > 0
     if mode == "off":
         assert sum(r.drafted for r in results.values()) == 0
+
+
+def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int]) -> np.ndarray:
+    """The target's logits after the prompt, as the slot's first cycle computes them."""
+    dec._start(dec.slots[slot], Request(slot, prompt, 1))
+    row = dec.backend.decode_seqs(prompt[-1:], [len(prompt) - 1], [slot])
+    assert row is not None
+    dec.backend.seq_remove(slot, len(prompt) - 1)
+    return row[0]
+
+
+def test_a_reused_prefix_gives_the_kv_of_a_prefill_from_an_empty_cache(par: Model) -> None:
+    """Bitwise. llama.cpp's KV depends on where a prefill's batches are cut (measured 0.46
+    logits apart on SmolLM2 on an AVX2 CPU), so reuse is whole prefill chunks only."""
+    a, b = chat_ids(par, QUESTIONS[0]), chat_ids(par, QUESTIONS[1])
+    chunk = par.backend.prefill_chunk
+    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert shared > chunk and shared % chunk != 0  # a partial chunk is shared, and must not be reused
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+    fresh = first_logits(dec, 0, b)
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+    first_logits(dec, 0, a)
+    reused_own = first_logits(dec, 0, b)  # slot 0's own previous prompt
+    reused_copy = first_logits(dec, 1, b)  # a copy of slot 0's stream
+    assert dec.slots[0].kv and dec.slots[1].kv[: shared - shared % chunk] == b[: shared - shared % chunk]
+    assert np.array_equal(fresh, reused_own) and np.array_equal(fresh, reused_copy)
+
+
+def test_an_answer_does_not_depend_on_what_ran_before_it(par: Model) -> None:
+    """What a resumed batch run needs: the same prompts in another order, on other slots and
+    after another text, give the same tokens (greedy, no drafts)."""
+    n = 24
+
+    def run(keys: list) -> dict:
+        dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+        reqs = [Request(k, chat_ids(par, QUESTIONS[k]) if isinstance(k, int) else par.tokenize_prompt(k), n)
+                for k in keys]
+        return {r.key: r for r in dec.run(reqs)}
+
+    a = run([0, 1, 2, 3, 4])
+    b = run(["An unrelated text first.", 4, 3, 2, 1, 0])
+    assert a[0].reused_tokens == 0 and b[0].reused_tokens > 0  # another history for the same prompt
+    assert {k: r.tokens for k, r in a.items()} == {k: r.tokens for k, r in b.items() if isinstance(k, int)}
 
 
 def test_seeded_sampling_is_reproducible_per_prompt(par: Model) -> None:
@@ -163,8 +214,6 @@ def test_stop_strings_max_tokens_and_context_end(par: Model) -> None:
 def test_greedy_qwen_differs_from_decoding_alone_only_at_near_ties(qwen05: Path) -> None:
     """Q4_K_M kernels are not batch-invariant (notes: "llama.cpp is not batch-invariant"): a
     row decoded beside others may flip a near-tied argmax, never a clear one."""
-    import numpy as np
-
     n = 24
     with Model(qwen05, n_ctx=SEQ_CTX, n_threads=2, cost_cache=False) as single, \
             Model(qwen05, n_ctx=SEQ_CTX * 3, n_threads=2, n_seq_max=3, cost_cache=False) as m:

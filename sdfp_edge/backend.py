@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -381,13 +382,14 @@ class LlamaBackend:
     # --- several sequences (parallel.py keeps each sequence's tokens; kv_tokens is sequence 0's
     # single-sequence bookkeeping and is not touched here) -----------------------------------
     def decode_seqs(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], *,
-                    logits: bool = True) -> npt.NDArray[np.float32] | None:
+                    logits: bool = True, cuts: AbstractSet[int] = frozenset()) -> npt.NDArray[np.float32] | None:
         """Decode tokens of several sequences, each at its own position, in one llama_batch.
 
         Args:
             tokens, positions, seq_ids: one entry per token.
             logits: True: return one row per token (at most n_batch tokens), one batch;
                 False: return None, decoding in prefill chunks (a prompt's prefill).
+            cuts: positions where a prefill must also start a new batch (parallel.prefill_cuts).
         Returns:
             float32 array [len(tokens), n_vocab], a copy, or None.
         """
@@ -397,7 +399,7 @@ class LlamaBackend:
         if logits and n > self.n_batch:
             raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens")
         b = self._batch.batch
-        for start, stop in [(0, n)] if logits else self._prefill_chunks(positions):
+        for start, stop in [(0, n)] if logits else self._prefill_chunks(positions, cuts):
             b.n_tokens = stop - start
             for i in range(start, stop):
                 j = i - start
@@ -414,12 +416,13 @@ class LlamaBackend:
         ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)  # rows in batch order
         return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).copy()
 
-    def _prefill_chunks(self, positions: Sequence[int]) -> list[tuple[int, int]]:
+    def _prefill_chunks(self, positions: Sequence[int], cuts: AbstractSet[int] = frozenset()) -> list[tuple[int, int]]:
         """[start, stop) index ranges: a new batch wherever a position is a multiple of
-        prefill_chunk (see PREFILL_CHUNK_CPU), and at most n_batch tokens in one."""
+        prefill_chunk (see PREFILL_CHUNK_CPU) or in `cuts`, and at most n_batch tokens in one."""
         bounds, start = [], 0
         for i in range(1, len(positions) + 1):
-            if i == len(positions) or positions[i] % self.prefill_chunk == 0 or i - start == self.n_batch:
+            if (i == len(positions) or positions[i] % self.prefill_chunk == 0 or positions[i] in cuts
+                    or i - start == self.n_batch):
                 bounds.append((start, i))
                 start = i
         return bounds

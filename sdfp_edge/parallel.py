@@ -55,6 +55,7 @@ class Request:
     max_tokens: int
     sampling: SamplingParams = SamplingParams()
     stops: Sequence[str] = ()
+    cuts: frozenset[int] = frozenset()  # prefill_cuts over every request of the run
 
 
 @dataclass
@@ -75,7 +76,8 @@ class _Slot:
 
     seq_id: int
     kv: list[int] = field(default_factory=list)  # tokens at positions 0.. of this sequence's KV
-    whole_chunks: int = 0  # kv[:whole_chunks] was prefilled in whole prefill chunks: reusable
+    prefilled: int = 0  # kv[:prefilled] is the current prompt's prefill (the rest: generated)
+    cuts: frozenset[int] = frozenset()  # where that prefill's batches were cut, beside multiples of prefill_chunk
     req: Request | None = None
     tokens: list[int] = field(default_factory=list)  # prompt + generated
     result: Result | None = None
@@ -104,6 +106,32 @@ def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: 
                     done = c
             run_start = i
     return total
+
+
+def prefill_cuts(contexts: Sequence[Sequence[int]]) -> list[frozenset[int]]:
+    """Per context, the positions where it parts from another one of the run.
+
+    A prefill cut there (besides the multiples of prefill_chunk) computes every prefix that
+    the context shares with another in batches of its own, and the two compute it alike:
+    below their common length both have the same cuts (a third context parts from both at
+    the same place), so either may take the other's KV up to it, bit for bit (`_reusable`).
+    Sorted, the contexts sharing a prefix are neighbours: the common lengths with all
+    others are the running minima of the neighbours' common lengths."""
+    order = sorted(range(len(contexts)), key=lambda i: list(contexts[i]))
+    lcp = [common_prefix_len(contexts[a], contexts[b]) for a, b in zip(order, order[1:])]
+    floor = min(lcp, default=0)
+    cuts: list[frozenset[int]] = [frozenset()] * len(contexts)
+    for j, i in enumerate(order):
+        found = set()
+        for side in (lcp[j:], lcp[:j][::-1]):
+            m = None
+            for h in side:
+                m = h if m is None else min(m, h)
+                found.add(m)
+                if m <= floor:  # no smaller value further on
+                    break
+        cuts[i] = frozenset(c for c in found if 0 < c <= len(contexts[i]))
+    return cuts
 
 
 def allocate_drafts(rates: Sequence[Sequence[float]], batch_seconds: Callable[[Sequence[int]], float], *,
@@ -203,9 +231,9 @@ class ParallelDecoder:
         self.check(req)
         b = self.backend
         context = list(req.prompt[:-1])  # the KV holds all but the last token
-        donor, keep = slot, self._reusable(slot, context)
+        donor, keep = slot, self._reusable(slot, context, req.cuts)
         for other in self.slots:
-            n = self._reusable(other, context)
+            n = self._reusable(other, context, req.cuts)
             if n > keep:
                 donor, keep = other, n
         if donor is slot:
@@ -217,10 +245,11 @@ class ParallelDecoder:
         rest = context[keep:]
         if rest:
             with Stopwatch() as sw:
-                b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits=False)
+                b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits=False,
+                              cuts=req.cuts)
             self.controller.cost.observe_batch(len(rest), sw.total)
             slot.kv.extend(rest)
-        slot.whole_chunks = len(context) - len(context) % b.prefill_chunk
+        slot.prefilled, slot.cuts = len(context), req.cuts
         slot.req = req
         slot.tokens = list(req.prompt)
         slot.result = Result(req.key, "", [], "", len(req.prompt), keep)
@@ -230,16 +259,17 @@ class ParallelDecoder:
         slot.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sent = 0
 
-    def _reusable(self, slot: _Slot, context: Sequence[int]) -> int:
-        """How much of `context` the slot's KV can give: whole prefill chunks only.
+    def _reusable(self, slot: _Slot, context: Sequence[int], cuts: frozenset[int]) -> int:
+        """How much of `context` the slot's KV can give: up to a place where both prefills cut.
 
         The KV of a prompt depends on where its prefill's batches were cut (backend.py,
-        PREFILL_CHUNK_CPU). Reusing only whole chunks, and prefilling the rest in chunks
-        that end at the same multiples, gives every prompt the KV of a prefill from an
-        empty cache, bit for bit: its answer does not depend on what ran before it (a
-        resumed run equals an uninterrupted one)."""
-        n = min(common_prefix_len(slot.kv, context), slot.whole_chunks)
-        return n - n % self.backend.prefill_chunk
+        PREFILL_CHUNK_CPU). Reusing a prefix only up to a multiple of prefill_chunk or one
+        of the prompt's cuts (prefill_cuts), and prefilling the rest with the same cuts,
+        gives every prompt the KV of its prefill from an empty cache, bit for bit: its
+        prefill does not depend on what ran before it (a resumed run needs this)."""
+        n = min(common_prefix_len(slot.kv, context), slot.prefilled)
+        n = min(n, min(cuts ^ slot.cuts, default=n))  # past a cut that only one has, the prefills part
+        return max([n - n % self.backend.prefill_chunk, *(c for c in cuts & slot.cuts if c <= n)])
 
     # --- one cycle -------------------------------------------------------------------------
     def _room(self, slot: _Slot) -> int:

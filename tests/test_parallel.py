@@ -10,7 +10,8 @@ import pytest
 from sdfp_edge.api import Model
 from sdfp_edge.controller import Acceptance, Candidate, Controller
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
-from sdfp_edge.parallel import ParallelDecoder, Request, allocate_drafts, stream_batch_seconds
+from sdfp_edge.backend import common_prefix_len
+from sdfp_edge.parallel import ParallelDecoder, Request, allocate_drafts, prefill_cuts, stream_batch_seconds
 from sdfp_edge.sampling import SamplingParams
 
 # long enough (over 64 tokens: PREFILL_CHUNK_CPU) that later prompts reuse its KV
@@ -134,9 +135,17 @@ def test_greedy_each_prompt_matches_decoding_it_alone(single: Model, par: Model,
         assert sum(r.drafted for r in results.values()) == 0
 
 
-def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int]) -> np.ndarray:
+def test_prefill_cuts_are_where_a_context_parts_from_another() -> None:
+    a, b, c, d, e = [1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 7], [8], [1, 2, 3, 4, 5, 6]
+    assert prefill_cuts([a, b, c, d, e]) == [{2, 3, 5}, {2, 3}, {2}, set(), {2, 3, 5}]
+    assert prefill_cuts([a]) == [set()] and prefill_cuts([]) == []
+    shared = [[7] * 10 + [i] for i in range(50)]  # one system prompt, 50 questions: stops early
+    assert prefill_cuts(shared) == [{10}] * 50
+
+
+def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int], cuts: frozenset[int] = frozenset()) -> np.ndarray:
     """The target's logits after the prompt, as the slot's first cycle computes them."""
-    dec._start(dec.slots[slot], Request(slot, prompt, 1))
+    dec._start(dec.slots[slot], Request(slot, prompt, 1, cuts=cuts))
     row = dec.backend.decode_seqs(prompt[-1:], [len(prompt) - 1], [slot])
     assert row is not None
     dec.backend.seq_remove(slot, len(prompt) - 1)
@@ -158,6 +167,25 @@ def test_a_reused_prefix_gives_the_kv_of_a_prefill_from_an_empty_cache(par: Mode
     reused_copy = first_logits(dec, 1, b)  # a copy of slot 0's stream
     assert dec.slots[0].kv and dec.slots[1].kv[: shared - shared % chunk] == b[: shared - shared % chunk]
     assert np.array_equal(fresh, reused_own) and np.array_equal(fresh, reused_copy)
+
+
+def test_a_short_shared_prefix_is_reused_at_the_cut_where_prompts_part(par: Model) -> None:
+    """Below one prefill chunk, the prompts of a run are cut where they part (prefill_cuts):
+    a chat template's system prompt is then evaluated once and still reused exactly."""
+    a = par.tokenize_chat([{"role": "user", "content": QUESTIONS[0]}])
+    b = par.tokenize_chat([{"role": "user", "content": QUESTIONS[1]}])
+    cut_a, cut_b = prefill_cuts([a[:-1], b[:-1]])
+    shared = common_prefix_len(a, b)
+    assert 0 < shared < par.backend.prefill_chunk and cut_a == cut_b == {shared}
+    fresh = first_logits(ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off"), 0, b, cut_b)
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+    first_logits(dec, 0, a, cut_a)
+    assert np.array_equal(fresh, first_logits(dec, 1, b, cut_b))
+    assert dec.slots[1].kv[:shared] == b[:shared]
+    no_cuts = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")  # requests without cuts: no reuse
+    first_logits(no_cuts, 0, a)
+    no_cuts._start(no_cuts.slots[1], Request(1, b, 1))
+    assert no_cuts.slots[1].result is not None and no_cuts.slots[1].result.reused_tokens == 0
 
 
 def test_an_answer_does_not_depend_on_what_ran_before_it(par: Model) -> None:

@@ -24,7 +24,7 @@ from sdfp_edge.api import Model, check_max_tokens
 from sdfp_edge.controller import Controller
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, SdfpError
-from sdfp_edge.parallel import PARALLEL_MODES, ParallelDecoder, Request
+from sdfp_edge.parallel import PARALLEL_MODES, ParallelDecoder, Request, prefill_cuts
 from sdfp_edge.sampling import SamplingParams
 
 # Measured (tools/batch_throughput.py, models/bench/batch/, 2026-12-01, 2-vCPU AMD EPYC):
@@ -61,15 +61,34 @@ def check_paths(input_path: Path, output_path: Path, mode: str) -> None:
         raise InvalidRequestError(f"--output {output_path}: folder {output_path.parent} does not exist")
 
 
-def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaults) -> Request:
+def tokenize(m: Model, line: batchio.Line) -> list[int]:
+    f = line.fields
+    return m.tokenize_prompt(f["prompt"]) if "prompt" in f else m.tokenize_chat(f["messages"])
+
+
+def cuts_by_line(m: Model, lines: list[batchio.Line]) -> dict[batchio.Id, frozenset[int]]:
+    """parallel.prefill_cuts over every line of the input, answered ones too: a resumed run
+    then cuts each prefill where the uninterrupted run did."""
+    prompts = {}
+    for line in lines:
+        if line.error is None:
+            try:
+                prompts[line.id] = tokenize(m, line)[:-1]
+            except SdfpError:
+                pass  # the line's error is reported when its turn comes
+    return dict(zip(prompts, prefill_cuts(list(prompts.values()))))
+
+
+def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaults,
+               cuts: frozenset[int] = frozenset()) -> Request:
     """The line as a request, or an SdfpError saying why it cannot run."""
     f = line.fields
     max_tokens = f.get("max_tokens", d.max_tokens)
     check_max_tokens(max_tokens)
     sampling = SamplingParams(**{k: f.get(k, getattr(d, k)) for k in batchio.SAMPLING_FIELDS})
     stop = f.get("stop", list(d.stop))
-    prompt = m.tokenize_prompt(f["prompt"]) if "prompt" in f else m.tokenize_chat(f["messages"])
-    req = Request(line, prompt, max_tokens, sampling, [stop] if isinstance(stop, str) else list(stop))
+    req = Request(line, tokenize(m, line), max_tokens, sampling, [stop] if isinstance(stop, str) else list(stop),
+                  cuts)
     decoder.check(req)
     return req
 
@@ -94,14 +113,14 @@ def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int
         controller.load_state(store.load() or {})
         decoder = ParallelDecoder(m.backend, seq_ctx=m.backend.n_ctx // parallel, mode=mode, controller=controller)
         try:
-            return _generate(m, decoder, todo, defaults, out)
+            return _generate(m, decoder, todo, cuts_by_line(m, lines), defaults, out)
         finally:
             if controller.cost.t_verify:
                 store.save(controller.state())
 
 
-def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line], d: Defaults,
-              out: batchio.AnswerWriter) -> dict[str, Any]:
+def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line],
+              cuts: dict[batchio.Id, frozenset[int]], d: Defaults, out: batchio.AnswerWriter) -> dict[str, Any]:
     counts = {"answers": 0, "errors": 0}
 
     def requests() -> Iterator[Request]:
@@ -110,7 +129,7 @@ def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line], d: D
                 out.write(batchio.failed(line))
             else:
                 try:
-                    yield to_request(m, decoder, line, d)
+                    yield to_request(m, decoder, line, d, cuts.get(line.id, frozenset()))
                     continue
                 except ContextOverflowError as e:
                     out.write(batchio.failed(line, str(e), "context_length_exceeded"))

@@ -34,11 +34,11 @@ SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 GOMP_SPINCOUNT = "10000"  # chosen by tools/thread_matrix.py (README, "Threads")
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
-# SmolLM2's logits moved by up to 0.46 when the same prompt was decoded in two batches
+# SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches
 # instead of one (2026-12-01). So prefills end their batches at multiples of this many
 # positions, wherever they start: a prompt's KV is then the same whether a prefix of it
-# was reused or not, as long as the reused part is whole chunks (parallel.py). 64 cost 3%
-# over one batch of 256 on SmolLM2 and 0.4% on Qwen 1.5B here (16 and 32: 16%); a GPU,
+# was reused or not, as long as the reuse ends at such a cut (parallel.py). 64 cost 3%
+# over one batch of 256 on SmolLM2 and 0.4% on Qwen 1.5B here (16 and 32: 5-16%); a GPU,
 # not measured, keeps whole n_batch batches.
 PREFILL_CHUNK_CPU = 64
 INT32_MAX = 2**31 - 1

@@ -7,9 +7,9 @@ plus its drafts at that slot's positions; each slot then accepts a prefix of its
 (verify.py), cuts its own rejected positions (llama_memory_seq_rm on its sequence id) and
 emits the accepted drafts plus the target's token. A slot whose text ends is refilled
 with the next request before the next cycle. A new prompt first takes the KV of the
-longest prefix that any slot already holds in whole prefill chunks (its own previous
-prompt, or a copy of another slot's: a shared system prompt is evaluated once), then
-decodes the rest (why whole chunks: `_reusable`).
+longest prefix that any slot already holds, up to a place where both prompts' prefills
+cut a batch (its own previous prompt, or a copy of another slot's: a shared system prompt
+is evaluated once), then decodes the rest (why only there: `_reusable`).
 
 Why one KV stream per sequence and not llama.cpp's unified cache: in a unified cache a
 sequence's cells end up out of position order once others are freed, and the CPU
@@ -115,21 +115,30 @@ def prefill_cuts(contexts: Sequence[Sequence[int]]) -> list[frozenset[int]]:
     the context shares with another in batches of its own, and the two compute it alike:
     below their common length both have the same cuts (a third context parts from both at
     the same place), so either may take the other's KV up to it, bit for bit (`_reusable`).
-    Sorted, the contexts sharing a prefix are neighbours: the common lengths with all
-    others are the running minima of the neighbours' common lengths."""
+    Sorted, the contexts sharing a prefix are neighbours, and a context's common lengths
+    with all others are the running minima of the neighbours' common lengths on either
+    side: a chain of next-smaller values, found with a monotonic stack."""
     order = sorted(range(len(contexts)), key=lambda i: list(contexts[i]))
     lcp = [common_prefix_len(contexts[a], contexts[b]) for a, b in zip(order, order[1:])]
-    floor = min(lcp, default=0)
+
+    def next_smaller(indices: range) -> list[int | None]:
+        out: list[int | None] = [None] * len(lcp)
+        stack: list[int] = []
+        for k in indices:
+            while stack and lcp[stack[-1]] > lcp[k]:
+                out[stack.pop()] = k
+            stack.append(k)
+        return out
+
+    after, before = next_smaller(range(len(lcp))), next_smaller(range(len(lcp) - 1, -1, -1))
     cuts: list[frozenset[int]] = [frozenset()] * len(contexts)
     for j, i in enumerate(order):
         found = set()
-        for side in (lcp[j:], lcp[:j][::-1]):
-            m = None
-            for h in side:
-                m = h if m is None else min(m, h)
-                found.add(m)
-                if m <= floor:  # no smaller value further on
-                    break
+        for k, step in ((j, after), (j - 1, before)):  # the neighbours after it, before it
+            k = k if 0 <= k < len(lcp) else None
+            while k is not None:
+                found.add(lcp[k])
+                k = step[k]
         cuts[i] = frozenset(c for c in found if 0 < c <= len(contexts[i]))
     return cuts
 

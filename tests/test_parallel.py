@@ -139,8 +139,17 @@ def test_prefill_cuts_are_where_a_context_parts_from_another() -> None:
     a, b, c, d, e = [1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 7], [8], [1, 2, 3, 4, 5, 6]
     assert prefill_cuts([a, b, c, d, e]) == [{2, 3, 5}, {2, 3}, {2}, set(), {2, 3, 5}]
     assert prefill_cuts([a]) == [set()] and prefill_cuts([]) == []
-    shared = [[7] * 10 + [i] for i in range(50)]  # one system prompt, 50 questions: stops early
+    shared = [[7] * 10 + [i] for i in range(50)]  # one system prompt, 50 questions
     assert prefill_cuts(shared) == [{10}] * 50
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_prefill_cuts_equal_every_common_length_with_another(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    contexts = [rng.integers(0, 2, rng.integers(0, 12)).tolist() for _ in range(150)]
+    for i, (a, cuts) in enumerate(zip(contexts, prefill_cuts(contexts))):
+        common = {common_prefix_len(a, b) for j, b in enumerate(contexts) if j != i}
+        assert cuts == {c for c in common if 0 < c <= len(a)}, a
 
 
 def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int], cuts: frozenset[int] = frozenset()) -> np.ndarray:

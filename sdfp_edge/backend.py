@@ -31,7 +31,7 @@ from sdfp_edge.errors import (
 from sdfp_edge.metadata import check_gguf_file, read_model_info
 
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
-GOMP_SPINCOUNT = "10000"  # chosen by tools/thread_matrix.py (README, "Threads")
+GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on two machines (README, "Threads")
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
 # SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches

@@ -66,29 +66,38 @@ def tokenize(m: Model, line: batchio.Line) -> list[int]:
     return m.tokenize_prompt(f["prompt"]) if "prompt" in f else m.tokenize_chat(f["messages"])
 
 
-def cuts_by_line(m: Model, lines: list[batchio.Line]) -> dict[batchio.Id, frozenset[int]]:
-    """parallel.prefill_cuts over every line of the input, answered ones too: a resumed run
-    then cuts each prefill where the uninterrupted run did."""
-    prompts = {}
-    for line in lines:
-        if line.error is None:
-            try:
-                prompts[line.id] = tokenize(m, line)[:-1]
-            except SdfpError:
-                pass  # the line's error is reported when its turn comes
-    return dict(zip(prompts, prefill_cuts(list(prompts.values()))))
+@dataclass(frozen=True)
+class Prompts:
+    """Every line's prompt ids and prefill cuts (parallel.prefill_cuts) over the whole input,
+    answered lines too: a resumed run then cuts each prefill where the uninterrupted run did."""
+
+    ids: dict[batchio.Id, list[int]]
+    cuts: dict[batchio.Id, frozenset[int]]
+
+    @classmethod
+    def of(cls, m: Model, lines: list[batchio.Line]) -> Prompts:
+        ids = {}
+        for line in lines:
+            if line.error is None:
+                try:
+                    ids[line.id] = tokenize(m, line)
+                except SdfpError:
+                    pass  # the line's error is reported when its turn comes (to_request)
+        return cls(ids, dict(zip(ids, prefill_cuts([p[:-1] for p in ids.values()]))))
 
 
 def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaults,
-               cuts: frozenset[int] = frozenset()) -> Request:
+               prompts: Prompts) -> Request:
     """The line as a request, or an SdfpError saying why it cannot run."""
     f = line.fields
     max_tokens = f.get("max_tokens", d.max_tokens)
     check_max_tokens(max_tokens)
     sampling = SamplingParams(**{k: f.get(k, getattr(d, k)) for k in batchio.SAMPLING_FIELDS})
     stop = f.get("stop", list(d.stop))
-    req = Request(line, tokenize(m, line), max_tokens, sampling, [stop] if isinstance(stop, str) else list(stop),
-                  cuts)
+    ids = prompts.ids.get(line.id)
+    req = Request(line, ids if ids is not None else tokenize(m, line),  # not tokenized: raises its error
+                  max_tokens, sampling, [stop] if isinstance(stop, str) else list(stop),
+                  prompts.cuts.get(line.id, frozenset()))
     decoder.check(req)
     return req
 
@@ -113,14 +122,14 @@ def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int
         controller.load_state(store.load() or {})
         decoder = ParallelDecoder(m.backend, seq_ctx=m.backend.n_ctx // parallel, mode=mode, controller=controller)
         try:
-            return _generate(m, decoder, todo, cuts_by_line(m, lines), defaults, out)
+            return _generate(m, decoder, todo, Prompts.of(m, lines), defaults, out)
         finally:
             if controller.cost.t_verify:
                 store.save(controller.state())
 
 
 def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line],
-              cuts: dict[batchio.Id, frozenset[int]], d: Defaults, out: batchio.AnswerWriter) -> dict[str, Any]:
+              prompts: Prompts, d: Defaults, out: batchio.AnswerWriter) -> dict[str, Any]:
     counts = {"answers": 0, "errors": 0}
 
     def requests() -> Iterator[Request]:
@@ -129,7 +138,7 @@ def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line],
                 out.write(batchio.failed(line))
             else:
                 try:
-                    yield to_request(m, decoder, line, d, cuts.get(line.id, frozenset()))
+                    yield to_request(m, decoder, line, d, prompts)
                     continue
                 except ContextOverflowError as e:
                     out.write(batchio.failed(line, str(e), "context_length_exceeded"))

@@ -216,6 +216,11 @@ class LlamaBackend:
     def n_past(self) -> int:
         return len(self.kv_tokens)
 
+    @property
+    def graphs_reused(self) -> int:
+        """How many decodes llama.cpp ran on an already built graph (the patch keeps one per mask)."""
+        return int(self._llama_cpp.llama_perf_context(self._ctx.ctx).n_reused)
+
     # --- tokenizer ---------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """See `encode_text` for text that is not valid UTF-8; NULs and any length are fine."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdfp_edge import layer_skip
+from sdfp_edge import draft_vocab, layer_skip
 from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.errors import RuntimeBuildError, SkipListError, UnsupportedArchitectureError
 from sdfp_edge.layer_skip import DraftMask
@@ -65,6 +65,68 @@ def test_switching_masks_matches_a_fresh_context_per_mask(smollm2: Path) -> None
         assert np.array_equal(logits, expected[key]), f"step with mask {key} reused a stale graph"
     assert not np.array_equal(expected["a"], expected["none"])
     assert not np.array_equal(expected["b"], expected["a"])
+
+
+
+def test_a_draft_and_its_target_each_keep_their_graph(smol: LlamaBackend) -> None:
+    """Alternating masked and full decodes (draft, verify, draft...) reuse both graphs.
+
+    With one graph per context each change of mask rebuilds and reallocates it (1-4 ms here).
+    """
+    prompt = smol.tokenize(PROMPT)
+    smol.reset()
+    smol.decode(prompt[:-1], logits="last")
+    start = smol.n_past
+    draft = DraftMask.layers((2, 5, 9))
+    before = smol.graphs_reused
+    try:
+        for i in range(10):
+            smol.set_mask(draft if i % 2 == 0 else None)
+            smol.decode(prompt[-1:], logits="last")
+            smol.truncate(start)
+    finally:
+        smol.set_mask(None)
+    assert smol.graphs_reused - before == 8  # all but the first decode of each mask
+
+
+def test_more_masks_than_kept_graphs_stay_exact(smol: LlamaBackend) -> None:
+    """Seven masks in turn, twice: the second round (graphs reused or rebuilt after eviction)
+    is bit for bit the first, and a draft head replaced under a kept graph is the new one."""
+    prompt = smol.tokenize(PROMPT)
+    smol.reset()
+    smol.decode(prompt[:-1], logits="last")
+    start = smol.n_past
+    masks = [None] + [DraftMask.layers((i, i + 7)) for i in range(1, 7)] + [DraftMask(ffn=(3, 4))]
+
+    def round_() -> list[np.ndarray]:
+        out = []
+        for mask in masks:
+            smol.set_mask(mask)
+            out.append(smol.decode(prompt[-1:], logits="last")[0])
+            smol.truncate(start)
+        smol.set_mask(None)
+        return out
+
+    first, second = round_(), round_()
+    for i, (a, b) in enumerate(zip(first, second)):
+        assert np.array_equal(a, b), f"mask {masks[i]} gave other logits in the second round"
+    assert len({a.tobytes() for a in first}) == len(masks)
+
+    head = DraftMask(ffn=(3, 4), small_head=True)
+    small = [draft_vocab.choose(smol.n_vocab, size=1024, recorded=[t], is_eog=smol.is_eog) for t in (40000, 45000)]
+    try:
+        for ids in small:  # the second vocabulary replaces the head of a graph kept for this mask
+            smol.load_draft_vocab(ids)
+            smol.set_mask(head)
+            got = smol.decode(prompt[-1:], logits="last")[0]
+            smol.truncate(start)
+            smol.set_mask(None)
+            inside = np.zeros(smol.n_vocab, dtype=bool)
+            inside[ids] = True
+            assert np.isneginf(got[~inside]).all() and np.isfinite(got[inside]).all()
+            np.testing.assert_allclose(got[inside], first[-1][inside], rtol=1e-5, atol=1e-4)
+    finally:
+        smol.load_draft_vocab(None)
 
 
 def test_shared_kv_cache_smollm2(smollm2: Path) -> None:

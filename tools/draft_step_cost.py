@@ -9,8 +9,8 @@ Cuts: the small head alone, then n evenly spread layers for each fraction, as wh
 whole layers + small head, their FFN blocks only and their attention blocks only.
 
 It also times the switch: alternating masked and full single-token decodes (the draft and
-verify pattern, where llama.cpp rebuilds the graph at each change of mask) against the
-mean of the two alone.
+verify pattern; the patch keeps one graph per mask so that neither rebuilds the other's)
+against the mean of the two alone, in interleaved blocks (--switch-only: nothing else).
 
     .venv/bin/python tools/draft_step_cost.py --model qwen2.5-coder-1.5b --out models/bench/draft-cost/qwen.json
 """
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.1,0.2,0.3,0.4", help="shares of the layers skipped")
     ap.add_argument("--vocab-sizes", default=str(draft_vocab.DEFAULT_SIZE))
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--switch-only", action="store_true", help="time only the switch between masks")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -70,11 +71,11 @@ def main() -> None:
 
     rows = []
     full_ms = median(None) * 1000
-    for size in (int(x) for x in args.vocab_sizes.split(",")):
+    for size in (int(x) for x in args.vocab_sizes.split(",")) if not args.switch_only else ():
         b.load_draft_vocab(draft_vocab.choose(b.n_vocab, size=size, is_eog=b.is_eog))
         rows.append({"cut": f"small head ({len(b.draft_vocab)} of {b.n_vocab} tokens)", "c": c_of(DraftMask(small_head=True))})
     n_layer = b.n_layer
-    for frac in (float(x) for x in args.fractions.split(",")):
+    for frac in (float(x) for x in args.fractions.split(",")) if not args.switch_only else ():
         n = max(1, round(frac * n_layer))
         layers = tuple(sorted({int(x) for x in np.linspace(1, n_layer - 2, n).round()}))
         for name, mask in ((f"{len(layers)} layers", DraftMask.layers(layers)),
@@ -84,22 +85,29 @@ def main() -> None:
             rows.append({"cut": name, "layers": list(layers), "c": c_of(mask)})
 
     probe = DraftMask.layers(tuple(range(1, n_layer - 1, 3)))  # a third of the layers
-    alone = (median(None) + median(probe)) / 2
-    alternating = []
-    for _ in range(args.repeats + 2):
-        alternating += [step(probe), step(None)]
+    full, masked, pairs = [], [], []
+    reused = b.graphs_reused
+    for _ in range(6):  # blocks in turn, so the VM's drift moves all three alike
+        full += [step(None) for _ in range(args.repeats + 2)][2:]
+        masked += [step(probe) for _ in range(args.repeats + 2)][2:]
+        # per pair (masked + full) / 2: a median of the single decodes would fall anywhere
+        # in the gap between the two kinds
+        pairs += [(step(probe) + step(None)) / 2 for _ in range(args.repeats + 2)][2:]
     b.set_mask(None)
-    switch = float(np.median(alternating[4:]))
+    alone = (float(np.median(full)) + float(np.median(masked))) / 2
+    switch = float(np.median(pairs))
+    reused = b.graphs_reused - reused
     b.close()
 
     result = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(args.threads),
               "model": str(path), "full_ms": full_ms, "rows": rows,
-              "switch": {"mask": probe.describe(), "alone_ms": alone * 1000, "alternating_ms": switch * 1000}}
+              "switch": {"mask": probe.describe(), "alone_ms": alone * 1000, "alternating_ms": switch * 1000,
+                         "graphs_reused": reused, "decodes": 6 * 4 * (args.repeats + 2)}}
     print(f"{path.name}: one token {full_ms:.1f} ms ({result['machine']['cpu']})")
     for r in rows:
         print(f"  {r['cut']:36s} c = {r['c']:.3f}")
     print(f"  alternating masked/full: {switch * 1000:.2f} ms per decode, alone {alone * 1000:.2f} ms "
-          f"(+{(switch - alone) * 1000:.2f} ms per switch)")
+          f"(+{(switch - alone) * 1000:.2f} ms per switch; {reused} of {6 * 4 * (args.repeats + 2)} decodes reused a graph)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")

@@ -71,18 +71,20 @@ def main() -> None:
 
     rows = []
     full_ms = median(None) * 1000
-    for size in (int(x) for x in args.vocab_sizes.split(",")) if not args.switch_only else ():
-        b.load_draft_vocab(draft_vocab.choose(b.n_vocab, size=size, is_eog=b.is_eog))
-        rows.append({"cut": f"small head ({len(b.draft_vocab)} of {b.n_vocab} tokens)", "c": c_of(DraftMask(small_head=True))})
     n_layer = b.n_layer
-    for frac in (float(x) for x in args.fractions.split(",")) if not args.switch_only else ():
-        n = max(1, round(frac * n_layer))
-        layers = tuple(sorted({int(x) for x in np.linspace(1, n_layer - 2, n).round()}))
-        for name, mask in ((f"{len(layers)} layers", DraftMask.layers(layers)),
-                           (f"{len(layers)} layers + small head", DraftMask.layers(layers, small_head=True)),
-                           (f"FFN of {len(layers)} layers", DraftMask(ffn=layers)),
-                           (f"attention of {len(layers)} layers", DraftMask(attn=layers))):
-            rows.append({"cut": name, "layers": list(layers), "c": c_of(mask)})
+    if not args.switch_only:
+        for size in (int(x) for x in args.vocab_sizes.split(",")):
+            b.load_draft_vocab(draft_vocab.choose(b.n_vocab, size=size, is_eog=b.is_eog))
+            rows.append({"cut": f"small head ({len(b.draft_vocab)} of {b.n_vocab} tokens)",
+                         "c": c_of(DraftMask(small_head=True))})
+        for frac in (float(x) for x in args.fractions.split(",")):
+            n = max(1, round(frac * n_layer))
+            layers = tuple(sorted({int(x) for x in np.linspace(1, n_layer - 2, n).round()}))
+            for name, mask in ((f"{len(layers)} layers", DraftMask.layers(layers)),
+                               (f"{len(layers)} layers + small head", DraftMask.layers(layers, small_head=True)),
+                               (f"FFN of {len(layers)} layers", DraftMask(ffn=layers)),
+                               (f"attention of {len(layers)} layers", DraftMask(attn=layers))):
+                rows.append({"cut": name, "layers": list(layers), "c": c_of(mask)})
 
     probe = DraftMask.layers(tuple(range(1, n_layer - 1, 3)))  # a third of the layers
     full, masked, pairs = [], [], []
@@ -97,17 +99,18 @@ def main() -> None:
     alone = (float(np.median(full)) + float(np.median(masked))) / 2
     switch = float(np.median(pairs))
     reused = b.graphs_reused - reused
+    decodes = 6 * 4 * (args.repeats + 2)
     b.close()
 
     result = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(args.threads),
               "model": str(path), "full_ms": full_ms, "rows": rows,
               "switch": {"mask": probe.describe(), "alone_ms": alone * 1000, "alternating_ms": switch * 1000,
-                         "graphs_reused": reused, "decodes": 6 * 4 * (args.repeats + 2)}}
+                         "graphs_reused": reused, "decodes": decodes}}
     print(f"{path.name}: one token {full_ms:.1f} ms ({result['machine']['cpu']})")
     for r in rows:
         print(f"  {r['cut']:36s} c = {r['c']:.3f}")
     print(f"  alternating masked/full: {switch * 1000:.2f} ms per decode, alone {alone * 1000:.2f} ms "
-          f"(+{(switch - alone) * 1000:.2f} ms per switch; {reused} of {6 * 4 * (args.repeats + 2)} decodes reused a graph)")
+          f"(+{(switch - alone) * 1000:.2f} ms per switch; {reused} of {decodes} decodes reused a graph)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +33,10 @@ def sdfp_edge_command() -> list[str]:
     return [sys.executable, "-c", "from sdfp_edge.cli import main; main()"]
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def spawn_chat(smollm2: Path) -> Iterator[object]:
     children: list[object] = []
@@ -40,8 +44,10 @@ def spawn_chat(smollm2: Path) -> Iterator[object]:
     def spawn(*args: str) -> object:
         cmd = sdfp_edge_command() + ["chat", "--model", str(smollm2), "--threads", "2", "-c", "1024", *args]
         env = {**os.environ, "TERM": "dumb", "NO_COLOR": "1"}
+        # a user's terminal delivers Ctrl-C; a shell's background job (`pytest ... &`) would
+        # hand the child SIGINT ignored, and Python then raises no KeyboardInterrupt
         child = pexpect.spawn(cmd[0], cmd[1:], env=env, encoding="utf-8", timeout=TIMEOUT,
-                              dimensions=(50, 200))
+                              dimensions=(50, 200), preexec_fn=default_sigint)
         children.append(child)
         child.expect_exact(PROMPT)
         return child
@@ -141,9 +147,5 @@ def test_ctrl_c_at_the_prompt_exits_cleanly(spawn_chat) -> None:
     c.sendline("/help")
     c.expect_exact("/reset")
     c.expect_exact(PROMPT)
-    # readline writes the prompt before it waits for input, and CPython's readline loop only
-    # notices a SIGINT that interrupts that wait: one sent in between is held until the next
-    # key (as in a terminal). This test once lost it that way under load; give it the wait.
-    time.sleep(0.5)
     c.sendintr()
     ends_with(c, 0)

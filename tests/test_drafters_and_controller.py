@@ -50,6 +50,19 @@ def test_lookup_sources_are_power_of_two_buckets_of_the_match_length() -> None:
     assert PromptLookupDrafter().propose([5, 6, 1, 9, 5, 6, 1, 8, 5, 6], 1).source == "lookup:2+"
 
 
+def test_lookup_measures_a_copy_past_the_indexed_ngram_length() -> None:
+    """A copy that has run for 40 tokens is its own source (accepted more often than one of 8)."""
+    src = list(range(100, 200))
+    assert PromptLookupDrafter().propose(src + [7] + src[:40], 4).source == "lookup:32+"
+    assert PromptLookupDrafter().propose(src + [7] + src[:90], 4).source == "lookup:64+"  # measured up to 64
+    assert PromptLookupDrafter().propose(src + [7] + src[:12], 4).source == "lookup:8+"
+    # the earlier occurrence starts the text: the measure stops there, not at a wrapped index
+    p = PromptLookupDrafter().propose(src[:20] + src[:20], 3)
+    assert p.source == "lookup:16+" and p.tokens.tolist() == src[:3]
+    # a run of one token overlaps its own earlier occurrence
+    assert PromptLookupDrafter().propose([3] * 30, 2).source == "lookup:16+"
+
+
 def test_expected_tokens() -> None:
     assert expected_tokens(0.0, 3) == 1.0
     assert expected_tokens(1.0, 3) == 4.0

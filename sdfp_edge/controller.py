@@ -178,6 +178,15 @@ class CostModel:
         floor = max((t for m, t in self.t_verify.items() if m < n), default=0.0)
         return max(floor, self._verify_raw(n))
 
+    def curve(self, n_max: int) -> list[float]:
+        """[0, verify(1), ..., verify(n_max)] in one pass: the controller weighs every k of
+        every candidate each cycle, and verify's floor is this running maximum."""
+        out, top = [0.0], 0.0
+        for n in range(1, n_max + 1):
+            top = max(top, self._verify_raw(n))
+            out.append(top)
+        return out
+
     def _verify_raw(self, n: int) -> float:
         if n in self.t_verify:
             return self.t_verify[n]
@@ -302,8 +311,9 @@ class Controller:
             return Decision(None, 0, 0.0)
         best = Decision(None, 0, 1.0 / self.cost.verify(1))
         limit = 1 if accepted_in_text == 0 else None
-        for cand in candidates:
-            k_top = cand.k_cap if limit is None else min(cand.k_cap, limit)
+        caps = [c.k_cap if limit is None else min(c.k_cap, limit) for c in candidates]
+        verify = self.cost.curve(max(caps, default=0) + 1)
+        for cand, k_top in zip(candidates, caps):
             if k_top <= 0:
                 continue
             rates = self.acceptance.setdefault(cand.key, Acceptance()).rates(k_top, optimistic=True)
@@ -312,7 +322,7 @@ class Controller:
             for k in range(1, k_top + 1):
                 reach *= rates[k - 1]
                 expected += reach
-                rate = expected / (k * step + self.cost.verify(k + 1))
+                rate = expected / (k * step + verify[k + 1])
                 if rate > best.expected_rate * (self.margin if best.drafter is None else 1.0):
                     best = Decision(cand.drafter, k, rate, cand.key)
         return best

@@ -121,6 +121,15 @@ def test_acceptance_is_conditional_per_position_and_optimism_shrinks() -> None:
         Acceptance(reached=[10.0], accepted=[9.0]).rates(1)[0])
 
 
+def test_the_cost_curve_equals_verify_at_every_size() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):  # noisy measurements, some of a larger batch cheaper than a smaller one
+        sizes = rng.choice(np.arange(1, 40), size=int(rng.integers(1, 8)), replace=False)
+        m = CostModel(t_verify={int(n): float(rng.uniform(0.01, 0.2)) for n in sizes} | {1: 0.02},
+                      t_batch_token=None if rng.random() < 0.3 else float(rng.uniform(0.001, 0.02)))
+        assert m.curve(48) == [0.0] + [m.verify(n) for n in range(1, 49)]
+
+
 def test_verify_cost_interpolates() -> None:
     m = cost({1: 1.0, 3: 2.0}, {})
     assert m.verify(2) == pytest.approx(1.5)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """How often prompt-lookup drafts would be accepted, by source (match length, agreement).
 
-    .venv/bin/python tools/lookup_acceptance.py [--model NAME] [--limit 2] [--max-tokens 160] [--history]
+    .venv/bin/python tools/lookup_acceptance.py [--model NAME] [--limit 2] [--max-tokens 160] [--k 4]
+                                                [--history] [--answers FILE]
 
 Why: the controller keeps acceptance statistics per lookup source (sdfp_edge.drafters.
 prompt_lookup.match_source); this replays the drafter over the model's own greedy answers
 (tools/compare_modes.py's prompts and `--limit` prompts per MT-Bench/HumanEval category)
-and prints, per source, how often a proposal's first draft, and how many of its first 4,
-match what the model actually generated next. Greedy acceptance is exactly that match, so
+and prints, per source, how often a proposal's first draft, and how many of its first k
+(--k), match what the model actually generated next. Greedy acceptance is exactly that match, so
 no verify pass is needed and the figures do not depend on timing.
 
 `--history` asks whether n-grams that outlive one request would find more free drafts
@@ -130,6 +131,7 @@ def main() -> None:
     print(f"`{' '.join(['tools/lookup_acceptance.py', *sys.argv[1:]])}`\n")
     print(f"| source | proposals | first draft accepted | mean accepted of the first {k} (or of what the answer has left) |")
     print("|---|---|---|---|")
+
     def order(s: str) -> tuple[bool, bool, int]:
         return s.startswith("history"), s.endswith("/mixed"), int(s.split(":")[1].split("+")[0].split("/")[0])
     for source in sorted(tally, key=order):

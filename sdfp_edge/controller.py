@@ -27,6 +27,7 @@ abandoned once it is measured not to pay.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -170,45 +171,57 @@ class CostModel:
         return 1 in self.t_verify
 
     def verify(self, n: int) -> float:
-        """t_verify(n): measured, interpolated between measured sizes, or extrapolated.
-
-        Never below a smaller batch's cost: verifying more tokens cannot be cheaper, and a
-        noisy sample saying otherwise would make long drafts look free.
-        """
-        floor = max((t for m, t in self.t_verify.items() if m < n), default=0.0)
-        return max(floor, self._verify_raw(n))
+        """t_verify(n): from the monotone fit of the measured sizes, interpolated or extrapolated."""
+        fit = self._monotone_fit()
+        return self._verify_from(fit, sorted(fit), n)
 
     def curve(self, n_max: int) -> list[float]:
-        """[0, verify(1), ..., verify(n_max)] in one pass: the controller weighs every k of
-        every candidate each cycle, and verify's floor is this running maximum."""
-        out, top = [0.0], 0.0
-        for n in range(1, n_max + 1):
-            top = max(top, self._verify_raw(n))
-            out.append(top)
-        return out
+        """[0, verify(1), ..., verify(n_max)], fitting once: the controller weighs every k of
+        every candidate each cycle."""
+        fit = self._monotone_fit()
+        known = sorted(fit)
+        return [0.0] + [self._verify_from(fit, known, n) for n in range(1, n_max + 1)]
 
-    def _verify_raw(self, n: int) -> float:
-        if n in self.t_verify:
-            return self.t_verify[n]
-        known = sorted(self.t_verify)
+    def _monotone_fit(self) -> dict[int, float]:
+        """The measured t_verify made non-decreasing in n: the weighted least-squares monotone
+        fit (pool adjacent violators, each size weighted by its samples).
+
+        Verifying more tokens cannot be cheaper, so measurements that say otherwise are noise,
+        and a running maximum would let one slow sample of a small size price every larger
+        draft out of use, and never be measured again (a persisted file had V(2) = 6.8 from
+        4 samples beside V(4) = 3.0). Pooling lets the better-measured side decide.
+        """
+        blocks: list[tuple[float, float, list[int]]] = []  # (weight, weighted sum, sizes)
+        for n in sorted(self.t_verify):
+            w = float(max(1, self.samples.get(n, 1)))
+            block = (w, w * self.t_verify[n], [n])
+            while blocks and blocks[-1][1] / blocks[-1][0] > block[1] / block[0]:
+                w0, s0, n0 = blocks.pop()
+                block = (w0 + block[0], s0 + block[1], n0 + block[2])
+            blocks.append(block)
+        return {n: total / w for w, total, sizes in blocks for n in sizes}
+
+    def _verify_from(self, fit: dict[int, float], known: list[int], n: int) -> float:
+        if n in fit:
+            return fit[n]
         if not known:
             raise RuntimeError("cost model has no verify timings yet")
         top = known[-1]
         if n < top:
-            lo = max([m for m in known if m < n], default=None)
-            hi = min(m for m in known if m > n)
-            if lo is None:
-                return self.t_verify[hi] * n / hi
-            slope = (self.t_verify[hi] - self.t_verify[lo]) / (hi - lo)
-            return self.t_verify[lo] + slope * (n - lo)
+            i = bisect.bisect_left(known, n)  # known[i - 1] < n < known[i]
+            hi = known[i]
+            if i == 0:
+                return fit[hi] * n / hi
+            lo = known[i - 1]
+            return fit[lo] + (fit[hi] - fit[lo]) * (n - lo) / (hi - lo)
         if len(known) >= 2:
             prev = known[-2]
-            small = (self.t_verify[top] - self.t_verify[prev]) / (top - prev)
+            small = (fit[top] - fit[prev]) / (top - prev)
         else:
-            small = PRIOR_SMALL_SLOPE * self.t_verify[top] / top
+            small = PRIOR_SMALL_SLOPE * fit[top] / top
         big = self.t_batch_token if self.t_batch_token is not None else small
         extra_small = max(0, min(n, SMALL_BATCH) - top)
-        return self.t_verify[top] + small * extra_small + big * (n - top - extra_small)
+        return fit[top] + small * extra_small + big * (n - top - extra_small)
 
     def step(self, drafter: str, prior: float) -> float:
         """t_step of a drafter, or `prior` x t_verify(1) before it was ever measured."""
@@ -309,10 +322,10 @@ class Controller:
         """
         if not self.cost.ready:
             return Decision(None, 0, 0.0)
-        best = Decision(None, 0, 1.0 / self.cost.verify(1))
         limit = 1 if accepted_in_text == 0 else None
         caps = [c.k_cap if limit is None else min(c.k_cap, limit) for c in candidates]
         verify = self.cost.curve(max(caps, default=0) + 1)
+        best = Decision(None, 0, 1.0 / verify[1])
         for cand, k_top in zip(candidates, caps):
             if k_top <= 0:
                 continue

@@ -137,9 +137,35 @@ def test_verify_cost_interpolates() -> None:
 
 
 def test_a_noisy_cheap_long_verify_does_not_make_long_drafts_free() -> None:
-    m = cost({1: 0.020, 2: 0.040, 5: 0.021}, {})  # V(5) sample hit by noise
-    assert m.verify(5) == pytest.approx(0.040)
-    assert m.verify(3) >= m.verify(2)
+    m = CostModel(t_verify={1: 0.020, 2: 0.040, 5: 0.021}, samples={1: 50, 2: 10, 5: 1})  # V(5): noise
+    assert m.verify(5) == pytest.approx((10 * 0.040 + 0.021) / 11)  # pooled, weighted by samples
+    assert m.verify(1) == 0.020 and m.verify(2) <= m.verify(3) <= m.verify(5)
+
+
+def test_one_slow_sample_of_a_small_size_does_not_price_longer_drafts_out() -> None:
+    # as in a persisted cost file: V(2) = 6.8 from one slow sample, V(4) = 2.97 well measured
+    cm = CostModel(t_verify={1: 0.020, 2: 0.136, 4: 0.0594}, samples={1: 3000, 2: 1, 4: 50})
+    assert cm.verify(2) == cm.verify(4) == pytest.approx((0.136 + 50 * 0.0594) / 51)
+    c = Controller(cost=cm)
+    c.acceptance["lookup:16+"] = seen(100, 8, 8)
+    d = c.choose([Candidate("lookup", 3, "lookup:16+", cost_prior=0.0)], accepted_in_text=5)
+    assert (d.drafter, d.k) == ("lookup", 3)  # a running maximum priced V(4) at V(2): plain decoding
+
+
+def test_the_monotone_fit_is_the_best_non_decreasing_one() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        sizes = sorted(int(n) for n in rng.choice(np.arange(1, 40), size=int(rng.integers(1, 9)), replace=False))
+        m = CostModel(t_verify={n: float(rng.uniform(0.01, 0.2)) for n in sizes},
+                      samples={n: int(rng.integers(1, 30)) for n in sizes})
+        fit = [m.verify(n) for n in sizes]
+        assert all(a <= b + 1e-12 for a, b in zip(fit, fit[1:]))
+        w = np.array([m.samples[n] for n in sizes], float)
+        y = np.array([m.t_verify[n] for n in sizes])
+        sse = float(w @ (np.array(fit) - y) ** 2)
+        for _ in range(20):  # no other non-decreasing sequence fits the samples better
+            other = np.sort(np.array(fit) + rng.normal(0, 0.01, len(fit)))
+            assert float(w @ (other - y) ** 2) >= sse - 1e-12
 
 
 def reference_lookup(tokens: list[int], k: int, max_ngram: int) -> list[int]:

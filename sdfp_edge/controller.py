@@ -273,6 +273,7 @@ class Candidate:
     k_cap: int  # the most tokens it may draft now (lookup: what its match offers)
     source: str = ""  # whose acceptance statistics judge it (default: the drafter's own)
     cost_prior: float = 1.0  # its step's cost relative to t_verify(1) until one is measured
+    trusted: bool = False  # its draft rests on the text at hand (Proposal.trusted): no probe first
 
     @property
     def key(self) -> str:
@@ -318,12 +319,16 @@ class Controller:
         `accepted_in_text`: drafts accepted so far in the current text. While it is 0, drafts
         are one-token probes: acceptance learned on earlier text is a weak guide to this one,
         and a failed k-token draft wastes V(k+1) - 1 token times (2.2 at k = 4 on SmolLM2
-        here), a probe only V(2) - 1. None: no such limit.
+        here), a probe only V(2) - 1. None: no such limit. A trusted candidate (a long
+        agreeing lookup match) is exempt: its evidence is this text, and where V(2) is 1.85
+        (Qwen 1.5B on the EPYC VM) a one-token probe pays only at 94% acceptance, so a
+        probe-first rule kept auto from drafting a 110-token copy that llama-server's
+        ngram-simple took whole.
         """
         if not self.cost.ready:
             return Decision(None, 0, 0.0)
         limit = 1 if accepted_in_text == 0 else None
-        caps = [c.k_cap if limit is None else min(c.k_cap, limit) for c in candidates]
+        caps = [c.k_cap if limit is None or c.trusted else min(c.k_cap, limit) for c in candidates]
         verify = self.cost.curve(max(caps, default=0) + 1)
         best = Decision(None, 0, 1.0 / verify[1])
         for cand, k_top in zip(candidates, caps):

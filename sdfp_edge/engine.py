@@ -11,6 +11,7 @@ string, EOS, a client that went away) and the cache stays right for the next req
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -207,7 +208,8 @@ class SpeculativeDecoder:
             if not d.uses_model:
                 lookup = d.propose(tokens, min(room, self.lookup_max), sampling, rng)
                 if lookup.k:
-                    cands.append(Candidate(name, lookup.k, (lookup.source or name) + regime, cost_prior=0.0))
+                    cands.append(Candidate(name, lookup.k, (lookup.source or name) + regime, cost_prior=0.0,
+                                           trusted=lookup.trusted))
             elif min(room, self.k_max) > 0:
                 cands.append(Candidate(name, min(room, self.k_max), name + regime, cost_prior=d.cost_prior))
         return cands, lookup
@@ -295,7 +297,7 @@ class SpeculativeDecoder:
                 drafter_name, k, source = cands[0].drafter, cands[0].k_cap, cands[0].key
             if drafter_name is not None:
                 if lookup is not None and not self.drafters[drafter_name].uses_model:
-                    proposal = Proposal(lookup.tokens[:k], None, 0, lookup.source)
+                    proposal = dataclasses.replace(lookup, tokens=lookup.tokens[:k])
                 else:
                     with Stopwatch() as sw:
                         proposal = self.drafters[drafter_name].propose(tokens, k, sampling, rng, processor)

@@ -30,6 +30,8 @@ token's time once the batch holds several sequences, so drafts pay less and less
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,13 +302,15 @@ class ParallelDecoder:
         rates = []
         for s, p in zip(active, props):
             assert s.result is not None and s.req is not None
-            cap = p.k if s.result.accepted else min(p.k, 1)  # one-draft probes until one is accepted (engine.py)
+            # one-draft probes until one is accepted, but for a trusted match (Controller.choose)
+            cap = p.k if s.result.accepted or p.trusted else min(p.k, 1)
             acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
             rates.append(acceptance.rates(cap, optimistic=True))
         seq_ids = [s.seq_id for s in active]
-        ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, cost.verify),
+        verify = functools.cache(cost.verify)  # the search prices the same sizes many times
+        ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, verify),
                              max_batch=self.backend.n_batch, margin=self.controller.margin)
-        return [Proposal(p.tokens[:k], None, 0, p.source) for p, k in zip(props, ks)]
+        return [dataclasses.replace(p, tokens=p.tokens[:k]) for p, k in zip(props, ks)]
 
     @staticmethod
     def _source(slot: _Slot, p: Proposal) -> str:

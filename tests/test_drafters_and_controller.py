@@ -61,6 +61,17 @@ def test_lookup_measures_a_copy_past_the_indexed_ngram_length() -> None:
     assert p.source == "lookup:16+" and p.tokens.tolist() == src[:3]
     # a run of one token overlaps its own earlier occurrence
     assert PromptLookupDrafter().propose([3] * 30, 2).source == "lookup:16+"
+    assert PromptLookupDrafter().propose(src + [7] + src[:40], 4).match == 40
+
+
+def test_only_a_long_agreeing_match_is_trusted() -> None:
+    src = list(range(100, 140))
+    assert PromptLookupDrafter().propose(src + [7] + src[:12], 4).trusted
+    short = PromptLookupDrafter().propose(src + [7] + src[:5], 4)
+    assert (short.match, short.trusted) == (5, False)
+    # the same 8-gram was followed by 1, then by 2: a long match, but not one to trust
+    mixed = PromptLookupDrafter().propose(src[:10] + [1] + src[:10] + [2] + src[:10], 4)
+    assert mixed.source == "lookup:8+/mixed" and mixed.match == 10 and not mixed.trusted
 
 
 def test_expected_tokens() -> None:
@@ -196,6 +207,18 @@ def test_a_new_text_drafts_one_token_probes_until_a_draft_is_accepted() -> None:
     c.acceptance["lookup:8+"] = seen(100, 4, 4)  # earlier text: long runs always accepted
     assert c.choose([Candidate("lookup", 4, "lookup:8+")], accepted_in_text=0).k == 1
     assert c.choose([Candidate("lookup", 4, "lookup:8+")], accepted_in_text=1).k >= 3
+
+
+def test_a_trusted_match_drafts_long_in_a_new_text_where_a_probe_would_not_pay() -> None:
+    # V(n) of Qwen 1.5B on the EPYC VM (bench, 2026-12-01): a one-token probe pays only at 94%
+    v = {1: 1.0, 2: 1.85, 3: 2.68, 4: 2.91, 5: 3.77, 6: 3.90, 9: 6.70, 16: 8.49, 33: 19.98}
+    cm = CostModel(t_verify={n: 0.12 * x for n, x in v.items()}, samples={n: 10 for n in v})
+    c = Controller(cost=cm)
+    c.acceptance["lookup:16+"] = Acceptance(reached=[100.0] * 32, accepted=[94.0] + [99.0] * 31)
+    probe = c.choose([Candidate("lookup", 32, "lookup:16+", cost_prior=0.0)], accepted_in_text=0)
+    whole = c.choose([Candidate("lookup", 32, "lookup:16+", cost_prior=0.0, trusted=True)], accepted_in_text=0)
+    assert probe.k == 1 and whole.k >= 8
+    assert whole.expected_rate > 1.5 * probe.expected_rate
 
 
 # --- learning costs from real cycles, keeping them across processes ---------------------------

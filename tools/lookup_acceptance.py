@@ -61,11 +61,6 @@ class AnswerHistory:
         return [], 0
 
 
-def current_match(drafter: PromptLookupDrafter, text: list[int]) -> int:
-    """Length of the suffix the drafter matched (its source names only the power-of-two bucket)."""
-    return max((n for n in range(1, drafter.max_ngram + 1) if tuple(text[-n:]) in drafter._seen), default=0)
-
-
 def answers(args: argparse.Namespace) -> tuple[str, list[tuple[list[int], list[int]]]]:
     """(model file name, [(prompt, greedy answer)]), cached in --answers: replays are cheap."""
     cache = Path(args.answers) if args.answers else None
@@ -110,8 +105,7 @@ def main() -> None:
             p = drafter.propose(text, k)
             draft, source = p.tokens.tolist(), p.source
             if args.history:
-                matched = current_match(drafter, text) if p.k else 0
-                h, n = history.propose(text, k, matched)
+                h, n = history.propose(text, k, p.match)
                 if h:
                     draft, source = h, "history:" + match_source(n).split(":")[1]
             if not draft:

@@ -19,6 +19,8 @@ class Proposal:
     probs: npt.NDArray[np.float64] | None  # [k, V] draft distributions; None: deterministic (one-hot)
     steps: int  # model evaluations spent (a confidence stop can spend one more than k)
     source: str = ""  # whose acceptance statistics judge it (see controller); "": the drafter's
+    match: int = 0  # prompt lookup: how many tokens of the text's suffix matched (0: a model's draft)
+    trusted: bool = False  # it rests on the text at hand itself (a long, agreeing match)
 
     @property
     def k(self) -> int:

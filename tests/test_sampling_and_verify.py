@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import chisquare
 
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.sampling import SamplingParams, probs_from_logits, sample, sample_at
+from sdfp_edge.sampling import SamplingParams, probs_from_logits, sample, sample_at, softmax
 from sdfp_edge.verify import Verdict, accept_greedy, rejection_sample
 
 LOGITS = np.log(np.array([[0.05, 0.4, 0.25, 0.15, 0.1, 0.05]]))
@@ -30,6 +30,15 @@ def test_filters() -> None:
     hot = probs_from_logits(LOGITS, SamplingParams(temperature=0.5))
     assert hot[0, 1] == pytest.approx(0.4**2 / np.sum(np.exp(LOGITS) ** 2))
     assert np.allclose(probs_from_logits(LOGITS, SamplingParams(temperature=1.0)), np.exp(LOGITS))
+
+
+def test_the_transform_leaves_the_callers_logits_alone() -> None:
+    logits = LOGITS.astype(np.float64).copy()  # float64 in: the fast path must not write into it
+    for params in (SamplingParams(temperature=0.7), SamplingParams(temperature=0.7, top_k=3)):
+        p = probs_from_logits(logits, params)
+        assert np.array_equal(logits, LOGITS) and p.sum() == pytest.approx(1.0)
+    assert np.allclose(softmax(logits), np.exp(LOGITS))
+    assert np.array_equal(logits, LOGITS)
 
 
 @pytest.mark.parametrize("kwargs", [

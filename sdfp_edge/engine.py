@@ -11,10 +11,9 @@ string, EOS, a client that went away) and the cache stays right for the next req
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -297,7 +296,7 @@ class SpeculativeDecoder:
                 drafter_name, k, source = cands[0].drafter, cands[0].k_cap, cands[0].key
             if drafter_name is not None:
                 if lookup is not None and not self.drafters[drafter_name].uses_model:
-                    proposal = dataclasses.replace(lookup, tokens=lookup.tokens[:k])
+                    proposal = replace(lookup, tokens=lookup.tokens[:k])
                 else:
                     with Stopwatch() as sw:
                         proposal = self.drafters[drafter_name].propose(tokens, k, sampling, rng, processor)

@@ -30,10 +30,9 @@ token's time once the batch holds several sequences, so drafts pay less and less
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -310,7 +309,7 @@ class ParallelDecoder:
         verify = functools.cache(cost.verify)  # the search prices the same sizes many times
         ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, verify),
                              max_batch=self.backend.n_batch, margin=self.controller.margin)
-        return [dataclasses.replace(p, tokens=p.tokens[:k]) for p, k in zip(props, ks)]
+        return [replace(p, tokens=p.tokens[:k]) for p, k in zip(props, ks)]
 
     @staticmethod
     def _source(slot: _Slot, p: Proposal) -> str:

@@ -53,7 +53,7 @@ def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
 
 def _softmax_in_place(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """The same operations as the textbook form, without a temporary per step: sampling a
-    token runs this over the whole vocabulary (1.5 ms of SmolLM2's 17 ms a token here)."""
+    token runs this over the whole vocabulary (0.6 ms of SmolLM2's 17 ms a token here)."""
     x -= np.max(x, axis=-1, keepdims=True)
     np.exp(x, out=x)
     x /= np.sum(x, axis=-1, keepdims=True)

@@ -267,6 +267,12 @@ class CostModel:
             self.samples[n] = max(self.samples.get(n, 0), len(ts))
 
 
+def probe_cap(k_cap: int, accepted_in_text: int | None, trusted: bool) -> int:
+    """The most drafts a source may offer now: one-token probes while nothing was accepted
+    in this text, unless its draft rests on the text itself (see Controller.choose)."""
+    return min(k_cap, 1) if accepted_in_text == 0 and not trusted else k_cap
+
+
 @dataclass(frozen=True)
 class Candidate:
     drafter: str
@@ -327,8 +333,7 @@ class Controller:
         """
         if not self.cost.ready:
             return Decision(None, 0, 0.0)
-        limit = 1 if accepted_in_text == 0 else None
-        caps = [c.k_cap if limit is None or c.trusted else min(c.k_cap, limit) for c in candidates]
+        caps = [probe_cap(c.k_cap, accepted_in_text, c.trusted) for c in candidates]
         verify = self.cost.curve(max(caps, default=0) + 1)
         best = Decision(None, 0, 1.0 / verify[1])
         for cand, k_top in zip(candidates, caps):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from sdfp_edge.backend import LlamaBackend, common_prefix_len
-from sdfp_edge.controller import Acceptance, Controller, Stopwatch
+from sdfp_edge.controller import Acceptance, Controller, Stopwatch, probe_cap
 from sdfp_edge.drafters.base import Proposal
 from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter
 from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms
@@ -301,8 +301,7 @@ class ParallelDecoder:
         rates = []
         for s, p in zip(active, props):
             assert s.result is not None and s.req is not None
-            # one-draft probes until one is accepted, but for a trusted match (Controller.choose)
-            cap = p.k if s.result.accepted or p.trusted else min(p.k, 1)
+            cap = probe_cap(p.k, s.result.accepted, p.trusted)
             acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
             rates.append(acceptance.rates(cap, optimistic=True))
         seq_ids = [s.seq_id for s in active]

@@ -131,7 +131,9 @@ class CostModel:
     extrapolated: PRIOR_SMALL_SLOPE x t_verify(1) per extra token (or the slope measured
     between the two largest sizes) up to SMALL_BATCH tokens, t_batch_token per token beyond,
     which matches the measured curve on this CPU (notes: V(32) = 6.7, 0.17-0.19 per token
-    from 16 to 64) and is conservative on a GPU until the real verifies correct it.
+    from 16 to 64) and is conservative on a GPU until the real verifies correct it. A size
+    between two measured ones is interpolated, but priced no higher than the smaller one's
+    extrapolation: the optimistic guess gets it tried, and one verify measures it.
     """
 
     t_verify: dict[int, float] = field(default_factory=dict)  # n -> seconds
@@ -206,14 +208,23 @@ class CostModel:
             return fit[n]
         if not known:
             raise RuntimeError("cost model has no verify timings yet")
+        if n > known[-1]:
+            return self._extrapolate(fit, known, n)
+        i = bisect.bisect_left(known, n)  # known[i - 1] < n < known[i]
+        hi = known[i]
+        if i == 0:
+            return fit[hi] * n / hi
+        lo = known[i - 1]
+        between = fit[lo] + (fit[hi] - fit[lo]) * (n - lo) / (hi - lo)
+        # no dearer than what the smaller size extrapolates to: sizes are measured only when
+        # chosen, and a straight line to a far, costly size (V(8) = 8.4 where V(7) is 5.4 on
+        # the EPYC VM) would price the sizes between out of use before one was ever tried
+        return min(between, self._extrapolate(fit, known[:i], n))
+
+    def _extrapolate(self, fit: dict[int, float], known: list[int], n: int) -> float:
+        """Beyond the largest measured size: its small-batch slope up to SMALL_BATCH tokens,
+        a long batch's per-token cost after."""
         top = known[-1]
-        if n < top:
-            i = bisect.bisect_left(known, n)  # known[i - 1] < n < known[i]
-            hi = known[i]
-            if i == 0:
-                return fit[hi] * n / hi
-            lo = known[i - 1]
-            return fit[lo] + (fit[hi] - fit[lo]) * (n - lo) / (hi - lo)
         if len(known) >= 2:
             prev = known[-2]
             small = (fit[top] - fit[prev]) / (top - prev)

@@ -265,6 +265,27 @@ def test_long_trusted_lookup_matches_draft_long_on_a_prompt_speed_cost_curve() -
     assert c.choose([Candidate("lookup", 32, "lookup:1", cost_prior=0.0)], accepted_in_text=5).drafter is None
 
 
+def test_a_size_between_measured_ones_is_tried_before_a_costly_neighbour_prices_it_out() -> None:
+    # V(n) of Qwen 1.5B on the EPYC VM (tools/verify_cost.py, models/bench/verify-cost/):
+    # V(7) = 5.08 but V(8) = 7.25, so a straight line from V(4) to V(8) priced V(7) at 6.19
+    # and a 7-token copy was drafted 3 at a time, never measuring 5..7
+    t1 = 0.108
+    cm = CostModel(t_verify={n: t1 * v for n, v in {1: 1.0, 2: 1.58, 3: 2.27, 4: 3.00, 8: 7.25}.items()},
+                   samples={1: 100, 2: 10, 3: 10, 4: 10, 8: 10}, t_batch_token=0.47 * t1)  # prefill rate
+    assert cm.verify(7) == pytest.approx(t1 * (3.00 + 3 * 0.47))  # the extrapolation from V(4)
+    assert all(cm.verify(n) <= cm.verify(n + 1) for n in range(1, 12))
+    c = Controller(cost=cm)
+    c.acceptance["lookup:8+"] = seen(100, 7, 7)
+    copy = [Candidate("lookup", 7, "lookup:8+", cost_prior=0.0, trusted=True)]
+    assert c.choose(copy, accepted_in_text=5).k == 6
+    for n, v in {5: 3.70, 6: 4.34, 7: 5.08}.items():  # measured: they pay
+        cm.observe_verify(n, t1 * v)
+    assert c.choose(copy, accepted_in_text=5).k >= 5
+    for n in (5, 6, 7):  # had they been dear, the measurements say so
+        cm.t_verify[n] = t1 * (3.00 + n - 4)
+    assert c.choose(copy, accepted_in_text=5).k == 3
+
+
 def test_an_unmeasured_model_drafter_is_judged_by_its_cost_prior() -> None:
     cm = CostModel(t_verify={1: 0.020, 2: 0.021, 3: 0.022})  # GPU-like V(n)
     cheap = Controller(cost=cm).choose([Candidate("layerskip", 2, cost_prior=0.3)])

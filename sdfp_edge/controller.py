@@ -93,16 +93,15 @@ class Acceptance:
         """Evidence behind the first position (every cycle reaches it)."""
         return self.reached[0] if self.reached else 0.0
 
-    def rates(self, k: int, *, optimistic: bool = False) -> list[float]:
+    def rates(self, k: int, *, optimistic: bool = False, prior: float = 0.5) -> list[float]:
         """Conditional acceptance of positions 1..k.
 
-        Each estimate shrinks toward the one before it (the first toward 1/2) with the weight
+        Each estimate shrinks toward the one before it (the first toward `prior`) with the weight
         of PRIOR_WEIGHT observations, so a position with little evidence borrows from its
         neighbour. `optimistic` adds an exploration bonus to the first position only: an
         untried source is then tried with one draft, the cheapest experiment, not k_cap.
         """
         out: list[float] = []
-        prior = 0.5
         for i in range(k):
             reached = self.reached[i] if i < len(self.reached) else 0.0
             accepted = self.accepted[i] if i < len(self.accepted) else 0.0
@@ -291,6 +290,7 @@ class Candidate:
     source: str = ""  # whose acceptance statistics judge it (default: the drafter's own)
     cost_prior: float = 1.0  # its step's cost relative to t_verify(1) until one is measured
     trusted: bool = False  # its draft rests on the text at hand (Proposal.trusted): no probe first
+    prior: float = 0.5  # its first draft's acceptance before any was observed (Acceptance.rates)
 
     @property
     def key(self) -> str:
@@ -350,7 +350,7 @@ class Controller:
         for cand, k_top in zip(candidates, caps):
             if k_top <= 0:
                 continue
-            rates = self.acceptance.setdefault(cand.key, Acceptance()).rates(k_top, optimistic=True)
+            rates = self.acceptance.setdefault(cand.key, Acceptance()).rates(k_top, optimistic=True, prior=cand.prior)
             step = self.cost.step(cand.drafter, cand.cost_prior)
             expected, reach = 1.0, 1.0  # E(k), and the chance that all k drafts are accepted
             for k in range(1, k_top + 1):

@@ -22,6 +22,7 @@ from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.controller import Candidate, Controller, Stopwatch
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.drafters.base import Drafter, Proposal
+from sdfp_edge.drafters.prompt_lookup import prior_acceptance
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
@@ -208,7 +209,8 @@ class SpeculativeDecoder:
                 lookup = d.propose(tokens, min(room, self.lookup_max), sampling, rng)
                 if lookup.k:
                     cands.append(Candidate(name, lookup.k, (lookup.source or name) + regime, cost_prior=0.0,
-                                           trusted=lookup.trusted))
+                                           trusted=lookup.trusted,
+                                           prior=prior_acceptance(lookup.source) if sampling.greedy else 0.5))
             elif min(room, self.k_max) > 0:
                 cands.append(Candidate(name, min(room, self.k_max), name + regime, cost_prior=d.cost_prior))
         return cands, lookup

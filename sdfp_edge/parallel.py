@@ -40,7 +40,7 @@ import numpy as np
 from sdfp_edge.backend import LlamaBackend, common_prefix_len
 from sdfp_edge.controller import Acceptance, Controller, Stopwatch, probe_cap
 from sdfp_edge.drafters.base import Proposal
-from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter
+from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter, prior_acceptance
 from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
@@ -303,7 +303,8 @@ class ParallelDecoder:
             assert s.result is not None and s.req is not None
             cap = probe_cap(p.k, s.result.accepted, p.trusted)
             acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
-            rates.append(acceptance.rates(cap, optimistic=True))
+            prior = prior_acceptance(p.source) if s.req.sampling.greedy else 0.5
+            rates.append(acceptance.rates(cap, optimistic=True, prior=prior))
         seq_ids = [s.seq_id for s in active]
         verify = functools.cache(cost.verify)  # the search prices the same sizes many times
         ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, verify),

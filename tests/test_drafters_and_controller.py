@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from sdfp_edge.controller import (
 )
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.drafters import PromptLookupDrafter
-from sdfp_edge.drafters.prompt_lookup import match_source
+from sdfp_edge.drafters.prompt_lookup import match_source, prior_acceptance
 
 
 def test_lookup_docstring_example() -> None:
@@ -219,6 +220,22 @@ def test_a_trusted_match_drafts_long_in_a_new_text_where_a_probe_would_not_pay()
     whole = c.choose([Candidate("lookup", 32, "lookup:16+", cost_prior=0.0, trusted=True)], accepted_in_text=0)
     assert probe.k == 1 and whole.k >= 8
     assert whole.expected_rate > 1.5 * probe.expected_rate
+
+
+def test_an_unseen_source_is_judged_by_its_measured_first_draft_acceptance() -> None:
+    # V(2) = 1.58 (Qwen 1.5B, EPYC VM): a one-token draft pays above 58% acceptance; a
+    # 1-token match's first draft is accepted 31% of the time, a 16-token match's 95%
+    t1 = 0.108
+    cm = CostModel(t_verify={1: t1, 2: 1.58 * t1, 3: 2.27 * t1}, samples={1: 100, 2: 10, 3: 10})
+    c = Controller(cost=cm)
+    short = Candidate("lookup", 1, "lookup:1", cost_prior=0.0, prior=prior_acceptance("lookup:1"))
+    assert c.choose([short], accepted_in_text=3).drafter == "lookup"  # untried: explored once
+    c.observe("lookup:1", 1, 0)
+    assert c.choose([short], accepted_in_text=3).drafter is None  # one failure settles it
+    assert c.choose([replace(short, prior=0.5)], accepted_in_text=3).drafter == "lookup"  # the old prior: again
+    long = Candidate("lookup", 2, "lookup:16+", cost_prior=0.0, prior=prior_acceptance("lookup:16+"))
+    assert c.choose([long], accepted_in_text=3).k == 2
+    assert prior_acceptance("lookup:unknown") == 0.5
 
 
 # --- learning costs from real cycles, keeping them across processes ---------------------------

@@ -216,8 +216,8 @@ class CostModel:
         lo = known[i - 1]
         between = fit[lo] + (fit[hi] - fit[lo]) * (n - lo) / (hi - lo)
         # no dearer than what the smaller size extrapolates to: sizes are measured only when
-        # chosen, and a straight line to a far, costly size (V(8) = 8.4 where V(7) is 5.4 on
-        # the EPYC VM) would price the sizes between out of use before one was ever tried
+        # chosen, and a straight line to a far, costly size (V(8) = 7.3 where V(7) is 5.1 on
+        # the EPYC VM, tools/verify_cost.py) would price the sizes between out of use before one was ever tried
         return min(between, self._extrapolate(fit, known[:i], n))
 
     def _extrapolate(self, fit: dict[int, float], known: list[int], n: int) -> float:
@@ -350,7 +350,8 @@ class Controller:
         for cand, k_top in zip(candidates, caps):
             if k_top <= 0:
                 continue
-            rates = self.acceptance.setdefault(cand.key, Acceptance()).rates(k_top, optimistic=True, prior=cand.prior)
+            acceptance = self.acceptance.setdefault(cand.key, Acceptance())
+            rates = acceptance.rates(k_top, optimistic=True, prior=cand.prior)
             step = self.cost.step(cand.drafter, cand.cost_prior)
             expected, reach = 1.0, 1.0  # E(k), and the chance that all k drafts are accepted
             for k in range(1, k_top + 1):

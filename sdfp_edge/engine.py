@@ -210,7 +210,7 @@ class SpeculativeDecoder:
                 if lookup.k:
                     cands.append(Candidate(name, lookup.k, (lookup.source or name) + regime, cost_prior=0.0,
                                            trusted=lookup.trusted,
-                                           prior=prior_acceptance(lookup.source) if sampling.greedy else 0.5))
+                                           prior=prior_acceptance(lookup.source, greedy=sampling.greedy)))
             elif min(room, self.k_max) > 0:
                 cands.append(Candidate(name, min(room, self.k_max), name + regime, cost_prior=d.cost_prior))
         return cands, lookup

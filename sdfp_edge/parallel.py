@@ -303,7 +303,7 @@ class ParallelDecoder:
             assert s.result is not None and s.req is not None
             cap = probe_cap(p.k, s.result.accepted, p.trusted)
             acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
-            prior = prior_acceptance(p.source) if s.req.sampling.greedy else 0.5
+            prior = prior_acceptance(p.source, greedy=s.req.sampling.greedy)
             rates.append(acceptance.rates(cap, optimistic=True, prior=prior))
         seq_ids = [s.seq_id for s in active]
         verify = functools.cache(cost.verify)  # the search prices the same sizes many times

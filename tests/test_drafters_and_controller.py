@@ -235,7 +235,7 @@ def test_an_unseen_source_is_judged_by_its_measured_first_draft_acceptance() -> 
     assert c.choose([replace(short, prior=0.5)], accepted_in_text=3).drafter == "lookup"  # the old prior: again
     long = Candidate("lookup", 2, "lookup:16+", cost_prior=0.0, prior=prior_acceptance("lookup:16+"))
     assert c.choose([long], accepted_in_text=3).k == 2
-    assert prior_acceptance("lookup:unknown") == 0.5
+    assert prior_acceptance("lookup:unknown") == 0.5 == prior_acceptance("lookup:16+", greedy=False)
 
 
 # --- learning costs from real cycles, keeping them across processes ---------------------------

@@ -8,7 +8,8 @@ way a verify runs: n tokens appended after --context tokens already in the KV ca
 for every row, then truncated back. Sizes are interleaved across --repeats and the minimum
 is kept, so a burst of noise spoils one sample of several sizes, not every sample of one.
 
-    .venv/bin/python tools/verify_cost.py --model qwen2.5-coder-1.5b --out models/bench/verify-cost/qwen2.5-coder-1.5b.json
+    .venv/bin/python tools/verify_cost.py --model qwen2.5-coder-1.5b \\
+        --out models/bench/verify-cost/qwen2.5-coder-1.5b.json
 """
 
 from __future__ import annotations

@@ -109,11 +109,12 @@ def match_length(tokens: Sequence[int], end: int, n: int, longest: int = LONG_MA
     return n
 
 
-def prior_acceptance(source: str, default: float = 0.5) -> float:
+def prior_acceptance(source: str, *, greedy: bool = True, default: float = 0.5) -> float:
     """What a source's first draft is expected to do before it was ever drafted here: a
     1-token match is accepted a third of the time, so probing it from a prior of 1/2 (plus
-    the exploration bonus) spent one-token verifies that cannot pay where V(2) is 1.6-1.8."""
-    return FIRST_ACCEPTED.get(source, default)
+    the exploration bonus) spent one-token verifies that cannot pay where V(2) is 1.6-1.8.
+    Measured greedy: a sampled one-hot draft is accepted less often, and keeps `default`."""
+    return FIRST_ACCEPTED.get(source, default) if greedy else default
 
 
 def match_source(n: int, agree: bool = True) -> str:

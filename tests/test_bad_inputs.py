@@ -96,6 +96,7 @@ def test_metadata_that_does_not_fit_the_model(smollm2_plain: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("value, needle", [
     ("4,29", "last layer"), ("4,31", "out of range"), ("4,4", "appears twice"), ("a,b", "comma-separated"),
+    (":\r", "got ':\\r'"),  # found by test_cli_fuzz: a raw CR split the one-line error in two
 ])
 def test_bad_skip_layers_option(smollm2_plain: Path, value: str, needle: str) -> None:
     assert_clean_error(run(*GEN, "-m", str(smollm2_plain), "--skip-layers", value), needle)

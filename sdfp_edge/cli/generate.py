@@ -23,7 +23,7 @@ def parse_layer_list(value: str | None) -> list[int] | None:
     try:
         return [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise SkipListError(f"--skip-layers must be comma-separated layer indices, got '{value}'") from None
+        raise SkipListError(f"--skip-layers must be comma-separated layer indices, got {value!r}") from None
 
 
 def sampling_options(f: Any) -> Any:

@@ -35,7 +35,9 @@ LONG_MATCH = 64
 # from statistics of earlier texts: its first draft was accepted 87-100% of the time
 TRUSTED_MATCH = 8
 # how often a source's first draft is accepted, greedy, before this process has seen any:
-# the mean of the two models measured above (tools/lookup_acceptance.py, models/bench/lookup/)
+# the mean of the two models measured above (tools/lookup_acceptance.py, models/bench/lookup/),
+# capped at 0.98 (a prior, not a certainty); 4+/mixed from Qwen alone, 8+/mixed left out
+# (10 proposals)
 FIRST_ACCEPTED = {"lookup:1": 0.31, "lookup:2+": 0.60, "lookup:4+": 0.74, "lookup:8+": 0.90,
                   "lookup:16+": 0.95, "lookup:32+": 0.98, "lookup:64+": 0.98,
                   "lookup:1/mixed": 0.16, "lookup:2+/mixed": 0.28, "lookup:4+/mixed": 0.40}

@@ -208,7 +208,7 @@ class CostModel:
         if not known:
             raise RuntimeError("cost model has no verify timings yet")
         if n > known[-1]:
-            return self._extrapolate(fit, known, n)
+            return self._extrapolate(fit, known[-1], known[-2] if len(known) >= 2 else None, n)
         i = bisect.bisect_left(known, n)  # known[i - 1] < n < known[i]
         hi = known[i]
         if i == 0:
@@ -217,15 +217,14 @@ class CostModel:
         between = fit[lo] + (fit[hi] - fit[lo]) * (n - lo) / (hi - lo)
         # no dearer than what the smaller size extrapolates to: sizes are measured only when
         # chosen, and a straight line to a far, costly size (V(8) = 7.3 where V(7) is 5.1 on
-        # the EPYC VM, tools/verify_cost.py) would price the sizes between out of use before one was ever tried
-        return min(between, self._extrapolate(fit, known[:i], n))
+        # the EPYC VM, tools/verify_cost.py) would price the sizes between out of use before
+        # one was ever tried
+        return min(between, self._extrapolate(fit, lo, known[i - 2] if i >= 2 else None, n))
 
-    def _extrapolate(self, fit: dict[int, float], known: list[int], n: int) -> float:
-        """Beyond the largest measured size: its small-batch slope up to SMALL_BATCH tokens,
-        a long batch's per-token cost after."""
-        top = known[-1]
-        if len(known) >= 2:
-            prev = known[-2]
+    def _extrapolate(self, fit: dict[int, float], top: int, prev: int | None, n: int) -> float:
+        """Beyond measured size `top` (`prev`: the one below it): its small-batch slope up to
+        SMALL_BATCH tokens, a long batch's per-token cost after."""
+        if prev is not None:
             small = (fit[top] - fit[prev]) / (top - prev)
         else:
             small = PRIOR_SMALL_SLOPE * fit[top] / top

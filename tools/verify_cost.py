@@ -6,7 +6,8 @@ on a CPU the curve is neither flat nor smooth (llama.cpp switches matrix kernels
 batch size), so a size it never measured can be priced far off. This times the curve the
 way a verify runs: n tokens appended after --context tokens already in the KV cache, logits
 for every row, then truncated back. Sizes are interleaved across --repeats and the minimum
-is kept, so a burst of noise spoils one sample of several sizes, not every sample of one.
+is kept (CostModel.calibrate, as the engine's own warm-up), so a burst of noise spoils one
+sample of several sizes, not every sample of one.
 
     .venv/bin/python tools/verify_cost.py --model qwen2.5-coder-1.5b \\
         --out models/bench/verify-cost/qwen2.5-coder-1.5b.json
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import sys
 import time
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sdfp_edge import models
 from sdfp_edge.backend import LlamaBackend, cpu_name, default_threads
+from sdfp_edge.controller import CostModel
 
 SIZES = [*range(1, 21), 24, 28, 31, 32, 33, 40, 48, 64]
 TEXT = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"
@@ -36,15 +37,17 @@ def measure(backend: LlamaBackend, sizes: list[int], context: int, repeats: int)
     base = backend.n_past
     backend.decode(tokens[base:base + 4], logits="all")  # warm-up, untimed
     backend.truncate(base)
-    best: dict[int, float] = {}
-    for _ in range(repeats):
-        for n in sizes:
-            t0 = time.perf_counter()
-            backend.decode(tokens[base:base + n], logits="all")
-            dt_s = time.perf_counter() - t0
-            backend.truncate(base)
-            best[n] = min(best.get(n, dt_s), dt_s)
-    return best
+
+    def verify(n: int) -> float:
+        t0 = time.perf_counter()
+        backend.decode(tokens[base:base + n], logits="all")
+        seconds = time.perf_counter() - t0
+        backend.truncate(base)
+        return seconds
+
+    cost = CostModel()
+    cost.calibrate(verify, sizes, repeats=repeats)
+    return cost.t_verify
 
 
 def main() -> None:

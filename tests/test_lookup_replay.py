@@ -1,0 +1,64 @@
+"""tools/lookup_replay.py: the noise-free replay that says what prompt lookup could buy (no model)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "lookup_replay.py"
+_spec = importlib.util.spec_from_file_location("lookup_replay", TOOL)
+assert _spec is not None and _spec.loader is not None
+replay = importlib.util.module_from_spec(_spec)
+sys.modules["lookup_replay"] = replay
+_spec.loader.exec_module(replay)
+
+# V(n) of Qwen 1.5B on the EPYC VM (models/bench/verify-cost/), a few sizes
+CURVE = replay.Curve([{"n": n, "V": v} for n, v in
+                      [(1, 1.0), (2, 1.58), (4, 3.0), (8, 7.25), (16, 9.51), (32, 18.21), (64, 34.0)]])
+PROMPT = list(range(100, 160))  # 60 distinct tokens
+
+
+def speeds(prompt: list[int], answer: list[int]) -> dict[str, float]:
+    spent, emitted = replay.replay_auto(prompt, answer, CURVE, n_vocab=1000, lookup_max=32, prefill_per_token=0.5)
+    assert emitted == answer  # the engine, fed the answer's logits, emits the answer
+    oracle = replay.replay_oracle(replay.proposals(prompt, answer, 32), CURVE)
+    return {"auto": len(answer) / spent, "oracle": len(answer) / oracle,
+            "ngram-simple": len(answer) / replay.replay_ngram_simple(prompt, answer, CURVE)}
+
+
+def test_the_curve_interpolates_between_and_extends_beyond_its_sizes() -> None:
+    assert CURVE(4) == 3.0 and CURVE(3) == pytest.approx(2.29)
+    assert CURVE(128) == pytest.approx(34.0 + 64 * (34.0 - 18.21) / 32)
+
+
+def test_an_answer_with_nothing_to_copy_runs_at_plain_speed_for_every_policy() -> None:
+    s = speeds(PROMPT, list(range(300, 340)))
+    assert s == {"auto": 1.0, "oracle": 1.0, "ngram-simple": 1.0}
+
+
+def test_a_copy_pays_and_no_policy_beats_the_oracle() -> None:
+    copy = speeds(PROMPT, PROMPT[:50])
+    # 50 copied tokens: one 32-token and one 16-token draft would emit them for V(33) + V(17)
+    assert copy["oracle"] >= 50 / (CURVE(33) + CURVE(17) + CURVE(1))
+    assert 1.0 < copy["auto"] <= copy["oracle"] and copy["ngram-simple"] > 1.0
+    # a copy that strays twice: drafts fail, and the oracle knows where
+    strays = speeds(PROMPT, [*PROMPT[:20], 400, *PROMPT[21:40], 401, *PROMPT[41:55]])
+    assert strays["auto"] <= strays["oracle"] < copy["oracle"]
+
+
+def test_the_command_line_writes_its_table(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"model": "m.gguf", "answers": [
+        {"id": "copy", "category": "c", "prompt": PROMPT, "answer": PROMPT[:41]},
+        {"id": "free", "category": "f", "prompt": PROMPT, "answer": list(range(300, 341))}]}))
+    cost = tmp_path / "v.json"
+    cost.write_text(json.dumps({"rows": [{"n": n, "V": CURVE(n)} for n in (1, 2, 4, 8, 16, 32, 64)]}))
+    out = tmp_path / "r.md"
+    replay.main(["--answers", str(answers), "--verify-cost", str(cost), "--out", str(out)])
+    text = out.read_text()
+    assert "| f | 1 | 1.00 (1.00-1.00) | 1.00 (1.00-1.00) | 1.00 (1.00-1.00) |" in text
+    assert "| copy | c | 41 |" in text

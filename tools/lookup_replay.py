@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""How much of what prompt lookup could buy does auto take? A replay without timing noise.
+
+    .venv/bin/python tools/lookup_replay.py --answers ANSWERS.json \\
+        --verify-cost models/bench/verify-cost/qwen2.5-coder-1.5b.json [--lookup-max 32] [--out R.md]
+
+Why: on this 2-vCPU VM one bench run's A/A spread is 0.84-1.20x per prompt, so a change to
+the controller that is worth 5% cannot be seen in a timed run, and whether a target such
+as "HumanEval >= 1.5x" is reachable at all cannot be read from one. Greedy acceptance is
+only whether a draft matches the model's own greedy answer, so it needs no model here:
+given the answers (`--answers`, written by tools/lookup_acceptance.py or `--generate`) and a
+measured verify-cost curve V(n) (tools/verify_cost.py), this replays
+
+- `auto`: the real SpeculativeDecoder and Controller with the prompt-lookup drafter, on a
+  scripted backend whose logits are the answer's next token, learning V(n) from the verifies
+  it makes as in a cold process (each verify of n tokens "takes" V(n) x t1);
+- `oracle`: the cheapest way through each answer with the same drafter's proposals and
+  perfect foresight (dynamic programming over positions): no policy drafting from prompt
+  lookup can do better on this machine;
+- `ngram-simple`: llama-server's policy in the pinned llama.cpp (common/ngram-map.cpp with
+  common/common.h's defaults): draft when the last 12 tokens occurred before and 12 or more
+  tokens followed them, up to 48 tokens, else decode one token.
+
+Each figure is answer tokens per t1 of verify time: the decode-rate speedup over plain
+decoding, leaving out the prefill and the drafter's own time (lookup costs no model step).
+A projection from a measured curve, not a measurement: the bench measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sdfp_edge.backend import common_prefix_len
+from sdfp_edge.controller import CostModel
+from sdfp_edge.drafters import PromptLookupDrafter
+from sdfp_edge.engine import LOOKUP_MAX, SpeculativeDecoder
+
+# llama-server's ngram-simple in the pinned source: common/speculative.cpp's defaults
+NGRAM_SIMPLE_N, NGRAM_SIMPLE_M = 12, 48
+
+
+class Curve:
+    """V(n) in units of one token's decode, from a verify_cost.py record; linear beyond it."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]]) -> None:
+        self.v = {int(r["n"]): float(r["V"]) for r in rows}
+        self.sizes = sorted(self.v)
+        if 1 not in self.v or len(self.sizes) < 2:
+            raise SystemExit("the verify-cost record needs V(1) and at least one more size")
+
+    def __call__(self, n: int) -> float:
+        if n in self.v:
+            return self.v[n]
+        lo = max((s for s in self.sizes if s < n), default=1)
+        hi = min((s for s in self.sizes if s > n), default=None)
+        if hi is None:  # beyond the record: the slope of its last two sizes
+            a, b = self.sizes[-2:]
+            return self.v[b] + (n - b) * (self.v[b] - self.v[a]) / (b - a)
+        return self.v[lo] + (n - lo) * (self.v[hi] - self.v[lo]) / (hi - lo)
+
+
+class ScriptedBackend:
+    """Stands in for LlamaBackend: each row's logits put the answer's next token first, and
+    each decode adds its true cost, V(n), to `spent`."""
+
+    def __init__(self, prompt: Sequence[int], answer: Sequence[int], n_vocab: int, curve: Curve) -> None:
+        self.script = [*prompt, *answer]
+        self.n_prompt = len(prompt)
+        self.n_vocab, self.n_ctx, self.bos_token = n_vocab, len(self.script) + 128, 0
+        self.curve = curve
+        self.kv_tokens: list[int] = []
+        self.spent = 0.0  # verify time in t1 units (the prefill is left out)
+
+    @property
+    def n_past(self) -> int:
+        return len(self.kv_tokens)
+
+    def decode(self, tokens: Sequence[int], *, logits: str = "all") -> npt.NDArray[np.float32]:
+        start = self.n_past
+        self.kv_tokens.extend(tokens)
+        self.spent += self.curve(len(tokens))
+        rows = np.zeros((len(tokens), self.n_vocab), dtype=np.float32)
+        for i in range(len(tokens)):
+            nxt = start + i + 1  # the position this row predicts
+            rows[i, self.script[nxt] if nxt < len(self.script) else 0] = 1.0
+        return rows if logits == "all" else rows[-1:]
+
+    def truncate(self, n_past: int) -> None:
+        del self.kv_tokens[n_past:]
+
+    def sync(self, context: Sequence[int]) -> int:
+        keep = common_prefix_len(self.kv_tokens, context)
+        self.truncate(keep)
+        self.kv_tokens.extend(context[keep:])
+        return keep
+
+    def set_skip(self, layers: object) -> None:
+        pass
+
+    def is_eog(self, token: int) -> bool:
+        return False  # an answer ends at max_tokens (stream_tokens leaves the end token out)
+
+
+def replay_auto(prompt: list[int], answer: list[int], curve: Curve, *, n_vocab: int, lookup_max: int,
+                prefill_per_token: float, known: bool = False) -> tuple[float, list[int]]:
+    """(verify cost in t1 units, the tokens auto emitted): the engine as it runs, cold, or
+    with the whole curve known beforehand (`known`: as if persisted by an earlier process)."""
+    backend = ScriptedBackend(prompt, answer, n_vocab, curve)
+    dec = SpeculativeDecoder(backend, [PromptLookupDrafter()], mode="auto", lookup_max=lookup_max)  # type: ignore[arg-type]
+    cost = dec.controller.cost
+    if known:
+        for n in range(1, lookup_max + 2):
+            cost.t_verify[n], cost.samples[n] = curve(n), 3
+    # the controller learns each size's time as a cold process does, from the verifies it
+    # makes, but sees the curve's time instead of this machine's microseconds
+    cost.observe_verify = lambda n, seconds: CostModel.observe_verify(cost, n, curve(n))  # type: ignore[method-assign]
+    cost.observe_batch = lambda n, seconds: CostModel.observe_batch(cost, n, n * prefill_per_token)  # type: ignore[method-assign]
+    out = list(dec.generate(prompt, max_tokens=len(answer)))
+    return backend.spent, out
+
+
+def proposals(prompt: list[int], answer: list[int], lookup_max: int) -> list[tuple[list[int], int]]:
+    """At each answer position, prompt lookup's proposal and how many of it the answer keeps."""
+    drafter = PromptLookupDrafter()
+    out = []
+    for i in range(len(answer)):
+        room = len(answer) - i - 1
+        p = drafter.propose([*prompt, *answer[:i]], min(room, lookup_max)) if room > 0 else None
+        draft = p.tokens.tolist() if p is not None else []
+        kept = 0
+        for d, g in zip(draft, answer[i:]):
+            if d != g:
+                break
+            kept += 1
+        out.append((draft, kept))
+    return out
+
+
+def replay_oracle(props: list[tuple[list[int], int]], curve: Curve) -> float:
+    """The least verify cost through the answer with these proposals and perfect foresight:
+    at each position plain decoding (V(1), one token) or drafting j <= kept tokens (V(j+1),
+    j+1 tokens); drafting past what is kept only costs more."""
+    n = len(props)
+    best = [0.0] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        options = [curve(1) + best[i + 1]]
+        kept = props[i][1]
+        for j in range(1, min(kept, n - i - 1) + 1):
+            options.append(curve(j + 1) + best[i + j + 1])
+        best[i] = min(options)
+    return best[0]
+
+
+def replay_ngram_simple(prompt: list[int], answer: list[int], curve: Curve,
+                        size_n: int = NGRAM_SIMPLE_N, size_m: int = NGRAM_SIMPLE_M) -> float:
+    """llama-server's ngram-simple (common/ngram-map.cpp, common_ngram_simple_draft): the
+    continuation of the latest earlier occurrence of the last size_n tokens, drafted whole,
+    at most size_m tokens and none unless size_n are there to copy; else one token."""
+    text, spent, i = list(prompt), 0.0, 0
+    while i < len(answer):
+        room = len(answer) - i - 1
+        hist = text[:-1]  # llama.cpp's `tokens`; text[-1] is the token just sampled
+        draft: list[int] = []
+        if room > 0 and len(hist) > size_n + size_m + 1:
+            key = text[-size_n:]
+            for j in range(len(hist) - size_n - 1, 0, -1):  # position 0 means "no match" there
+                if hist[j : j + size_n] == key:
+                    copy = min(size_m, len(hist) - (j + size_n))
+                    if copy >= size_n:
+                        draft = hist[j + size_n : j + size_n + min(copy, room)]
+                    break
+        kept = 0
+        for d, g in zip(draft, answer[i:]):
+            if d != g:
+                break
+            kept += 1
+        spent += curve(len(draft) + 1)
+        text.extend(answer[i : i + kept + 1])
+        i += kept + 1
+    return spent
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--answers", type=Path, required=True,
+                    help="JSON: {model, answers: [{id, category, prompt, answer}] or [[prompt, answer]]}")
+    ap.add_argument("--verify-cost", type=Path, required=True, help="a tools/verify_cost.py record")
+    ap.add_argument("--lookup-max", type=int, default=LOOKUP_MAX)
+    ap.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
+    args = ap.parse_args(argv)
+
+    record = json.loads(args.verify_cost.read_text())
+    curve = Curve(record["rows"])
+    d = json.loads(args.answers.read_text())
+    runs = [a if isinstance(a, dict) else {"id": f"#{i}", "category": "-", "prompt": a[0], "answer": a[1]}
+            for i, a in enumerate(d["answers"])]
+    runs = [r for r in runs if len(r["answer"]) >= 2]
+    # dense ids: a logits row as wide as the vocabulary (151,936 on Qwen) would make the
+    # replay slow, and only equality of ids matters to greedy acceptance and to lookup
+    dense = {t: i for i, t in enumerate(sorted({t for r in runs for t in [*r["prompt"], *r["answer"]]}))}
+    runs = [{**r, "prompt": [dense[t] for t in r["prompt"]], "answer": [dense[t] for t in r["answer"]]} for r in runs]
+    n_vocab = len(dense)
+    big = max(s for s in curve.sizes)
+    prefill_per_token = curve(big) / big
+
+    rows = []
+    by_cat: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for r in runs:
+        prompt, answer = list(r["prompt"]), list(r["answer"])
+        spent, emitted = replay_auto(prompt, answer, curve, n_vocab=n_vocab, lookup_max=args.lookup_max,
+                                     prefill_per_token=prefill_per_token)
+        if emitted != answer:
+            raise SystemExit(f"{r['id']}: the replay emitted another text than the answer (a bug in the replay)")
+        oracle = replay_oracle(proposals(prompt, answer, args.lookup_max), curve)
+        ngram = replay_ngram_simple(prompt, answer, curve)
+        n = len(answer)
+        row = {"auto": n / spent, "oracle": n / oracle, "ngram-simple": n / ngram}
+        rows.append((r["id"], r["category"], n, row))
+        by_cat[r["category"]].append(row)
+
+    systems = ["auto", "oracle", "ngram-simple"]
+    lines = [f"# lookup replay: {d.get('model', '?')}, {len(runs)} greedy answers, V(n) from {args.verify_cost}",
+             f"`tools/lookup_replay.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             "Answer tokens per t1 of verify time (x plain decoding, decode only), median (min-max) per category:", "",
+             "| category | prompts | " + " | ".join(systems) + " | auto / oracle |",
+             "|---|---|" + "---|" * (len(systems) + 1)]
+
+    def cell(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+    for cat in [*sorted(by_cat), "all"]:
+        group = [x for g in by_cat.values() for x in g] if cat == "all" else by_cat[cat]
+        ratio = [x["auto"] / x["oracle"] for x in group]
+        lines.append(f"| {cat} | {len(group)} | " + " | ".join(cell([x[s] for x in group]) for s in systems)
+                     + f" | {cell(ratio)} |")
+    lines += ["", "| prompt | category | tokens | " + " | ".join(systems) + " |", "|---|---|---|" + "---|" * len(systems)]
+    lines += [f"| {pid} | {cat} | {n} | " + " | ".join(f"{row[s]:.2f}" for s in systems) + " |"
+              for pid, cat, n, row in rows]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out is not None:
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.controller import Candidate, Controller, Stopwatch
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.drafters.base import Drafter, Proposal
-from sdfp_edge.drafters.prompt_lookup import prior_acceptance
+from sdfp_edge.drafters.prompt_lookup import drafts_judged_by
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
@@ -208,9 +208,9 @@ class SpeculativeDecoder:
             if not d.uses_model:
                 lookup = d.propose(tokens, min(room, self.lookup_max), sampling, rng)
                 if lookup.k:
-                    cands.append(Candidate(name, lookup.k, (lookup.source or name) + regime, cost_prior=0.0,
-                                           trusted=lookup.trusted,
-                                           prior=prior_acceptance(lookup.source, greedy=sampling.greedy)))
+                    chain = drafts_judged_by(lookup, regime=regime, greedy=sampling.greedy)
+                    cands.append(Candidate(name, lookup.k, chain[0][0], cost_prior=0.0, trusted=lookup.trusted,
+                                           prior=chain[0][1], chain=chain))
             elif min(room, self.k_max) > 0:
                 cands.append(Candidate(name, min(room, self.k_max), name + regime, cost_prior=d.cost_prior))
         return cands, lookup
@@ -288,14 +288,15 @@ class SpeculativeDecoder:
         b = self.backend
         drafter_name: str | None = None
         proposal = Proposal.empty()
-        source = ""
+        source, chain = "", ()
         if self.mode != "off" and room > 0:
             cands, lookup = self._candidates(tokens, room, sampling, rng)
             if self.mode == "auto":
                 decision = self.controller.choose(cands, accepted_in_text=stats.accepted)
-                drafter_name, k, source = decision.drafter, decision.k, decision.source
+                drafter_name, k, source, chain = decision.drafter, decision.k, decision.source, decision.chain
             elif cands:  # forced: draft with the named drafter at the full cap
-                drafter_name, k, source = cands[0].drafter, cands[0].k_cap, cands[0].key
+                c = cands[0]
+                drafter_name, k, source, chain = c.drafter, c.k_cap, c.key, tuple(src for src, _ in c.chain)
             if drafter_name is not None:
                 if lookup is not None and not self.drafters[drafter_name].uses_model:
                     proposal = replace(lookup, tokens=lookup.tokens[:k])
@@ -324,7 +325,9 @@ class SpeculativeDecoder:
             # a model drafter's acceptance is per step spent: a confidence stop that drafted
             # nothing still cost a step and must count against it
             spent = proposal.steps if self.drafters[drafter_name].uses_model else proposal.k
-            if spent:
+            if chain:
+                self.controller.observe_chain(chain[:spent], verdict.n_accepted)
+            elif spent:
                 self.controller.observe(source, spent, verdict.n_accepted)
         stats.observe(drafter_name if proposal.k else None, proposal, verdict.n_accepted)
         emitted = [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]

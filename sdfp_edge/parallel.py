@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from sdfp_edge.backend import LlamaBackend, common_prefix_len
-from sdfp_edge.controller import Acceptance, Controller, Stopwatch, probe_cap
+from sdfp_edge.controller import Candidate, Controller, Stopwatch, probe_cap
 from sdfp_edge.drafters.base import Proposal
-from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter, prior_acceptance
+from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter, drafts_judged_by
 from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
@@ -302,9 +302,8 @@ class ParallelDecoder:
         for s, p in zip(active, props):
             assert s.result is not None and s.req is not None
             cap = probe_cap(p.k, s.result.accepted, p.trusted)
-            acceptance = self.controller.acceptance.setdefault(self._source(s, p), Acceptance())
-            prior = prior_acceptance(p.source, greedy=s.req.sampling.greedy)
-            rates.append(acceptance.rates(cap, optimistic=True, prior=prior))
+            cand = Candidate("lookup", p.k, chain=self._chain(s, p))
+            rates.append(self.controller.rates(cand, cap))
         seq_ids = [s.seq_id for s in active]
         verify = functools.cache(cost.verify)  # the search prices the same sizes many times
         ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, verify),
@@ -312,9 +311,11 @@ class ParallelDecoder:
         return [replace(p, tokens=p.tokens[:k]) for p, k in zip(props, ks)]
 
     @staticmethod
-    def _source(slot: _Slot, p: Proposal) -> str:
+    def _chain(slot: _Slot, p: Proposal) -> tuple[tuple[str, float | None], ...]:
+        """Whose statistics judge each of the slot's drafts (drafts_judged_by)."""
         assert slot.req is not None
-        return (p.source or "lookup") + ("" if slot.req.sampling.greedy else "~sampled")
+        greedy = slot.req.sampling.greedy
+        return drafts_judged_by(p, regime="" if greedy else "~sampled", greedy=greedy)
 
     def _cycle(self, active: list[_Slot]) -> Iterator[Result]:
         props = self._drafts(active)
@@ -359,7 +360,7 @@ class ParallelDecoder:
             self.backend.seq_remove(s.seq_id, start + len(kept))
         s.kv.extend(kept)
         if p.k:
-            self.controller.observe(self._source(s, p), p.k, verdict.n_accepted)
+            self.controller.observe_chain([src for src, _ in self._chain(s, p)], verdict.n_accepted)
             s.result.drafted += p.k
             s.result.accepted += verdict.n_accepted
         return [*kept[1:], verdict.next_token]

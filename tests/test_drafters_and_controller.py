@@ -19,7 +19,7 @@ from sdfp_edge.controller import (
 )
 from sdfp_edge.cost_store import CostStore
 from sdfp_edge.drafters import PromptLookupDrafter
-from sdfp_edge.drafters.prompt_lookup import match_source, prior_acceptance
+from sdfp_edge.drafters.prompt_lookup import drafts_judged_by, match_source, prior_acceptance
 
 
 def test_lookup_docstring_example() -> None:
@@ -229,13 +229,38 @@ def test_an_unseen_source_is_judged_by_its_measured_first_draft_acceptance() -> 
     cm = CostModel(t_verify={1: t1, 2: 1.58 * t1, 3: 2.27 * t1}, samples={1: 100, 2: 10, 3: 10})
     c = Controller(cost=cm)
     short = Candidate("lookup", 1, "lookup:1", cost_prior=0.0, prior=prior_acceptance("lookup:1"))
-    assert c.choose([short], accepted_in_text=3).drafter == "lookup"  # untried: explored once
-    c.observe("lookup:1", 1, 0)
-    assert c.choose([short], accepted_in_text=3).drafter is None  # one failure settles it
-    assert c.choose([replace(short, prior=0.5)], accepted_in_text=3).drafter == "lookup"  # the old prior: again
+    assert c.choose([short], accepted_in_text=3).drafter is None  # measured not to pay: not even probed
+    unknown = replace(short, source="lookup:new", prior=None)  # no measured prior: explored once
+    assert c.choose([unknown], accepted_in_text=3).drafter == "lookup"
+    c.observe("lookup:new", 1, 0)
+    c.observe("lookup:new", 1, 0)
+    assert c.choose([unknown], accepted_in_text=3).drafter is None  # until its failures settle it
     long = Candidate("lookup", 2, "lookup:16+", cost_prior=0.0, prior=prior_acceptance("lookup:16+"))
     assert c.choose([long], accepted_in_text=3).k == 2
-    assert prior_acceptance("lookup:unknown") == 0.5 == prior_acceptance("lookup:16+", greedy=False)
+    assert prior_acceptance("lookup:unknown") is None is prior_acceptance("lookup:16+", greedy=False)
+
+
+def test_each_lookup_draft_is_judged_as_the_first_draft_of_the_match_it_continues() -> None:
+    # draft i + 1 is reached only if drafts 1..i were accepted, and then continues a match
+    # of match + i tokens (tools/lookup_replay.py: measured within 0.03 of this on Qwen)
+    p = PromptLookupDrafter().propose([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3], 8)
+    assert (p.match, p.source, p.k) == (3, "lookup:2+", 8)
+    chain = drafts_judged_by(p)
+    assert [s for s, _ in chain] == ["lookup:2+", *["lookup:4+"] * 4, *["lookup:8+"] * 3]
+    assert chain[0][1] == prior_acceptance("lookup:2+") and chain[-1][1] == prior_acceptance("lookup:8+")
+    assert [s for s, _ in drafts_judged_by(p, regime="~sampled", greedy=False)][:2] == ["lookup:2+~sampled",
+                                                                                        "lookup:4+~sampled"]
+    assert drafts_judged_by(PromptLookupDrafter().propose([1, 2, 3], 4)) == ()  # nothing to draft
+    c = Controller(cost=cost(CPU, {"lookup": 0.0}))
+    c.observe_chain([s for s, _ in chain], 2)  # the first two accepted, the third rejected
+    assert c.acceptance["lookup:2+"].trials == 1.0 and c.acceptance["lookup:2+"].accepted == [1.0]
+    four = c.acceptance["lookup:4+"]  # reached twice (the first decayed once), accepted once
+    assert four.reached == pytest.approx([0.98 + 1]) and four.accepted == pytest.approx([0.98])
+    assert "lookup:8+" not in c.acceptance  # never reached
+    cand = Candidate("lookup", 8, chain[0][0], cost_prior=0.0, prior=chain[0][1], chain=chain)
+    rates = c.rates(cand, 8)
+    assert rates[0] == pytest.approx((1 + 2 * 0.60) / 3) and rates[1] == pytest.approx((0.98 + 2 * 0.74) / 3.98)
+    assert rates[5:] == [prior_acceptance("lookup:8+")] * 3
 
 
 # --- learning costs from real cycles, keeping them across processes ---------------------------

@@ -111,12 +111,29 @@ def match_length(tokens: Sequence[int], end: int, n: int, longest: int = LONG_MA
     return n
 
 
-def prior_acceptance(source: str, *, greedy: bool = True, default: float = 0.5) -> float:
+def prior_acceptance(source: str, *, greedy: bool = True) -> float | None:
     """What a source's first draft is expected to do before it was ever drafted here: a
-    1-token match is accepted a third of the time, so probing it from a prior of 1/2 (plus
-    the exploration bonus) spent one-token verifies that cannot pay where V(2) is 1.6-1.8.
-    Measured greedy: a sampled one-hot draft is accepted less often, and keeps `default`."""
-    return FIRST_ACCEPTED.get(source, default) if greedy else default
+    1-token match is accepted a third of the time, so probing it from an uninformed prior
+    (plus the exploration bonus) spent one-token verifies that cannot pay where V(2) is
+    1.6-1.8. Measured greedy: a sampled one-hot draft is accepted less often, and its prior
+    is unknown (None, Candidate.prior)."""
+    return FIRST_ACCEPTED.get(source) if greedy else None
+
+
+def drafts_judged_by(p: Proposal, *, regime: str = "", greedy: bool = True) -> tuple[tuple[str, float | None], ...]:
+    """Whose statistics judge each draft of a proposal, with their priors (Candidate.chain).
+
+    Draft i + 1 is reached only when drafts 1..i were accepted, and then continues a match of
+    p.match + i tokens: its odds are those of a first draft after a match that long. One
+    geometric rate for all drafts (the source's own acceptance, position by position) said
+    a 32-token draft from a fresh 8-token copy would keep 24 tokens, so auto drafted 15 at
+    a time where the copy ran for 100 (tools/lookup_replay.py). Drafts after the first
+    count as agreeing: the longer n-gram's other occurrences are not looked up.
+    `regime`: the suffix of the statistics' keys ("~sampled" when sampling)."""
+    if not p.k:
+        return ()
+    sources = [p.source, *(match_source(min(p.match + i, LONG_MATCH)) for i in range(1, p.k))]
+    return tuple((s + regime, prior_acceptance(s, greedy=greedy)) for s in sources)
 
 
 def match_source(n: int, agree: bool = True) -> str:

@@ -8,12 +8,16 @@ Why: on this 2-vCPU VM one bench run's A/A spread is 0.84-1.20x per prompt, so a
 the controller that is worth 5% cannot be seen in a timed run, and whether a target such
 as "HumanEval >= 1.5x" is reachable at all cannot be read from one. Greedy acceptance is
 only whether a draft matches the model's own greedy answer, so it needs no model here:
-given the answers (`--answers`, written by tools/lookup_acceptance.py or `--generate`) and a
-measured verify-cost curve V(n) (tools/verify_cost.py), this replays
+given the model's greedy answers (`--answers`; `--generate MODEL` writes them first:
+tools/compare_modes.py's prompts, `--limit` MT-Bench prompts per category and
+`--humaneval-limit` HumanEval ones) and a measured verify-cost curve V(n)
+(tools/verify_cost.py), this replays
 
 - `auto`: the real SpeculativeDecoder and Controller with the prompt-lookup drafter, on a
   scripted backend whose logits are the answer's next token, learning V(n) from the verifies
-  it makes as in a cold process (each verify of n tokens "takes" V(n) x t1);
+  it makes (each verify of n tokens "takes" V(n) x t1): a fresh process per answer (a
+  one-shot `generate`), one process through all answers in turn (a bench process, a
+  server), and one that knows the curve from the start (a persisted cost cache);
 - `oracle`: the cheapest way through each answer with the same drafter's proposals and
   perfect foresight (dynamic programming over positions): no policy drafting from prompt
   lookup can do better on this machine;
@@ -29,6 +33,7 @@ A projection from a measured curve, not a measurement: the bench measures.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import statistics
 import sys
@@ -45,8 +50,9 @@ from sdfp_edge.controller import CostModel
 from sdfp_edge.drafters import PromptLookupDrafter
 from sdfp_edge.engine import LOOKUP_MAX, SpeculativeDecoder
 
-# llama-server's ngram-simple in the pinned source: common/speculative.cpp's defaults
+# llama-server's ngram-simple in the pinned source: common/common.h's defaults
 NGRAM_SIMPLE_N, NGRAM_SIMPLE_M = 12, 48
+ONE_SHOT, PROCESS, WARM = "auto, one-shot", "auto", "auto, V known"
 
 
 class Curve:
@@ -70,16 +76,21 @@ class Curve:
 
 
 class ScriptedBackend:
-    """Stands in for LlamaBackend: each row's logits put the answer's next token first, and
-    each decode adds its true cost, V(n), to `spent`."""
+    """Stands in for LlamaBackend: each row's logits put the script's next token first (the
+    script: the current prompt and its answer), and each decode adds its true cost, V(n),
+    to `spent`."""
 
-    def __init__(self, prompt: Sequence[int], answer: Sequence[int], n_vocab: int, curve: Curve) -> None:
-        self.script = [*prompt, *answer]
-        self.n_prompt = len(prompt)
-        self.n_vocab, self.n_ctx, self.bos_token = n_vocab, len(self.script) + 128, 0
+    def __init__(self, n_vocab: int, curve: Curve) -> None:
+        self.n_vocab, self.n_ctx, self.bos_token = n_vocab, 0, 0
         self.curve = curve
+        self.script: list[int] = []
         self.kv_tokens: list[int] = []
         self.spent = 0.0  # verify time in t1 units (the prefill is left out)
+
+    def start(self, prompt: Sequence[int], answer: Sequence[int]) -> None:
+        """A new request, prefilled from an empty cache as the bench does."""
+        self.script, self.kv_tokens, self.spent = [*prompt, *answer], [], 0.0
+        self.n_ctx = len(self.script) + 128
 
     @property
     def n_past(self) -> int:
@@ -111,22 +122,30 @@ class ScriptedBackend:
         return False  # an answer ends at max_tokens (stream_tokens leaves the end token out)
 
 
-def replay_auto(prompt: list[int], answer: list[int], curve: Curve, *, n_vocab: int, lookup_max: int,
-                prefill_per_token: float, known: bool = False) -> tuple[float, list[int]]:
-    """(verify cost in t1 units, the tokens auto emitted): the engine as it runs, cold, or
-    with the whole curve known beforehand (`known`: as if persisted by an earlier process)."""
-    backend = ScriptedBackend(prompt, answer, n_vocab, curve)
-    dec = SpeculativeDecoder(backend, [PromptLookupDrafter()], mode="auto", lookup_max=lookup_max)  # type: ignore[arg-type]
-    cost = dec.controller.cost
-    if known:
-        for n in range(1, lookup_max + 2):
-            cost.t_verify[n], cost.samples[n] = curve(n), 3
-    # the controller learns each size's time as a cold process does, from the verifies it
-    # makes, but sees the curve's time instead of this machine's microseconds
-    cost.observe_verify = lambda n, seconds: CostModel.observe_verify(cost, n, curve(n))  # type: ignore[method-assign]
-    cost.observe_batch = lambda n, seconds: CostModel.observe_batch(cost, n, n * prefill_per_token)  # type: ignore[method-assign]
-    out = list(dec.generate(prompt, max_tokens=len(answer)))
-    return backend.spent, out
+class Replayer:
+    """auto's engine on a scripted backend. One Replayer is one process: what its controller
+    learns (V(n), acceptance) carries from one answer to the next, as in a bench process
+    or a server. `known`: the whole curve is known from the start (a persisted cost cache)."""
+
+    def __init__(self, curve: Curve, *, n_vocab: int, lookup_max: int, prefill_per_token: float,
+                 known: bool = False) -> None:
+        self.backend = ScriptedBackend(n_vocab, curve)
+        self.decoder = SpeculativeDecoder(self.backend, [PromptLookupDrafter()], mode="auto",  # type: ignore[arg-type]
+                                          lookup_max=lookup_max)
+        cost = self.decoder.controller.cost
+        if known:
+            for n in range(1, lookup_max + 2):
+                cost.t_verify[n], cost.samples[n] = curve(n), 3
+        # the controller learns each size's time from the verifies it makes, as a process
+        # does, but sees the curve's time instead of this machine's microseconds
+        cost.observe_verify = lambda n, seconds: CostModel.observe_verify(cost, n, curve(n))  # type: ignore[method-assign]
+        cost.observe_batch = lambda n, seconds: CostModel.observe_batch(cost, n, n * prefill_per_token)  # type: ignore[method-assign]
+
+    def run(self, prompt: list[int], answer: list[int]) -> tuple[float, list[int]]:
+        """(verify cost in t1 units, the tokens auto emitted)."""
+        self.backend.start(prompt, answer)
+        out = list(self.decoder.generate(prompt, max_tokens=len(answer)))
+        return self.backend.spent, out
 
 
 def proposals(prompt: list[int], answer: list[int], lookup_max: int) -> list[tuple[list[int], int]]:
@@ -190,15 +209,49 @@ def replay_ngram_simple(prompt: list[int], answer: list[int], curve: Curve,
     return spent
 
 
+def generate_answers(model: str, *, limit: int, humaneval_limit: int, seed: int, max_tokens: int) -> dict[str, Any]:
+    """The model's greedy answers (sdfp-edge's plain decoding), each prompt from an empty cache."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare_modes import PROMPTS
+
+    from sdfp_edge.api import Model
+    from sdfp_edge.bench import data
+
+    chats = [(f"copy/{name}", "copy", [{"role": "user", "content": text}]) for name, text in PROMPTS.items()]
+    chats += [(p.id, p.category, p.messages) for p in data.load(("mtbench",), limit=limit, seed=seed)]
+    chats += [(p.id, p.category, p.messages) for p in data.load(("humaneval",), limit=humaneval_limit, seed=seed)]
+    out = []
+    with Model(model, n_ctx=2048) as m:
+        for pid, category, messages in chats:
+            prompt = m.tokenize_chat(messages)
+            m.backend.reset()
+            answer = [t for ch in m.stream_tokens(prompt, max_tokens=max_tokens, mode="off") for t in ch.tokens]
+            out.append({"id": pid, "category": category, "prompt": prompt, "answer": answer})
+            print(f"{pid}: {len(prompt)} prompt tokens, {len(answer)} answer tokens", file=sys.stderr, flush=True)
+        name = m.path.name
+    return {"model": name, "max_tokens": max_tokens, "answers": out}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--answers", type=Path, required=True,
                     help="JSON: {model, answers: [{id, category, prompt, answer}] or [[prompt, answer]]}")
     ap.add_argument("--verify-cost", type=Path, required=True, help="a tools/verify_cost.py record")
     ap.add_argument("--lookup-max", type=int, default=LOOKUP_MAX)
+    ap.add_argument("--generate", metavar="MODEL", help="write --answers first: MODEL's greedy answers")
+    ap.add_argument("--limit", type=int, default=3, help="with --generate: MT-Bench prompts per category")
+    ap.add_argument("--humaneval-limit", type=int, default=12, help="with --generate: HumanEval prompts")
+    ap.add_argument("--seed", type=int, default=0, help="with --generate: which prompts (bench's --seed)")
+    ap.add_argument("--max-tokens", type=int, default=128, help="with --generate: tokens per answer")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     args = ap.parse_args(argv)
 
+    if args.generate:
+        answers = generate_answers(args.generate, limit=args.limit, humaneval_limit=args.humaneval_limit,
+                                   seed=args.seed, max_tokens=args.max_tokens)
+        tmp = args.answers.with_name(args.answers.name + ".tmp")
+        tmp.write_text(json.dumps(answers) + "\n")
+        tmp.replace(args.answers)
     record = json.loads(args.verify_cost.read_text())
     curve = Curve(record["rows"])
     d = json.loads(args.answers.read_text())
@@ -211,35 +264,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = [{**r, "prompt": [dense[t] for t in r["prompt"]], "answer": [dense[t] for t in r["answer"]]} for r in runs]
     n_vocab = len(dense)
     big = max(s for s in curve.sizes)
-    prefill_per_token = curve(big) / big
+    prefill_per_token = curve(big) / big  # the largest size's per-token cost stands in for a prompt's
 
+    def replayer(known: bool = False) -> Replayer:
+        return Replayer(curve, n_vocab=n_vocab, lookup_max=args.lookup_max, prefill_per_token=prefill_per_token,
+                        known=known)
+    process, warm = replayer(), replayer(known=True)
     rows = []
     by_cat: dict[str, list[dict[str, float]]] = defaultdict(list)
     for r in runs:
         prompt, answer = list(r["prompt"]), list(r["answer"])
-        spent, emitted = replay_auto(prompt, answer, curve, n_vocab=n_vocab, lookup_max=args.lookup_max,
-                                     prefill_per_token=prefill_per_token)
-        if emitted != answer:
-            raise SystemExit(f"{r['id']}: the replay emitted another text than the answer (a bug in the replay)")
-        oracle = replay_oracle(proposals(prompt, answer, args.lookup_max), curve)
-        ngram = replay_ngram_simple(prompt, answer, curve)
         n = len(answer)
-        row = {"auto": n / spent, "oracle": n / oracle, "ngram-simple": n / ngram}
+        row = {}
+        for name, rep in ((ONE_SHOT, replayer()), (PROCESS, process), (WARM, warm)):
+            spent, emitted = rep.run(prompt, answer)
+            if emitted != answer:
+                raise SystemExit(f"{r['id']}: the replay emitted another text than the answer (a bug in the replay)")
+            row[name] = n / spent
+        row["oracle"] = n / replay_oracle(proposals(prompt, answer, args.lookup_max), curve)
+        row["ngram-simple"] = n / replay_ngram_simple(prompt, answer, curve)
         rows.append((r["id"], r["category"], n, row))
         by_cat[r["category"]].append(row)
 
-    systems = ["auto", "oracle", "ngram-simple"]
-    lines = [f"# lookup replay: {d.get('model', '?')}, {len(runs)} greedy answers, V(n) from {args.verify_cost}",
+    systems = [ONE_SHOT, PROCESS, WARM, "oracle", "ngram-simple"]
+    measured = f"{record.get('cpu', '?')}, {record.get('threads', '?')} threads, {record.get('created', '?')[:10]}"
+    lines = [f"# lookup replay, {dt.date.today()}: {d.get('model', '?')}, {len(runs)} greedy answers; "
+             f"V(n) from {args.verify_cost} ({measured})",
              f"`tools/lookup_replay.py {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
              "Answer tokens per t1 of verify time (x plain decoding, decode only), median (min-max) per category:", "",
-             "| category | prompts | " + " | ".join(systems) + " | auto / oracle |",
+             f"{ONE_SHOT}: a fresh process per answer; {PROCESS}: one process through all answers in turn "
+             f"(a bench process, a server), cold at the first; {WARM}: the same with V(n) known from the start "
+             "(a persisted cost cache).", "",
+             "| category | prompts | " + " | ".join(systems) + f" | {PROCESS} / oracle |",
              "|---|---|" + "---|" * (len(systems) + 1)]
 
     def cell(xs: list[float]) -> str:
         return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
     for cat in [*sorted(by_cat), "all"]:
         group = [x for g in by_cat.values() for x in g] if cat == "all" else by_cat[cat]
-        ratio = [x["auto"] / x["oracle"] for x in group]
+        ratio = [x[PROCESS] / x["oracle"] for x in group]
         lines.append(f"| {cat} | {len(group)} | " + " | ".join(cell([x[s] for x in group]) for s in systems)
                      + f" | {cell(ratio)} |")
     lines += ["", "| prompt | category | tokens | " + " | ".join(systems) + " |", "|---|---|---|" + "---|" * len(systems)]

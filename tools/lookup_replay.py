@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import random
 import statistics
 import sys
 from collections import defaultdict
@@ -243,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--humaneval-limit", type=int, default=12, help="with --generate: HumanEval prompts")
     ap.add_argument("--seed", type=int, default=0, help="with --generate: which prompts (bench's --seed)")
     ap.add_argument("--max-tokens", type=int, default=128, help="with --generate: tokens per answer")
+    ap.add_argument("--order-seed", type=int, default=None,
+                    help="replay the answers in a shuffled order (what one process learns depends on it)")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     args = ap.parse_args(argv)
 
@@ -258,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = [a if isinstance(a, dict) else {"id": f"#{i}", "category": "-", "prompt": a[0], "answer": a[1]}
             for i, a in enumerate(d["answers"])]
     runs = [r for r in runs if len(r["answer"]) >= 2]
+    if args.order_seed is not None:
+        random.Random(args.order_seed).shuffle(runs)
     # dense ids: a logits row as wide as the vocabulary (151,936 on Qwen) would make the
     # replay slow, and only equality of ids matters to greedy acceptance and to lookup
     dense = {t: i for i, t in enumerate(sorted({t for r in runs for t in [*r["prompt"], *r["answer"]]}))}

@@ -335,10 +335,11 @@ class Controller:
         A source with no measured prior gets an exploration bonus on its first draft, so it
         is tried once and judged by what it does. One with a measured prior does not: the
         bonus made a fresh process probe sources that the measurements say cannot pay.
-        Replayed over 79 greedy Qwen answers (tools/lookup_replay.py, models/bench/replay/),
-        dropping it for them and judging lookup drafts by Candidate.chain moved a one-shot
-        process from 0.94-0.99 of plain decoding to 0.97-1.00 per MT-Bench category, and
-        HumanEval from 1.23x to 1.28x (1.34x to 1.42x in a process that served the others first).
+        Replayed over 79 greedy Qwen answers at the EPYC VM's V(n) (tools/lookup_replay.py,
+        models/bench/replay/), dropping it for them and judging lookup drafts by
+        Candidate.chain moved a one-shot process from 0.94-0.99 of plain decoding to
+        0.97-1.00 per MT-Bench category, and HumanEval from 1.23x to 1.28x (1.34x to 1.42x
+        in a process that served the others first; level at the Xeon VM's flatter V(n)).
         """
         if not cand.chain:
             return self.acceptance.setdefault(cand.key, Acceptance()).rates(

@@ -149,6 +149,16 @@ class Replayer:
         return self.backend.spent, out
 
 
+def kept(draft: Sequence[int], answer: Sequence[int]) -> int:
+    """How many of the drafts a greedy verify keeps: the prefix that equals the answer."""
+    n = 0
+    for d, g in zip(draft, answer):
+        if d != g:
+            break
+        n += 1
+    return n
+
+
 def proposals(prompt: list[int], answer: list[int], lookup_max: int) -> list[tuple[list[int], int]]:
     """At each answer position, prompt lookup's proposal and how many of it the answer keeps."""
     drafter = PromptLookupDrafter()
@@ -157,12 +167,7 @@ def proposals(prompt: list[int], answer: list[int], lookup_max: int) -> list[tup
         room = len(answer) - i - 1
         p = drafter.propose([*prompt, *answer[:i]], min(room, lookup_max)) if room > 0 else None
         draft = p.tokens.tolist() if p is not None else []
-        kept = 0
-        for d, g in zip(draft, answer[i:]):
-            if d != g:
-                break
-            kept += 1
-        out.append((draft, kept))
+        out.append((draft, kept(draft, answer[i:])))
     return out
 
 
@@ -174,8 +179,7 @@ def replay_oracle(props: list[tuple[list[int], int]], curve: Curve) -> float:
     best = [0.0] * (n + 1)
     for i in range(n - 1, -1, -1):
         options = [curve(1) + best[i + 1]]
-        kept = props[i][1]
-        for j in range(1, min(kept, n - i - 1) + 1):
+        for j in range(1, min(props[i][1], n - i - 1) + 1):
             options.append(curve(j + 1) + best[i + j + 1])
         best[i] = min(options)
     return best[0]
@@ -199,14 +203,10 @@ def replay_ngram_simple(prompt: list[int], answer: list[int], curve: Curve,
                     if copy >= size_n:
                         draft = hist[j + size_n : j + size_n + min(copy, room)]
                     break
-        kept = 0
-        for d, g in zip(draft, answer[i:]):
-            if d != g:
-                break
-            kept += 1
+        n_kept = kept(draft, answer[i:])
         spent += curve(len(draft) + 1)
-        text.extend(answer[i : i + kept + 1])
-        i += kept + 1
+        text.extend(answer[i : i + n_kept + 1])
+        i += n_kept + 1
     return spent
 
 

@@ -97,7 +97,7 @@ class Acceptance:
         """Evidence behind the first position (every cycle reaches it)."""
         return self.reached[0] if self.reached else 0.0
 
-    def rates(self, k: int, *, optimistic: bool = False, prior: float = 0.5) -> list[float]:
+    def rates(self, k: int, *, optimistic: bool = False, prior: float = UNKNOWN_PRIOR) -> list[float]:
         """Conditional acceptance of positions 1..k.
 
         Each estimate shrinks toward the one before it (the first toward `prior`) with the weight
@@ -304,6 +304,10 @@ class Candidate:
     def key(self) -> str:
         return self.source or self.drafter
 
+    def chain_sources(self, k: int | None = None) -> tuple[str, ...]:
+        """The sources of the first k drafts' chain (all when None): what observe_chain takes."""
+        return tuple(source for source, _ in self.chain[:k])
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -341,12 +345,13 @@ class Controller:
         0.97-1.00 per MT-Bench category, and HumanEval from 1.23x to 1.28x (1.34x to 1.42x
         in a process that served the others first; level at the Xeon VM's flatter V(n)).
         """
+        def judged(source: str, n: int, prior: float | None, first: bool) -> list[float]:
+            return self.acceptance.setdefault(source, Acceptance()).rates(
+                n, optimistic=first and prior is None, prior=UNKNOWN_PRIOR if prior is None else prior)
+
         if not cand.chain:
-            return self.acceptance.setdefault(cand.key, Acceptance()).rates(
-                k, optimistic=cand.prior is None, prior=UNKNOWN_PRIOR if cand.prior is None else cand.prior)
-        return [self.acceptance.setdefault(source, Acceptance()).rates(
-                    1, optimistic=i == 0 and prior is None, prior=UNKNOWN_PRIOR if prior is None else prior)[0]
-                for i, (source, prior) in enumerate(cand.chain[:k])]
+            return judged(cand.key, k, cand.prior, True)
+        return [judged(source, 1, prior, i == 0)[0] for i, (source, prior) in enumerate(cand.chain[:k])]
 
     def state(self) -> dict[str, Any]:
         return {"cost": self.cost.state(),
@@ -392,7 +397,7 @@ class Controller:
                 expected += reach
                 rate = expected / (k * step + verify[k + 1])
                 if rate > best.expected_rate * (self.margin if best.drafter is None else 1.0):
-                    best = Decision(cand.drafter, k, rate, cand.key, tuple(src for src, _ in cand.chain[:k]))
+                    best = Decision(cand.drafter, k, rate, cand.key, cand.chain_sources(k))
         return best
 
 

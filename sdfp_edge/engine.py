@@ -296,7 +296,7 @@ class SpeculativeDecoder:
                 drafter_name, k, source, chain = decision.drafter, decision.k, decision.source, decision.chain
             elif cands:  # forced: draft with the named drafter at the full cap
                 c = cands[0]
-                drafter_name, k, source, chain = c.drafter, c.k_cap, c.key, tuple(src for src, _ in c.chain)
+                drafter_name, k, source, chain = c.drafter, c.k_cap, c.key, c.chain_sources()
             if drafter_name is not None:
                 if lookup is not None and not self.drafters[drafter_name].uses_model:
                     proposal = replace(lookup, tokens=lookup.tokens[:k])

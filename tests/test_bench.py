@@ -153,6 +153,21 @@ def test_humaneval_has_164_problems() -> None:
     assert all(re.search(r"\ndef \w+\(", p.text) and p.text.endswith("```") for p in prompts)
 
 
+def test_humaneval_edit_shows_each_solved_problem_back_for_one_rename() -> None:
+    edits = data.load_humaneval_edit()
+    problems = {json.loads(line)["task_id"]: json.loads(line) for line in data._humaneval_lines()}
+    assert [p.id for p in edits] == [f"HumanEval/{i}/edit" for i in range(164)]
+    assert {p.category for p in edits} == {data.EDIT_CATEGORY}
+    for p in edits:
+        src = problems[p.id.removesuffix("/edit")]
+        name = src["entry_point"]
+        assert f"rename the function `{name}` to `{name}_v2`" in p.text
+        # the whole solved problem is in the prompt, so the answer can copy it
+        assert (src["prompt"] + src["canonical_solution"]).strip("\n") in p.text
+        assert p.text.endswith("\n```") and f"def {name}(" in p.text
+    assert data.load(["humaneval-edit"], limit=3, seed=0) == data.select(edits, limit=3, seed=0)
+
+
 def test_selection_is_per_category_deterministic_and_nested() -> None:
     prompts = data.load_mtbench() + data.load_humaneval()
     three = data.select(prompts, limit=3, seed=0)
@@ -230,6 +245,20 @@ def test_missing_pieces_leave_systems_out_with_the_reason() -> None:
     notes = []
     assert systems.choose(["auto", "off-again"], _setup(), notes) == ["llama-cpp", "off", "auto", "off-again"]
     assert len(notes) == 2  # both references added, and said so
+
+
+def test_start_order_puts_sdfp_first_and_plain_llama_cpp_last() -> None:
+    # a process started later can decode faster (systems.start_order): the order must never favour sdfp-edge
+    names = [*systems.SYSTEMS, systems.A_A_CONTROL]
+    order = systems.start_order(names)
+    assert sorted(order) == sorted(names)
+    assert order[0] == "off" and order[-1] == BASE
+    kinds = [systems.spec_for(n, _setup()).kind for n in order]
+    first_peer = min(i for i, k in enumerate(kinds) if k in ("peer", "server"))
+    assert all(k in ("sdfp", "baseline") for k in kinds[:first_peer])
+    assert all(k in ("peer", "server") for k in kinds[first_peer:])
+    assert systems.start_order(["llama-cpp", "llama-server-ngram-simple", "auto", "off"]) == \
+        ["off", "auto", "llama-server-ngram-simple", "llama-cpp"]
 
 
 def test_llama_server_command_line() -> None:
@@ -312,6 +341,8 @@ def test_bench_each_system_in_its_own_process(smollm2: Path, tmp_path: Path) -> 
     assert names == ["llama-cpp", "llama-cpp-lookup", "off", "auto", "layerskip", "lookup", "draft-model",
                      "layerskip-lastk"]
     assert all(s["load_s"] > 0 for s in res["systems"])
+    started = [s["name"] for s in sorted(res["systems"], key=lambda s: s["started"])]
+    assert started == systems.start_order(names) and started[-1] == BASE
     assert len(res["skip_lists"]["layerskip-lastk"]["layers"]) == len(res["skip_lists"]["layerskip"]["layers"])
 
     runs = res["runs"]

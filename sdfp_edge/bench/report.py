@@ -77,8 +77,19 @@ def _header(result: dict[str, Any]) -> list[str]:
          f"request to its last token) relative to `{base}`, plain llama.cpp as its Python users run it: the "
          f"median of per-prompt ratios from the same interleaved round, with min-max. Decode rate leaves out "
          f"the prefill and the first verify cycle. `off` is sdfp-edge's own plain decoding."),
+        *_start_line(result),
         "",
     ]
+
+
+def _start_line(result: dict[str, Any]) -> list[str]:
+    started = sorted((s for s in result["systems"] if "started" in s), key=lambda s: s["started"])
+    if not started:  # a result written before the start order was recorded
+        return []
+    order = ", ".join(f"`{s['name']}`" for s in started)
+    return ["", (f"Processes were started in this order: {order}. On some machines a process started later "
+                 f"decodes faster (the memory it gets), so sdfp-edge's systems start first and plain llama.cpp "
+                 f"last: any such bias counts against sdfp-edge (sdfp_edge/bench/systems.py, start_order).")]
 
 
 def _skip_table(result: dict[str, Any]) -> list[str]:

@@ -31,11 +31,11 @@ from typing import Any
 
 from sdfp_edge import __version__
 from sdfp_edge.bench import llama_server
-from sdfp_edge.bench.data import HUMANEVAL_INSTRUCTION, SOURCES, Prompt
+from sdfp_edge.bench.data import DEFAULT_DATA, EDIT_INSTRUCTION, HUMANEVAL_INSTRUCTION, SOURCES, Prompt
 from sdfp_edge.bench.processes import SystemProcess, WorkerProcess
 from sdfp_edge.bench.protocol import LoadConfig, Request, Trace
 from sdfp_edge.bench.stats import RunRecord, decode_window, first_divergence, summarize
-from sdfp_edge.bench.systems import BASE, OFF, Setup, baseline_layers, choose, spec_for
+from sdfp_edge.bench.systems import BASE, OFF, Setup, baseline_layers, choose, spec_for, start_order
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 
 SCHEMA = "sdfp-edge-bench/2"
@@ -61,7 +61,7 @@ class BenchConfig:
     threshold: float = 0.8
     cost_cache: bool | None = None  # sdfp: reuse persisted cost measurements; None: Model's default
     build_peers: bool = False  # build llama-server first if it is not cached
-    data: Sequence[str] = ("mtbench", "humaneval")
+    data: Sequence[str] = DEFAULT_DATA
     categories: Sequence[str] | None = None
     limit: int | None = None
     command: str = ""
@@ -174,8 +174,8 @@ def _start(name: str, setup: Setup, load: LoadConfig, log_dir: Path) -> SystemPr
 
 def _start_all(names: Sequence[str], setup: Setup, load: LoadConfig, log_dir: Path, procs: list[SystemProcess],
                log: Callable[[str], object]) -> None:
-    """Start the systems one after another (each loads alone), `off` first; append each to procs."""
-    for name in [OFF, *(n for n in names if n != OFF)]:
+    """Start the systems one after another (each loads alone), in start_order; append each to procs."""
+    for name in start_order(names):
         log(f"starting {name}")
         procs.append(_start(name, setup, load, log_dir))
 
@@ -256,9 +256,11 @@ def run(
                       sha256; draft_model the same, or null
         config        max_tokens, temperature, greedy, seed, n_ctx, threads, n_gpu_layers, draft_max,
                       draft_p_min, repeats, cost_cache, limit_per_category, data, categories, ...extra
-        data          sources, prompt_format, humaneval_instruction, prompts [{id, category, tokens}]
+        data          sources, prompt_format, humaneval_instruction, edit_instruction,
+                      prompts [{id, category, tokens}]
         base          "llama-cpp", the headline reference; references ["llama-cpp", "off"]
-        systems       [{name, kind, description, load_s, command (llama-server's, else null)}]
+        systems       [{name, kind, description, load_s, started (1 = first process started;
+                      systems.start_order), command (llama-server's, else null)}]
         skip_lists    {system: {layers, source}}; cost_models {system: its last cost model}
         notes         [str]
         runs          one per (system, prompt, repeat): stats.RunRecord's fields, decode_rate,
@@ -335,12 +337,14 @@ def run(
                         if name in cfg.data},
             "prompt_format": "one user message, rendered with the model's chat template",
             "humaneval_instruction": HUMANEVAL_INSTRUCTION,
+            "edit_instruction": EDIT_INSTRUCTION,
             "prompts": [{"id": p.id, "category": p.category, "tokens": len(ids[p.id])} for p in prompts],
         },
         "base": BASE,
         "references": list(REFERENCES),
         "systems": [{"name": n, "kind": by_name[n].spec.kind, "description": by_name[n].spec.description,
-                     "load_s": by_name[n].load_s, "command": by_name[n].info.get("command")} for n in names],
+                     "load_s": by_name[n].load_s, "started": start_order(names).index(n) + 1,
+                     "command": by_name[n].info.get("command")} for n in names],
         "skip_lists": _skip_lists(names, setup),
         "cost_models": {n: t.cost_model for n, t in last.items()},
         "notes": notes,

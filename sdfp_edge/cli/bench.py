@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from sdfp_edge.bench.data import DEFAULT_DATA
 from sdfp_edge.bench.systems import KNOWN
 from sdfp_edge.cli import model_options, user_errors
 from sdfp_edge.cli.generate import parse_layer_list, speculation_options
@@ -47,10 +48,12 @@ def _command_line(ctx: click.Context) -> str:
 @click.command()
 @model_options
 @bench_speculation_options
-@click.option("--data", default="mtbench,humaneval", show_default=True, metavar="LIST",
-              help="Data sets: mtbench (80 questions, first turns), humaneval (164 problems).")
+@click.option("--data", default=",".join(DEFAULT_DATA), show_default=True, metavar="LIST",
+              help="Data sets: mtbench (80 questions, first turns), humaneval (164 problems), humaneval-edit "
+                   "(the 164 solved problems, each to be shown back with its function renamed: an answer that "
+                   "copies its input).")
 @click.option("--categories", default=None, metavar="LIST",
-              help="Only these categories (MT-Bench categories and/or humaneval).")
+              help="Only these categories (MT-Bench categories, humaneval, edit).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Prompts per category, chosen with --seed (default: all; 1 with --quick).")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=2), default=None,

@@ -261,6 +261,40 @@ def test_start_order_puts_sdfp_first_and_plain_llama_cpp_last() -> None:
         ["off", "auto", "llama-server-ngram-simple", "llama-cpp"]
 
 
+class _FakeProcess:
+    """A system process that answers at once, or fails on the prompts it is told to."""
+
+    def __init__(self, name: str, fails_on: tuple[int, ...] = ()) -> None:
+        self.spec = SystemSpec(name, "peer", "llama-cpp-python", "fake")
+        self.fails_on, self.load_s, self.info = fails_on, 0.1, {}
+
+    def run(self, req: Request):
+        from sdfp_edge.bench.processes import WorkerError
+        from sdfp_edge.bench.protocol import Trace
+
+        if req.ids[0] in self.fails_on:
+            raise WorkerError(f"system {self.spec.name}: ValueError: broken\nmore")
+        return Trace(request=1, tokens=[1, 2, 3], times=[0.1, 0.2, 0.3], first_cycle=1, verifies=3)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_request_is_recorded_and_the_run_goes_on() -> None:
+    from sdfp_edge.bench.data import Prompt
+    from sdfp_edge.bench.runner import BenchConfig, _rounds
+
+    prompts = [Prompt(f"p{i}", "writing", "x") for i in range(3)]
+    procs = [_FakeProcess(BASE, fails_on=(2,)), _FakeProcess("off"), _FakeProcess("llama-cpp-lookup", fails_on=(0,))]
+    failures: list[dict] = []
+    records, _ = _rounds(prompts, procs, {f"p{i}": [i] for i in range(3)}, BenchConfig(), False, failures)
+    assert [(f["system"], f["prompt_id"]) for f in failures] == [("llama-cpp-lookup", "p0"), (BASE, "p2")]
+    assert failures[0]["error"].startswith("system llama-cpp-lookup: ValueError: broken")
+    # p0 without the failed system; p1 whole; p2 left out for all: it has no reference to pair with
+    assert sorted((r.prompt_id, r.system) for r in records) == [
+        ("p0", "llama-cpp"), ("p0", "off"), ("p1", "llama-cpp"), ("p1", "llama-cpp-lookup"), ("p1", "off")]
+
+
 def test_llama_server_command_line() -> None:
     load = LoadConfig(model="/m/t.gguf", n_ctx=2048, threads=2, n_gpu_layers=None, k_max=4, threshold=0.8)
     plain = llama_server.server_argv(Path("/b/llama-server"), systems.spec_for("llama-server", _setup()), load, 8081)
@@ -305,6 +339,21 @@ def test_worker_answers_over_its_pipe_and_reports_errors(smollm2: Path, tmp_path
     with pytest.raises(WorkerError, match="system broken: .*"):
         WorkerProcess(SystemSpec("broken", "sdfp", "sdfp", "test", {"mode": "layerskip", "skip_layers": [29]}),
                       _load(smollm2), tmp_path)
+
+
+def test_the_lookup_peer_runs_past_n_batch_tokens_of_context(smollm2: Path) -> None:
+    """llama-cpp-python 0.3.36 sizes a draft model's score array by logits_all: without it a
+    context past n_batch (512) fails, so the peer passes logits_all=True (worker.py)."""
+    from sdfp_edge.bench.worker import LlamaCppSystem
+
+    spec = systems.spec_for("llama-cpp-lookup", _setup())
+    peer = LlamaCppSystem(spec, LoadConfig(model=str(smollm2), n_ctx=1024, threads=2, n_gpu_layers=0, k_max=4,
+                                           threshold=0.8))
+    try:
+        trace = peer.run(Request(ids=[1] + [28, 1322, 253, 216] * 130, max_tokens=24, temperature=0.0, seed=0))
+    finally:
+        peer.close()
+    assert len(trace.tokens) == 24 and trace.drafted > 0  # a repeating prompt: the lookup drafts
 
 
 @pytest.mark.slow

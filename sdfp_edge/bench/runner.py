@@ -32,7 +32,7 @@ from typing import Any
 from sdfp_edge import __version__
 from sdfp_edge.bench import llama_server
 from sdfp_edge.bench.data import DEFAULT_DATA, EDIT_INSTRUCTION, HUMANEVAL_INSTRUCTION, SOURCES, Prompt
-from sdfp_edge.bench.processes import SystemProcess, WorkerProcess
+from sdfp_edge.bench.processes import SystemProcess, WorkerError, WorkerProcess
 from sdfp_edge.bench.protocol import LoadConfig, Request, Trace
 from sdfp_edge.bench.stats import RunRecord, decode_window, first_divergence, summarize
 from sdfp_edge.bench.systems import BASE, OFF, Setup, baseline_layers, choose, spec_for, start_order
@@ -206,8 +206,11 @@ def _record(prompt: Prompt, n_prompt: int, system: str, trace: Trace, repeat: in
 
 
 def _rounds(prompts: Sequence[Prompt], procs: Sequence[SystemProcess], ids: dict[str, list[int]], cfg: BenchConfig,
-            progress: bool) -> tuple[list[RunRecord], dict[str, Trace]]:
-    """Every system on every prompt, cfg.repeats times; the order of the systems rotates."""
+            progress: bool, failures: list[dict[str, Any]]) -> tuple[list[RunRecord], dict[str, Trace]]:
+    """Every system on every prompt, cfg.repeats times; the order of the systems rotates.
+
+    A request that a system fails is appended to `failures` and left out of the records
+    (a prompt that the reference failed is left out for every system); the run goes on."""
     from tqdm import tqdm
 
     records: list[RunRecord] = []
@@ -222,13 +225,21 @@ def _rounds(prompts: Sequence[Prompt], procs: Sequence[SystemProcess], ids: dict
                 traces: dict[str, Trace] = {}
                 for proc in [*procs[shift:], *procs[:shift]]:
                     bar.set_postfix_str(f"{p.category} {proc.spec.name}", refresh=False)
-                    traces[proc.spec.name] = proc.run(req)
+                    try:
+                        traces[proc.spec.name] = proc.run(req)
+                    except WorkerError as e:
+                        failures.append({"system": proc.spec.name, "prompt_id": p.id, "repeat": rep,
+                                         "error": str(e)[:2000]})
+                        print(f"{proc.spec.name} failed on {p.id}: {str(e).splitlines()[0]}", file=sys.stderr)
                     bar.update()
+                if BASE not in traces:  # nothing to pair this prompt's runs with
+                    continue
                 for proc in procs:  # records in the systems' own order
                     name = proc.spec.name
-                    rec = _record(p, len(ids[p.id]), name, traces[name], rep)
-                    rec.divergence = first_divergence(traces[name].tokens, traces[BASE].tokens)
-                    records.append(rec)
+                    if name in traces:
+                        rec = _record(p, len(ids[p.id]), name, traces[name], rep)
+                        rec.divergence = first_divergence(traces[name].tokens, traces[BASE].tokens)
+                        records.append(rec)
                 last.update(traces)
     return records, last
 
@@ -262,7 +273,8 @@ def run(
         systems       [{name, kind, description, load_s, started (1 = first process started;
                       systems.start_order), command (llama-server's, else null)}]
         skip_lists    {system: {layers, source}}; cost_models {system: its last cost model}
-        notes         [str]
+        notes         [str], one per failed request too
+        failures      [{system, prompt_id, repeat, error}]: requests a system failed, left out
         runs          one per (system, prompt, repeat): stats.RunRecord's fields, decode_rate,
                       end_to_end_rate
         summary       per (system, category or "all"): stats.SummaryRow's fields, with
@@ -296,6 +308,7 @@ def run(
                       k_max=cfg.k_max, threshold=cfg.threshold, verbose=cfg.verbose, cost_cache=cfg.cost_cache)
     procs: list[SystemProcess] = []
     ids: dict[str, list[int]] = {}
+    failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sdfp-bench-") as log_dir:
         try:
             _start_all(names, setup, load, Path(log_dir), procs, log)
@@ -304,7 +317,7 @@ def run(
             ids.update((p.id, off.tokenize_chat(p.messages)) for p in prompts)  # the chat template, once
             _check_fit(ids, cfg)
             procs.sort(key=lambda p: names.index(p.spec.name))
-            records, last = _rounds(prompts, procs, ids, cfg, progress)
+            records, last = _rounds(prompts, procs, ids, cfg, progress, failures)
         finally:
             for proc in procs:
                 proc.close()
@@ -347,7 +360,9 @@ def run(
                      "command": by_name[n].info.get("command")} for n in names],
         "skip_lists": _skip_lists(names, setup),
         "cost_models": {n: t.cost_model for n, t in last.items()},
-        "notes": notes,
+        "notes": notes + [f"{f['system']} failed on {f['prompt_id']} (left out): {f['error'].splitlines()[0]}"
+                          for f in failures],
+        "failures": failures,
         "runs": [{**asdict(r), "decode_rate": r.decode_rate, "end_to_end_rate": r.end_to_end_rate}
                  for r in records],
         "summary": [row.as_dict() for row in summary],

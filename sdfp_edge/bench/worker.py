@@ -148,9 +148,13 @@ class LlamaCppSystem:
         # as on CPUs), which the sdfp backend and llama-server keep; Llama() defaults to flash_attn=False.
         # The peer gets the same kernels, so that its speed is comparable and its greedy output can match.
         flash_attn = llama_cpp.llama_context_default_params().flash_attn_type != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # With a draft model, Llama keeps every position's logits but sizes its score array by
+        # logits_all, not by the draft: left False, a context past n_batch tokens fails (0.3.36:
+        # "could not broadcast input array from shape (455808,) into shape (151936,)" on a
+        # 396-token prompt). The peer runs as a user who met that and passed logits_all=True.
         self.llm = llama_cpp.Llama(model_path=load.model, n_ctx=load.n_ctx, n_threads=load.threads,
                                    n_threads_batch=load.threads, n_gpu_layers=gpu, flash_attn=flash_attn,
-                                   verbose=load.verbose, draft_model=draft)
+                                   verbose=load.verbose, draft_model=draft, logits_all=draft is not None)
         self.flash_attn = flash_attn
         self.evals = 0
         inner_eval = self.llm.eval

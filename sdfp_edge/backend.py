@@ -35,12 +35,17 @@ GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on two machines (REA
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
 # SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches
-# instead of one (2026-12-01). So prefills end their batches at multiples of this many
-# positions, wherever they start: a prompt's KV is then the same whether a prefix of it
-# was reused or not, as long as the reuse ends at such a cut (parallel.py). 64 cost 3%
-# over one batch of 256 on SmolLM2 and 0.4% on Qwen 1.5B here (16 and 32: 5-16%); a GPU,
-# not measured, keeps whole n_batch batches.
-PREFILL_CHUNK_CPU = 64
+# instead of one (2026-12-01). Prefills end their batches at multiples of `prefill_chunk`
+# positions, wherever they start. By default that is n_batch, llama.cpp's own batching:
+# a prompt prefilled into an empty cache gets the KV that llama.cpp itself computes
+# (llama-cpp-python's Llama, llama-server), so plain decoding gives llama.cpp's output,
+# and prefill runs at its speed (2-vCPU Xeon, Qwen 1.5B, 396 tokens: 4.14 s in one batch,
+# 4.51 s in batches of 64, each batch reading every weight once; 2026-12-02). A decoder
+# that reuses prefixes exactly (parallel.py) asks for this finer grid (use_reuse_grid),
+# so that reuse may end at any multiple of it: 64 cost 3% over one batch of 256 on SmolLM2
+# and 0.4% on Qwen 1.5B on the EPYC (16 and 32: 5-16%); a GPU, not measured, keeps whole
+# n_batch batches.
+REUSE_GRID_CPU = 64
 INT32_MAX = 2**31 - 1
 
 # llama_decode's return codes (llama.h)
@@ -180,8 +185,8 @@ class LlamaBackend:
         # llama.cpp may round the KV cache up (to a multiple of 256); the limit is what was asked
         self.n_ctx = min(n_ctx, self._ctx.n_ctx())
         self.n_batch = n_batch
-        gpu = mparams.n_gpu_layers > 0 and llama_cpp.llama_supports_gpu_offload()
-        self.prefill_chunk = n_batch if gpu else min(PREFILL_CHUNK_CPU, n_batch)
+        self._gpu = mparams.n_gpu_layers > 0 and llama_cpp.llama_supports_gpu_offload()
+        self.prefill_chunk = n_batch  # see REUSE_GRID_CPU
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.n_vocab = self._model.n_vocab()
@@ -421,9 +426,13 @@ class LlamaBackend:
         ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)  # rows in batch order
         return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).copy()
 
+    def use_reuse_grid(self) -> None:
+        """Cut prefills on the finer grid that exact prefix reuse needs (REUSE_GRID_CPU)."""
+        self.prefill_chunk = self.n_batch if self._gpu else min(REUSE_GRID_CPU, self.n_batch)
+
     def _prefill_chunks(self, positions: Sequence[int], cuts: AbstractSet[int] = frozenset()) -> list[tuple[int, int]]:
         """[start, stop) index ranges: a new batch wherever a position is a multiple of
-        prefill_chunk (see PREFILL_CHUNK_CPU) or in `cuts`, and at most n_batch tokens in one."""
+        prefill_chunk (see REUSE_GRID_CPU) or in `cuts`, and at most n_batch tokens in one."""
         bounds, start = [], 0
         for i in range(1, len(positions) + 1):
             if (i == len(positions) or positions[i] % self.prefill_chunk == 0 or positions[i] in cuts

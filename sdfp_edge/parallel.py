@@ -200,6 +200,7 @@ class ParallelDecoder:
         if seq_ctx * backend.n_seq_max > backend.n_ctx:
             raise ValueError(f"{backend.n_seq_max} sequences of {seq_ctx} tokens exceed n_ctx={backend.n_ctx}")
         backend.reset()  # the slots start empty: so must every sequence of the cache
+        backend.use_reuse_grid()  # reuse ends at a multiple of prefill_chunk (_reusable)
         self.backend = backend
         self.seq_ctx = seq_ctx
         self.mode = mode
@@ -273,7 +274,7 @@ class ParallelDecoder:
         """How much of `context` the slot's KV can give: up to a place where both prefills cut.
 
         The KV of a prompt depends on where its prefill's batches were cut (backend.py,
-        PREFILL_CHUNK_CPU). Reusing a prefix only up to a multiple of prefill_chunk or one
+        REUSE_GRID_CPU). Reusing a prefix only up to a multiple of prefill_chunk or one
         of the prompt's cuts (prefill_cuts), and prefilling the rest with the same cuts,
         gives every prompt the KV of its prefill from an empty cache, bit for bit: its
         prefill does not depend on what ran before it (a resumed run needs this)."""

@@ -79,6 +79,39 @@ def first_divergence_margin(path: Path, prompt_ids: list[int], plain: list[int],
         b.close()
 
 
+# longer than one 64-token batch: a prefill cut into smaller batches than llama.cpp's gives another KV
+LONG_PROMPT = ("Summarize the following text in one sentence.\n\n" + " ".join(
+    f"Item {i}: the {w} report was filed on day {i * 3} and reviewed by the {w} team." for i, w in
+    enumerate(["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"])))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["qwen05", "smollm2_plain"])
+def test_plain_decoding_gives_llama_cpps_own_output(model: str, request: pytest.FixtureRequest) -> None:
+    """`off` from an empty cache is llama.cpp decoding as its users run it (llama-cpp-python's
+    Llama, flash attention as llama.cpp's default): the same batches, the same kernels, the
+    same tokens. Qwen is not batch-invariant, so a different prefill batching shows here."""
+    import llama_cpp
+
+    path = request.getfixturevalue(model)
+    with Model(path, n_ctx=1024, n_threads=2, cost_cache=False) as m:
+        ids = m.tokenize_chat([{"role": "user", "content": LONG_PROMPT}])
+        ours = [t for ch in m.stream_tokens(ids, max_tokens=32, mode="off") for t in ch.tokens]
+    assert len(ids) > 2 * 64
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=2, flash_attn=True, verbose=False)
+    try:
+        theirs = []
+        for tok in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+            if llm.token_eos() == tok or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
+                break
+            theirs.append(int(tok))
+            if len(theirs) == 32:
+                break
+    finally:
+        llm.close()
+    assert ours == theirs
+
+
 @pytest.mark.slow
 def test_greedy_qwen_differs_only_at_near_ties(qwen05: Path) -> None:
     """llama.cpp is not batch-invariant: a batched verify may flip a near-tied argmax."""

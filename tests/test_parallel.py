@@ -14,7 +14,7 @@ from sdfp_edge.backend import common_prefix_len
 from sdfp_edge.parallel import ParallelDecoder, Request, allocate_drafts, prefill_cuts, stream_batch_seconds
 from sdfp_edge.sampling import SamplingParams
 
-# long enough (over 64 tokens: PREFILL_CHUNK_CPU) that later prompts reuse its KV
+# long enough (over 64 tokens: REUSE_GRID_CPU) that later prompts reuse its KV
 SYSTEM = ("You are a careful assistant. Answer briefly and copy names exactly as given. When a "
           "question asks for a list, give the list and nothing else; when it asks for code, give "
           "the code in one block; when it asks for a number, give the number first and then one "

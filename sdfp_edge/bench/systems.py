@@ -147,10 +147,10 @@ def spec_for(name: str, s: Setup) -> SystemSpec:
 def start_order(names: Sequence[str]) -> list[str]:
     """The order the systems' processes are started in: ours first, the headline reference last.
 
-    Where a process starts matters on some machines: on this project's 2-vCPU VM (a balloon
-    driver hands freed memory back to the host), a process whose weights land in memory
-    that another process has just freed decodes slower, and the first process started after
-    a run is the one that gets it. Identical `off` processes started one after another ran
+    Where a process starts matters on some machines: on this project's 2-vCPU VM, a process
+    whose weights land in memory that another process has just freed decodes slower, and
+    the first process started after a run is the one that gets it (why was not found; the
+    VM has a balloon driver, and 4 KB pages hold the weights). Identical `off` processes started one after another ran
     at 14.1 / 14.7 / 15.0 tok/s, and one started after the first had exited at 13.6
     (2026-12-02; with transparent huge pages on, all ran at 15.9-16.3). So no order is
     neutral, and this one is conservative: every sdfp-edge system starts before every peer,
@@ -158,8 +158,10 @@ def start_order(names: Sequence[str]) -> list[str]:
     coordinator tokenizes with it).
     """
     def group(name: str) -> int:
-        if name in (OFF, BASE):
-            return 0 if name == OFF else 3
+        if name == OFF:
+            return 0
+        if name == BASE:
+            return 3
         return 2 if name in PEERS or name in SERVERS else 1
 
     return sorted(names, key=group)  # stable: catalogue order within each group

@@ -40,7 +40,8 @@ MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # a prompt prefilled into an empty cache gets the KV that llama.cpp itself computes
 # (llama-cpp-python's Llama, llama-server), so plain decoding gives llama.cpp's output,
 # and prefill runs at its speed (2-vCPU Xeon, Qwen 1.5B, 396 tokens: 4.14 s in one batch,
-# 4.51 s in batches of 64, each batch reading every weight once; 2026-12-02). A decoder
+# 4.51 s in batches of 64, each batch reading every weight once; 3.60 / 3.74 s an hour
+# later; tools/prefill_batches.py, 2026-12-02). A decoder
 # that reuses prefixes exactly (parallel.py) asks for this finer grid (use_reuse_grid),
 # so that reuse may end at any multiple of it: 64 cost 3% over one batch of 256 on SmolLM2
 # and 0.4% on Qwen 1.5B on the EPYC (16 and 32: 5-16%); a GPU, not measured, keeps whole

@@ -150,12 +150,13 @@ def start_order(names: Sequence[str]) -> list[str]:
     Where a process starts matters on some machines: on this project's 2-vCPU VM, a process
     whose weights land in memory that another process has just freed decodes slower, and
     the first process started after a run is the one that gets it (why was not found; the
-    VM has a balloon driver, and 4 KB pages hold the weights). Identical `off` processes started one after another ran
-    at 14.1 / 14.7 / 15.0 tok/s, and one started after the first had exited at 13.6
-    (2026-12-02; with transparent huge pages on, all ran at 15.9-16.3). So no order is
-    neutral, and this one is conservative: every sdfp-edge system starts before every peer,
-    and plain llama.cpp starts last, so any bias counts against sdfp-edge. `off` is first (the
-    coordinator tokenizes with it).
+    VM has a balloon driver, and 4 KB pages hold the weights). Identical `off` processes
+    started one after another ran at 14.1 / 14.7 / 15.0 tok/s, and one started after the
+    first had exited at 13.6; an hour later 15.5 / 15.8 / 15.9 and 15.2
+    (tools/start_order_speed.py, 2026-12-02; with transparent huge pages on, all ran at
+    15.9-16.3). So no order is neutral, and this one is conservative: every sdfp-edge system
+    starts before every peer, and plain llama.cpp starts last, so any bias counts against
+    sdfp-edge. `off` is first (the coordinator tokenizes with it).
     """
     def group(name: str) -> int:
         if name == OFF:

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Decode speed of identical `off` processes by the order they were started in.
+
+    .venv/bin/python tools/start_order_speed.py --model qwen2.5-coder-1.5b --rounds 3
+
+Starts processes A, B, C one after another (the bench's own workers, sdfp_edge/bench/
+processes.py), all alive at once, one computing at a time, and times the same greedy
+request in each, round-robin. Then closes A, starts D (which gets the memory A freed) and
+times B, C, D again. On the project's 2-vCPU VM the first process started, and D, decode
+slowest: why the bench starts sdfp-edge's systems first and plain llama.cpp last
+(systems.start_order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from sdfp_edge.backend import default_threads
+from sdfp_edge.bench.processes import WorkerProcess
+from sdfp_edge.bench.protocol import LoadConfig, Request, SystemSpec
+from sdfp_edge.bench.stats import decode_window
+from sdfp_edge.models import resolve_model
+
+PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    args = ap.parse_args()
+    load = LoadConfig(model=str(resolve_model(args.model)), n_ctx=4096, threads=args.threads or default_threads(),
+                      n_gpu_layers=None, k_max=4, threshold=0.8, cost_cache=False)
+    log_dir = Path(tempfile.mkdtemp(prefix="start-order-"))
+
+    def start(name: str) -> WorkerProcess:
+        return WorkerProcess(SystemSpec(name, "sdfp", "sdfp", "plain decoding", {"mode": "off"}), load, log_dir)
+
+    procs = {name: start(name) for name in "ABC"}
+    try:
+        ids = procs["A"].tokenize_chat([{"role": "user", "content": PROMPT}])
+
+        def measure(title: str) -> None:
+            rates: dict[str, list[float]] = {name: [] for name in procs}
+            for _ in range(args.rounds):
+                for name, proc in procs.items():
+                    trace = proc.run(Request(ids=ids, max_tokens=args.max_tokens, temperature=0.0, seed=0))
+                    n, seconds = decode_window(trace.first_cycle, trace.times)
+                    rates[name].append(n / seconds)
+            medians = ", ".join(f"{name} {statistics.median(r):.2f}" for name, r in rates.items())
+            print(f"{title}: decode tok/s, median of {args.rounds}: {medians}", flush=True)
+
+        measure("started A, B, C in this order")
+        procs.pop("A").close()
+        procs["D"] = start("D")
+        measure("closed A, then started D")
+    finally:
+        for proc in procs.values():
+            proc.close()
+
+
+if __name__ == "__main__":
+    main()

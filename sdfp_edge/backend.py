@@ -393,24 +393,26 @@ class LlamaBackend:
     # --- several sequences (parallel.py keeps each sequence's tokens; kv_tokens is sequence 0's
     # single-sequence bookkeeping and is not touched here) -----------------------------------
     def decode_seqs(self, tokens: Sequence[int], positions: Sequence[int], seq_ids: Sequence[int], *,
-                    logits: bool = True, cuts: AbstractSet[int] = frozenset()) -> npt.NDArray[np.float32] | None:
+                    logits: str = "all", cuts: AbstractSet[int] = frozenset()) -> npt.NDArray[np.float32]:
         """Decode tokens of several sequences, each at its own position, in one llama_batch.
 
         Args:
             tokens, positions, seq_ids: one entry per token.
-            logits: True: return one row per token (at most n_batch tokens), one batch;
-                False: return None, decoding in prefill chunks (a prompt's prefill).
+            logits: "all": one row per token (at most n_batch tokens), one batch;
+                "last": only the last token's row, decoding in prefill chunks (a prompt's prefill).
             cuts: positions where a prefill must also start a new batch (parallel.prefill_cuts).
         Returns:
-            float32 array [len(tokens), n_vocab], a copy, or None.
+            float32 array [n_rows, n_vocab], a copy.
         """
         n = len(tokens)
         if n == 0 or not len(positions) == len(seq_ids) == n:
             raise ValueError("decode_seqs needs one position and one sequence id per token")
-        if logits and n > self.n_batch:
+        if logits not in ("all", "last"):
+            raise ValueError(f"logits must be 'all' or 'last', got {logits!r}")
+        if logits == "all" and n > self.n_batch:
             raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens")
         b = self._batch.batch
-        for start, stop in [(0, n)] if logits else self._prefill_chunks(positions, cuts):
+        for start, stop in [(0, n)] if logits == "all" else self._prefill_chunks(positions, cuts):
             b.n_tokens = stop - start
             for i in range(start, stop):
                 j = i - start
@@ -418,14 +420,13 @@ class LlamaBackend:
                 b.pos[j] = positions[i]
                 b.seq_id[j][0] = seq_ids[i]
                 b.n_seq_id[j] = 1
-                b.logits[j] = logits
+                b.logits[j] = logits == "all" or i == n - 1
             rc = self._llama_cpp.llama_decode(self._ctx.ctx, b)
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc} (KV cache full?)")
-        if not logits:
-            return None
+        rows = n if logits == "all" else 1
         ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)  # rows in batch order
-        return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab)).copy()
 
     def use_reuse_grid(self) -> None:
         """Cut prefills on the finer grid that exact prefix reuse needs (REUSE_GRID_CPU)."""
@@ -465,6 +466,20 @@ class LlamaBackend:
         if len(context) > keep:
             self.decode(list(context[keep:]), logits="last")
         return keep
+
+    def prefill(self, prompt: Sequence[int]) -> tuple[int, npt.NDArray[np.float32]]:
+        """Make the KV cache hold exactly `prompt` and return the logits after its last token.
+
+        Returns (tokens reused from the cache, logits [n_vocab]). The whole prompt goes through
+        llama.cpp's own prefill batches, its last token included, so the first generated token
+        and the KV it leaves are llama.cpp's own (a prompt fully in the cache decodes its last
+        token again, as llama.cpp does, to get its logits).
+        """
+        if not prompt:
+            raise ValueError("prefill needs at least one token")
+        keep = min(common_prefix_len(self.kv_tokens, prompt), len(prompt) - 1)
+        self.truncate(keep)
+        return keep, self.decode(list(prompt[keep:]), logits="last")[-1]
 
     def reset(self) -> None:
         self._ctx.kv_cache_clear()

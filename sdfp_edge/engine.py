@@ -1,10 +1,12 @@
 """The speculative loop: draft, verify in one batch, keep what the target would produce.
 
-Invariant between cycles: the KV cache holds every token but the last (`tokens[:-1]`).
-A cycle drafts d_1..d_k (drafters restore the cache and the layer mask), decodes
-[last, d_1..d_k] with the full model in one batch, accepts a prefix (verify.py), cuts the
-rejected positions from the KV cache, and emits the accepted drafts plus the target's own
-next token. k = 0 is a plain decoding step. A `finally` always restores the invariant for
+The prompt is prefilled whole, in llama.cpp's own batches, and the first token comes from
+the logits of that prefill, as in llama.cpp: plain decoding (`off`) is then llama.cpp's
+decoding, token for token. Invariant between cycles: the KV cache holds every token but
+the last (`tokens[:-1]`). A cycle drafts d_1..d_k (drafters restore the cache and the
+layer mask), decodes [last, d_1..d_k] with the full model in one batch, accepts a prefix
+(verify.py), cuts the rejected positions from the KV cache, and emits the accepted drafts
+plus the target's own next token. k = 0 is a plain decoding step. A `finally` always restores the invariant for
 the tokens actually emitted, so a consumer may stop the generator at any token (stop
 string, EOS, a client that went away) and the cache stays right for the next request.
 """
@@ -26,7 +28,7 @@ from sdfp_edge.drafters.prompt_lookup import drafts_judged_by
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.logits_processors import LogitsProcessor
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
-from sdfp_edge.verify import accept_greedy, rejection_sample
+from sdfp_edge.verify import Verdict, accept_greedy, rejection_sample
 
 MODES = ("auto", "layerskip", "lookup", "draft-model", "off")
 # the longest prompt-lookup draft: on this CPU a batch of 32 costs 6.7 single tokens, so a
@@ -73,7 +75,8 @@ class GenerationStats:
             "prompt_tokens": self.prompt_tokens,
             "reused_prompt_tokens": self.reused_tokens,
             "tokens": self.tokens,
-            "tokens_per_second": self.tokens / gen_time if gen_time > 0 else 0.0,
+            # the first token comes with the prompt's prefill (as llama.cpp counts its eval time)
+            "tokens_per_second": (self.tokens - 1) / gen_time if gen_time > 0 and self.tokens > 1 else 0.0,
             # everything the call cost, prompt processing included
             "end_to_end_tokens_per_second": self.tokens / self.t_total if self.t_total > 0 else 0.0,
             "drafted": self.drafted,
@@ -245,23 +248,21 @@ class SpeculativeDecoder:
         stats.prompt_tokens = len(prompt)
         with total:
             with Stopwatch() as sw:
-                stats.reused_tokens = b.sync(tokens[:-1])
+                stats.reused_tokens, last = b.prefill(tokens)
             stats.t_prefill = sw.total
-            self.controller.cost.observe_batch(len(tokens) - 1 - stats.reused_tokens, sw.total)
+            self.controller.cost.observe_batch(len(tokens) - stats.reused_tokens, sw.total)
+            # the first token comes from the prefill's own logits, as llama.cpp's does: its
+            # prompt batches are what decides it, not a cycle of ours (counted as one verify)
+            first, nothing = last[None, :], Proposal.empty()
+            verdict = self._verdict(tokens, first, nothing, sampling, rng, positions, processor)
+            emitted = self._emit(first, nothing, verdict, None, stats, processor)
             if self.mode in ("layerskip", "draft-model") and not self.controller.cost.ready:
                 # a forced model draft never verifies one token alone, so c (its step relative
                 # to one target token) would stay unknown; timed, inside this call's total
                 self.calibrate()
         produced = 0
         try:
-            while produced < max_tokens:
-                with total:
-                    free = b.n_ctx - b.n_past  # positions left; verifying k drafts takes k + 1
-                    if free < 1:
-                        stats.finish_reason = "length"
-                        return
-                    room = max(0, min(free - 1, max_tokens - produced - 1))
-                    emitted = self._cycle(tokens, room, sampling, rng, positions, stats, processor)
+            while True:
                 for t in emitted:
                     tokens.append(t)
                     produced += 1
@@ -270,6 +271,15 @@ class SpeculativeDecoder:
                     if b.is_eog(t):
                         stats.finish_reason = "stop"
                         return
+                if produced >= max_tokens:
+                    break
+                with total:
+                    free = b.n_ctx - b.n_past  # positions left; verifying k drafts takes k + 1
+                    if free < 1:
+                        stats.finish_reason = "length"
+                        return
+                    room = max(0, min(free - 1, max_tokens - produced - 1))
+                    emitted = self._cycle(tokens, room, sampling, rng, positions, stats, processor)
             stats.finish_reason = stats.finish_reason or "length"
         finally:
             # the KV cache must hold exactly the emitted tokens but the last
@@ -311,15 +321,8 @@ class SpeculativeDecoder:
         with Stopwatch() as sw:
             raw = b.decode(batch, logits="all")  # [k+1, V]
         stats.t_verify += sw.total
-        logits = raw if processor is None else processor.apply(tokens, raw, proposal.tokens)
         self.controller.cost.observe_verify(len(batch), sw.total)
-        if sampling.greedy:
-            verdict = accept_greedy(proposal.tokens, logits)
-        else:
-            p = probs_from_logits(logits, sampling)
-            uniforms = None if proposal.probs is not None else [  # only one-hot drafts use them
-                positions.at(len(tokens) + i) for i in range(len(batch))]
-            verdict = rejection_sample(proposal.tokens, proposal.probs, p, rng, uniforms)
+        verdict = self._verdict(tokens, raw, proposal, sampling, rng, positions, processor)
         b.truncate(start + 1 + verdict.n_accepted)
         if drafter_name is not None:
             # a model drafter's acceptance is per step spent: a confidence stop that drafted
@@ -329,6 +332,25 @@ class SpeculativeDecoder:
                 self.controller.observe_chain(chain[:spent], verdict.n_accepted)
             elif spent:
                 self.controller.observe(source, spent, verdict.n_accepted)
+        return self._emit(raw, proposal, verdict, drafter_name, stats, processor)
+
+    @staticmethod
+    def _verdict(tokens: list[int], raw: np.ndarray, proposal: Proposal, sampling: SamplingParams,
+                 rng: np.random.Generator, positions: PositionUniforms,
+                 processor: LogitsProcessor | None) -> Verdict:
+        """Accept a prefix of the drafts: `raw` [k+1, V] holds the target's logits after
+        `tokens` and after each draft."""
+        logits = raw if processor is None else processor.apply(tokens, raw, proposal.tokens)
+        if sampling.greedy:
+            return accept_greedy(proposal.tokens, logits)
+        p = probs_from_logits(logits, sampling)
+        uniforms = None if proposal.probs is not None else [  # only one-hot drafts use them
+            positions.at(len(tokens) + i) for i in range(len(raw))]
+        return rejection_sample(proposal.tokens, proposal.probs, p, rng, uniforms)
+
+    @staticmethod
+    def _emit(raw: np.ndarray, proposal: Proposal, verdict: Verdict, drafter_name: str | None,
+              stats: GenerationStats, processor: LogitsProcessor | None) -> list[int]:
         stats.observe(drafter_name if proposal.k else None, proposal, verdict.n_accepted)
         emitted = [*proposal.tokens[: verdict.n_accepted].tolist(), verdict.next_token]
         if processor is not None:

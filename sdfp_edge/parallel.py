@@ -1,8 +1,9 @@
 """Several sequences in one llama.cpp context, decoded together: continuous batching.
 
-Each of N slots owns one sequence id of a context with `n_seq_max = N`. Invariant between
-cycles, per active slot: its sequence holds every token of its text but the last (as in
-engine.py). A cycle decodes ONE llama_batch with, for every active slot, its last token
+Each of N slots owns one sequence id of a context with `n_seq_max = N`. A prompt is
+prefilled whole and its first token comes from that prefill's logits (as in engine.py).
+Invariant between cycles, per active slot: its sequence holds every token of its text but
+the last. A cycle decodes ONE llama_batch with, for every active slot, its last token
 plus its drafts at that slot's positions; each slot then accepts a prefix of its drafts
 (verify.py), cuts its own rejected positions (llama_memory_seq_rm on its sequence id) and
 emits the accepted drafts plus the target's token. A slot whose text ends is refilled
@@ -44,7 +45,7 @@ from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter, drafts_judged_
 from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.sampling import SamplingParams, probs_from_logits
-from sdfp_edge.verify import accept_greedy, rejection_sample
+from sdfp_edge.verify import Verdict, accept_greedy, rejection_sample
 
 PARALLEL_MODES = ("auto", "lookup", "off")
 
@@ -226,25 +227,29 @@ class ParallelDecoder:
         exhausted = False
         while True:
             for slot in self.slots:
-                if slot.req is None and not exhausted:
+                while slot.req is None and not exhausted:
                     req = next(pending, None)
                     if req is None:
                         exhausted = True
                     else:
-                        self._start(slot, req)
+                        done = self._start(slot, req)
+                        if done is not None:  # its first token ended it: the slot takes the next
+                            yield done
             active = [s for s in self.slots if s.req is not None]
             if not active:
                 return
             yield from self._cycle(active)
 
     # --- a new request ---------------------------------------------------------------------
-    def _start(self, slot: _Slot, req: Request) -> None:
+    def _start(self, slot: _Slot, req: Request) -> Result | None:
+        """Prefill the prompt and emit its first token; the result if that token ended it."""
         self.check(req)
         b = self.backend
-        context = list(req.prompt[:-1])  # the KV holds all but the last token
-        donor, keep = slot, self._reusable(slot, context, req.cuts)
+        context = list(req.prompt)
+        head = context[:-1]  # a prompt's last token is always decoded: its logits give the first token
+        donor, keep = slot, self._reusable(slot, head, req.cuts)
         for other in self.slots:
-            n = self._reusable(other, context, req.cuts)
+            n = self._reusable(other, head, req.cuts)
             if n > keep:
                 donor, keep = other, n
         if donor is slot:
@@ -252,14 +257,12 @@ class ParallelDecoder:
         else:
             b.seq_remove(slot.seq_id, 0)
             b.seq_copy(donor.seq_id, slot.seq_id, keep)
-        slot.kv = context[:keep]
         rest = context[keep:]
-        if rest:
-            with Stopwatch() as sw:
-                b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits=False,
-                              cuts=req.cuts)
-            self.controller.cost.observe_batch(len(rest), sw.total)
-            slot.kv.extend(rest)
+        with Stopwatch() as sw:
+            last = b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits="last",
+                                 cuts=req.cuts)
+        self.controller.cost.observe_batch(len(rest), sw.total)
+        slot.kv = context
         slot.prefilled, slot.cuts = len(context), req.cuts
         slot.req = req
         slot.tokens = list(req.prompt)
@@ -269,6 +272,10 @@ class ParallelDecoder:
         slot.rng = np.random.default_rng(req.sampling.seed)
         slot.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sent = 0
+        if not self._emit(slot, [self._verdict(slot, Proposal.empty(), last).next_token]):
+            return None
+        result, slot.req, slot.result = slot.result, None, None
+        return result
 
     def _reusable(self, slot: _Slot, context: Sequence[int], cuts: frozenset[int]) -> int:
         """How much of `context` the slot's KV can give: up to a place where both prefills cut.
@@ -330,7 +337,6 @@ class ParallelDecoder:
             seqs += [s.seq_id] * len(row)
         with Stopwatch() as sw:
             logits = self.backend.decode_seqs(tokens, positions, seqs)
-        assert logits is not None
         seq_ids = [s.seq_id for s in active]
         if len({p.k for p in props}) == 1 and seq_ids == list(range(seq_ids[0], seq_ids[0] + len(seq_ids))):
             self.controller.cost.observe_verify(len(tokens), sw.total)  # one pass: t_verify(n) itself
@@ -346,15 +352,8 @@ class ParallelDecoder:
 
     def _accept(self, s: _Slot, p: Proposal, rows: np.ndarray) -> list[int]:
         """The slot's verdict on its drafts; trims its rejected KV positions."""
-        assert s.req is not None and s.result is not None and s.positions is not None
-        sampling = s.req.sampling
-        if sampling.greedy:
-            verdict = accept_greedy(p.tokens, rows)
-        else:
-            probs = probs_from_logits(rows, sampling)
-            uniforms = [s.positions.at(len(s.tokens) + i) for i in range(p.k + 1)]
-            assert s.rng is not None
-            verdict = rejection_sample(p.tokens, None, probs, s.rng, uniforms)
+        assert s.result is not None
+        verdict = self._verdict(s, p, rows)
         start = len(s.kv)
         kept = [s.tokens[-1], *p.tokens[: verdict.n_accepted].tolist()]
         if verdict.n_accepted < p.k:
@@ -365,6 +364,18 @@ class ParallelDecoder:
             s.result.drafted += p.k
             s.result.accepted += verdict.n_accepted
         return [*kept[1:], verdict.next_token]
+
+    @staticmethod
+    def _verdict(s: _Slot, p: Proposal, rows: np.ndarray) -> Verdict:
+        """Accept a prefix of the drafts: `rows` [k+1, V] are the target's logits after the
+        slot's text and after each draft."""
+        assert s.req is not None and s.positions is not None and s.rng is not None
+        sampling = s.req.sampling
+        if sampling.greedy:
+            return accept_greedy(p.tokens, rows)
+        probs = probs_from_logits(rows, sampling)
+        uniforms = [s.positions.at(len(s.tokens) + i) for i in range(p.k + 1)]
+        return rejection_sample(p.tokens, None, probs, s.rng, uniforms)
 
     def _emit(self, s: _Slot, emitted: list[int]) -> bool:
         """Append the tokens to the slot's text; whether its request is finished."""

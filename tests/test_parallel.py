@@ -156,12 +156,11 @@ def test_prefill_cuts_equal_every_common_length_with_another(seed: int) -> None:
 
 
 def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int], cuts: frozenset[int] = frozenset()) -> np.ndarray:
-    """The target's logits after the prompt, as the slot's first cycle computes them."""
-    dec._start(dec.slots[slot], Request(slot, prompt, 1, cuts=cuts))
-    row = dec.backend.decode_seqs(prompt[-1:], [len(prompt) - 1], [slot])
-    assert row is not None
+    """The target's logits after the prompt, from the KV the slot's prefill left: its last
+    position decoded again alone, on the KV of all the others."""
+    assert dec._start(dec.slots[slot], Request(slot, prompt, 1, cuts=cuts)) is not None  # one token: done
     dec.backend.seq_remove(slot, len(prompt) - 1)
-    return row[0]
+    return dec.backend.decode_seqs(prompt[-1:], [len(prompt) - 1], [slot])[0]
 
 
 def test_a_reused_prefix_gives_the_kv_of_a_prefill_from_an_empty_cache(par: Model) -> None:
@@ -186,7 +185,7 @@ def test_a_short_shared_prefix_is_reused_at_the_cut_where_prompts_part(par: Mode
     a chat template's system prompt is then evaluated once and still reused exactly."""
     a = par.tokenize_chat([{"role": "user", "content": QUESTIONS[0]}])
     b = par.tokenize_chat([{"role": "user", "content": QUESTIONS[1]}])
-    cut_a, cut_b = prefill_cuts([a[:-1], b[:-1]])
+    cut_a, cut_b = prefill_cuts([a, b])
     shared = common_prefix_len(a, b)
     assert 0 < shared < par.backend.prefill_chunk and cut_a == cut_b == {shared}
     fresh = first_logits(ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off"), 0, b, cut_b)
@@ -196,8 +195,8 @@ def test_a_short_shared_prefix_is_reused_at_the_cut_where_prompts_part(par: Mode
     assert dec.slots[1].kv[:shared] == b[:shared]
     no_cuts = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")  # requests without cuts: no reuse
     first_logits(no_cuts, 0, a)
-    no_cuts._start(no_cuts.slots[1], Request(1, b, 1))
-    assert no_cuts.slots[1].result is not None and no_cuts.slots[1].result.reused_tokens == 0
+    r = no_cuts._start(no_cuts.slots[1], Request(1, b, 1))
+    assert r is not None and r.reused_tokens == 0
 
 
 def test_an_answer_does_not_depend_on_what_ran_before_it(par: Model) -> None:

@@ -110,11 +110,15 @@ class ScriptedBackend:
     def truncate(self, n_past: int) -> None:
         del self.kv_tokens[n_past:]
 
-    def sync(self, context: Sequence[int]) -> int:
-        keep = common_prefix_len(self.kv_tokens, context)
+    def prefill(self, prompt: Sequence[int]) -> tuple[int, npt.NDArray[np.float32]]:
+        """The prefill is left out of `spent`; its first token is charged as one plain step,
+        as every policy gets it alike."""
+        keep = min(common_prefix_len(self.kv_tokens, prompt), len(prompt) - 1)
         self.truncate(keep)
-        self.kv_tokens.extend(context[keep:])
-        return keep
+        spent = self.spent
+        row = self.decode(prompt[keep:], logits="last")[-1]
+        self.spent = spent + self.curve(1)
+        return keep, row
 
     def set_skip(self, layers: object) -> None:
         pass

@@ -83,7 +83,7 @@ class Prompts:
                     ids[line.id] = tokenize(m, line)
                 except SdfpError:
                     pass  # the line's error is reported when its turn comes (to_request)
-        return cls(ids, dict(zip(ids, prefill_cuts([p[:-1] for p in ids.values()]))))
+        return cls(ids, dict(zip(ids, prefill_cuts(list(ids.values())))))
 
 
 def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaults,

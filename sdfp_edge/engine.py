@@ -6,9 +6,10 @@ decoding, token for token. Invariant between cycles: the KV cache holds every to
 the last (`tokens[:-1]`). A cycle drafts d_1..d_k (drafters restore the cache and the
 layer mask), decodes [last, d_1..d_k] with the full model in one batch, accepts a prefix
 (verify.py), cuts the rejected positions from the KV cache, and emits the accepted drafts
-plus the target's own next token. k = 0 is a plain decoding step. A `finally` always restores the invariant for
-the tokens actually emitted, so a consumer may stop the generator at any token (stop
-string, EOS, a client that went away) and the cache stays right for the next request.
+plus the target's own next token. k = 0 is a plain decoding step. A `finally` always
+restores the invariant for the tokens actually emitted, so a consumer may stop the
+generator at any token (stop string, EOS, a client that went away) and the cache stays
+right for the next request.
 """
 
 from __future__ import annotations
@@ -93,6 +94,20 @@ class GenerationStats:
             "decisions": self.decisions,
             "finish_reason": self.finish_reason,
         }
+
+
+def verdict_on(tokens: Sequence[int], raw: np.ndarray, proposal: Proposal, sampling: SamplingParams,
+               rng: np.random.Generator, positions: PositionUniforms,
+               processor: LogitsProcessor | None = None) -> Verdict:
+    """Accept a prefix of the drafts: `raw` [k+1, V] holds the target's logits after
+    `tokens` and after each draft (one rule for the engine and the batch mode)."""
+    logits = raw if processor is None else processor.apply(list(tokens), raw, proposal.tokens)
+    if sampling.greedy:
+        return accept_greedy(proposal.tokens, logits)
+    p = probs_from_logits(logits, sampling)
+    uniforms = None if proposal.probs is not None else [  # only one-hot drafts use them
+        positions.at(len(tokens) + i) for i in range(len(raw))]
+    return rejection_sample(proposal.tokens, proposal.probs, p, rng, uniforms)
 
 
 class PositionUniforms:
@@ -254,7 +269,7 @@ class SpeculativeDecoder:
             # the first token comes from the prefill's own logits, as llama.cpp's does: its
             # prompt batches are what decides it, not a cycle of ours (counted as one verify)
             first, nothing = last[None, :], Proposal.empty()
-            verdict = self._verdict(tokens, first, nothing, sampling, rng, positions, processor)
+            verdict = verdict_on(tokens, first, nothing, sampling, rng, positions, processor)
             emitted = self._emit(first, nothing, verdict, None, stats, processor)
             if self.mode in ("layerskip", "draft-model") and not self.controller.cost.ready:
                 # a forced model draft never verifies one token alone, so c (its step relative
@@ -322,7 +337,7 @@ class SpeculativeDecoder:
             raw = b.decode(batch, logits="all")  # [k+1, V]
         stats.t_verify += sw.total
         self.controller.cost.observe_verify(len(batch), sw.total)
-        verdict = self._verdict(tokens, raw, proposal, sampling, rng, positions, processor)
+        verdict = verdict_on(tokens, raw, proposal, sampling, rng, positions, processor)
         b.truncate(start + 1 + verdict.n_accepted)
         if drafter_name is not None:
             # a model drafter's acceptance is per step spent: a confidence stop that drafted
@@ -333,20 +348,6 @@ class SpeculativeDecoder:
             elif spent:
                 self.controller.observe(source, spent, verdict.n_accepted)
         return self._emit(raw, proposal, verdict, drafter_name, stats, processor)
-
-    @staticmethod
-    def _verdict(tokens: list[int], raw: np.ndarray, proposal: Proposal, sampling: SamplingParams,
-                 rng: np.random.Generator, positions: PositionUniforms,
-                 processor: LogitsProcessor | None) -> Verdict:
-        """Accept a prefix of the drafts: `raw` [k+1, V] holds the target's logits after
-        `tokens` and after each draft."""
-        logits = raw if processor is None else processor.apply(tokens, raw, proposal.tokens)
-        if sampling.greedy:
-            return accept_greedy(proposal.tokens, logits)
-        p = probs_from_logits(logits, sampling)
-        uniforms = None if proposal.probs is not None else [  # only one-hot drafts use them
-            positions.at(len(tokens) + i) for i in range(len(raw))]
-        return rejection_sample(proposal.tokens, proposal.probs, p, rng, uniforms)
 
     @staticmethod
     def _emit(raw: np.ndarray, proposal: Proposal, verdict: Verdict, drafter_name: str | None,

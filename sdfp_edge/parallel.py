@@ -42,10 +42,10 @@ from sdfp_edge.backend import LlamaBackend, common_prefix_len
 from sdfp_edge.controller import Candidate, Controller, Stopwatch, probe_cap
 from sdfp_edge.drafters.base import Proposal
 from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter, drafts_judged_by
-from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms
+from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms, verdict_on
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
-from sdfp_edge.sampling import SamplingParams, probs_from_logits
-from sdfp_edge.verify import Verdict, accept_greedy, rejection_sample
+from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.verify import Verdict
 
 PARALLEL_MODES = ("auto", "lookup", "off")
 
@@ -367,15 +367,8 @@ class ParallelDecoder:
 
     @staticmethod
     def _verdict(s: _Slot, p: Proposal, rows: np.ndarray) -> Verdict:
-        """Accept a prefix of the drafts: `rows` [k+1, V] are the target's logits after the
-        slot's text and after each draft."""
         assert s.req is not None and s.positions is not None and s.rng is not None
-        sampling = s.req.sampling
-        if sampling.greedy:
-            return accept_greedy(p.tokens, rows)
-        probs = probs_from_logits(rows, sampling)
-        uniforms = [s.positions.at(len(s.tokens) + i) for i in range(p.k + 1)]
-        return rejection_sample(p.tokens, None, probs, s.rng, uniforms)
+        return verdict_on(s.tokens, rows, p, s.req.sampling, s.rng, s.positions)
 
     def _emit(self, s: _Slot, emitted: list[int]) -> bool:
         """Append the tokens to the slot's text; whether its request is finished."""

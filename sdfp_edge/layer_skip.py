@@ -8,6 +8,8 @@ Upstream llama.cpp cannot leave parts of the model out of its compute graph; the
     int32_t llama_set_draft_vocab(struct llama_context * ctx, const char * path_model,
                                   const llama_token * ids, int32_t n);
     int32_t llama_set_draft_head (struct llama_context * ctx, bool enable);
+    // ggml/include/ggml.h
+    void    ggml_set_huge_page_advice(bool enable);
 
 `skip[i] != 0` leaves layer i out of every later decode on that context (the same weights
 and KV cache as the full model); `blocks[i]` leaves out its attention (bit ATTN) and/or its
@@ -16,7 +18,10 @@ second, smaller output matrix (the rows of the listed tokens, read from the GGUF
 context uses while the draft head is on: logits of other tokens are -inf. Masks and head
 take part in llama.cpp's graph-reuse check. A stock llama-cpp-python, or one built with an
 older patch, lacks the symbols: `bind` says so and names the fix instead of failing later
-with an AttributeError.
+with an AttributeError. `ggml_set_huge_page_advice` has ggml put its later CPU buffers of
+2 MiB or more on transparent huge pages (madvise), which the system's THP setting still
+governs; it is off unless a program asks, so plain llama-cpp-python on this wheel allocates
+as upstream does.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class Functions:
     block_skip: Any
     draft_vocab: Any
     draft_head: Any
+    huge_page_advice: Any
 
 
 def bind(lib: Any = None) -> Functions:
@@ -71,6 +77,7 @@ def bind(lib: Any = None) -> Functions:
     try:
         layer, block = lib.llama_set_layer_skip, lib.llama_set_block_skip
         vocab, head = lib.llama_set_draft_vocab, lib.llama_set_draft_head
+        huge = lib.ggml_set_huge_page_advice  # in libggml-base, found through libllama's dependencies
     except AttributeError as e:
         what = "a stock build without layer skipping" if not hasattr(lib, "llama_set_layer_skip") else \
             "built with an older layer-skip patch"
@@ -86,7 +93,10 @@ def bind(lib: Any = None) -> Functions:
     # int32_t llama_set_draft_head(struct llama_context * ctx, bool enable);
     head.argtypes = [ctypes.c_void_p, ctypes.c_bool]
     head.restype = ctypes.c_int32
-    return Functions(layer, block, vocab, head)
+    # void ggml_set_huge_page_advice(bool enable);
+    huge.argtypes = [ctypes.c_bool]
+    huge.restype = None
+    return Functions(layer, block, vocab, head, huge)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +204,28 @@ def test_qwen3_layer_skip(qwen3_gguf: Path) -> None:
     assert np.abs(prompt_logits(b, [1 if i in (6, 13) else 0 for i in range(30)]) - plain).max() > 1e-2
     b.close()
     shared_cache_check(qwen3_gguf, DraftMask.layers([6, 13, 17]))
+
+
+def _anon_huge_pages_mb(model: Path, env_value: str) -> float:
+    """AnonHugePages of a fresh process that opened `model` (the advice is process-wide)."""
+    code = (
+        "import re, sys; from sdfp_edge.backend import LlamaBackend; "
+        "b = LlamaBackend(sys.argv[1], n_ctx=4096, n_threads=1); "
+        "print(re.search(r'AnonHugePages:\\s+(\\d+)', open('/proc/self/smaps_rollup').read()).group(1))"
+    )
+    env = {**os.environ, "SDFP_EDGE_HUGE_PAGES": env_value}
+    out = subprocess.run([sys.executable, "-c", code, str(model)], env=env, capture_output=True, text=True,
+                         check=True, timeout=300)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def test_huge_page_advice_puts_ggml_buffers_on_huge_pages(smollm2: Path) -> None:
+    """With THP "madvise" only advised memory gets huge pages: the backend's advice must put
+    ggml's large buffers there (SmolLM2's 4096-token KV cache alone is 94 MB), and
+    SDFP_EDGE_HUGE_PAGES=0 must leave them on small pages, as upstream ggml does."""
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not setting.exists() or "[madvise]" not in setting.read_text():
+        pytest.skip("transparent huge pages are not in 'madvise' mode here: advice changes nothing to see")
+    advised, plain = _anon_huge_pages_mb(smollm2, "1"), _anon_huge_pages_mb(smollm2, "0")
+    assert plain < 16, plain
+    assert advised >= plain + 64, (advised, plain)

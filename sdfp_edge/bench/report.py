@@ -61,11 +61,13 @@ def _header(result: dict[str, Any]) -> list[str]:
     return [
         *lines,
         (f"- machine: {mach['cpu']}, {mach['usable_cpus']} usable CPUs, {mach['threads']} threads; load average "
-         f"{_f(mach['load_average_start'][0])} at start, {_f(mach['load_average_end'][0])} at end"),
+         f"{_f(mach['load_average_start'][0])} at start, {_f(mach['load_average_end'][0])} at end; "
+         f"transparent huge pages: {mach.get('transparent_hugepage') or 'unknown'}"),
         (f"- build: llama-cpp-python {build['llama_cpp_python']}, sdfp-edge {build['sdfp_edge']} ({commit}); "
          f"`{build['llama_cpp_system_info'].strip()}`"
          + (f"; llama-server built from {server['source']}" if server else "")),
-        f"- environment: OMP_WAIT_POLICY={build.get('OMP_WAIT_POLICY') or 'unset'} (every system ran with it)",
+        (f"- environment: OMP_WAIT_POLICY={build.get('OMP_WAIT_POLICY') or 'unset'}, SDFP_EDGE_HUGE_PAGES="
+         f"{build.get('SDFP_EDGE_HUGE_PAGES') or 'unset'} (every system ran with it)"),
         (f"- data: {len(result['data']['prompts'])} prompts ({', '.join(cfg['categories'])}; {per_cat} per "
          f"category), {sampling}, up to {cfg['max_tokens']} new tokens, {cfg['repeats']} round(s), "
          f"draft max {cfg['draft_max']}"),

@@ -85,6 +85,16 @@ def _cpuinfo() -> list[dict[str, str]]:
     return cpus
 
 
+def thp_mode() -> str | None:
+    """The system's transparent-huge-page mode (always, madvise, never): it decides whether
+    sdfp-edge's huge-page advice (backend.huge_pages_wanted) changes anything."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")] if "[" in text and "]" in text else None
+
+
 def machine_info(n_threads: int) -> dict[str, Any]:
     cpus = _cpuinfo()
     model = cpus[0].get("model name") if cpus else None
@@ -103,6 +113,7 @@ def machine_info(n_threads: int) -> dict[str, Any]:
         "physical_cores": len(cores) or None,
         "threads": n_threads,
         "memory_gib": mem,
+        "transparent_hugepage": thp_mode(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "load_average_start": list(os.getloadavg()),

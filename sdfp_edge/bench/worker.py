@@ -48,6 +48,7 @@ def build_info() -> dict[str, Any]:
         "llama_cpp_system_info": info.decode() if isinstance(info, bytes) else str(info),
         "numpy": numpy.__version__,
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "SDFP_EDGE_HUGE_PAGES": os.environ.get("SDFP_EDGE_HUGE_PAGES"),
     }
 
 

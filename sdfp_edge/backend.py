@@ -75,12 +75,14 @@ def _import_llama_cpp() -> tuple[Any, Any]:
 
 
 def huge_pages_wanted() -> bool:
-    """Whether ggml should put its large CPU buffers on transparent huge pages (unless
-    SDFP_EDGE_HUGE_PAGES=0). Most of a Q4_K model's weights are repacked for the CPU into
-    such buffers, and a decode streams them all: on a 2-vCPU Xeon with THP "madvise" (the
-    Debian and Ubuntu default), Qwen2.5-Coder-1.5B decoded 4% faster (README, "Threads").
-    The system's THP setting still decides."""
-    return os.environ.get("SDFP_EDGE_HUGE_PAGES", "1") != "0"
+    """Whether ggml should put its large CPU buffers on transparent huge pages: only with
+    SDFP_EDGE_HUGE_PAGES=1. Most of a Q4_K model's weights are repacked for the CPU into such
+    buffers and a decode streams them all: alone on a 2-vCPU Xeon with THP "madvise",
+    Qwen2.5-Coder-1.5B decoded 4% faster with them. But beside other model processes the
+    advised ones slowed down when another process started (the bench: `off` 0.89x of plain,
+    per prompt 9.8-17.2 tok/s against plain's steady 14-16.6), so it is not the default
+    (README, "Threads"). The system's THP setting still decides."""
+    return os.environ.get("SDFP_EDGE_HUGE_PAGES") == "1"
 
 
 def check_skip_supported(arch: str) -> None:

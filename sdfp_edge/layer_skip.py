@@ -20,8 +20,8 @@ take part in llama.cpp's graph-reuse check. A stock llama-cpp-python, or one bui
 older patch, lacks the symbols: `bind` says so and names the fix instead of failing later
 with an AttributeError. `ggml_set_huge_page_advice` has ggml put its later CPU buffers of
 2 MiB or more on transparent huge pages (madvise), which the system's THP setting still
-governs; it is off unless a program asks, so plain llama-cpp-python on this wheel allocates
-as upstream does.
+governs; it is off unless a program asks (sdfp-edge: SDFP_EDGE_HUGE_PAGES=1), so plain
+llama-cpp-python on this wheel allocates as upstream does.
 """
 
 from __future__ import annotations

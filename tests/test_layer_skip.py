@@ -13,6 +13,7 @@ import pytest
 
 from sdfp_edge import draft_vocab, layer_skip
 from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.bench.runner import thp_mode
 from sdfp_edge.errors import RuntimeBuildError, SkipListError, UnsupportedArchitectureError
 from sdfp_edge.layer_skip import DraftMask
 from skip_helpers import PROMPT, open_backend, prompt_logits, shared_cache_check
@@ -226,8 +227,7 @@ def test_huge_page_advice_is_opt_in_and_takes_effect(smollm2: Path) -> None:
     ggml's large buffers there (SmolLM2's 4096-token KV cache alone is 94 MB); unset or 0
     must leave them on small pages, as upstream ggml does (why it is not the default:
     backend.huge_pages_wanted)."""
-    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if not setting.exists() or "[madvise]" not in setting.read_text():
+    if thp_mode() != "madvise":
         pytest.skip("transparent huge pages are not in 'madvise' mode here: advice changes nothing to see")
     advised = _anon_huge_pages_mb(smollm2, "1")
     default, off = _anon_huge_pages_mb(smollm2, None), _anon_huge_pages_mb(smollm2, "0")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sdfp_edge.sampling import sample, sample_at
+from sdfp_edge.sampling import SamplingParams, draw, sample
 
 
 @dataclass(frozen=True)
@@ -48,23 +48,36 @@ def accept_greedy(draft_tokens: npt.NDArray[np.integer], target_logits: npt.NDAr
     return Verdict(n, int(target_top[n]))
 
 
+def couple_to_draws(
+    draft_tokens: npt.NDArray[np.integer],
+    target_logits: npt.NDArray[np.floating],
+    sampling: SamplingParams,
+    uniforms: Sequence[float],
+) -> Verdict:
+    """Deterministic drafts, sampled: keep d_i while it equals the target's own draw with its
+    position's uniform (see the module docstring). Works on logits, row by row: the rows
+    after the first differing draw are never turned into probabilities.
+
+    Args: draft_tokens [k]; target_logits [k+1, V]; uniforms [k+1], one per output position."""
+    d = np.asarray(draft_tokens, dtype=np.int64)
+    k = len(d)
+    for i in range(k + 1):
+        x = draw(target_logits[i], sampling, uniforms[i])
+        if i == k or x != d[i]:
+            return Verdict(i, x)
+    raise AssertionError("unreachable: the last row always returns")
+
+
 def rejection_sample(
     draft_tokens: npt.NDArray[np.integer],
     q: npt.NDArray[np.float64] | None,
     p: npt.NDArray[np.float64],
     rng: np.random.Generator,
-    uniforms: Sequence[float] | None = None,
 ) -> Verdict:
     """Args: draft_tokens [k]; q [k, V] draft probabilities or None (one-hot drafts);
-    p [k+1, V] target probabilities (same sampling transform as q); uniforms [k+1], one
-    per output position (used with one-hot drafts: see the module docstring)."""
+    p [k+1, V] target probabilities (same sampling transform as q)."""
     d = np.asarray(draft_tokens, dtype=np.int64)
     k = len(d)
-    if q is None and uniforms is not None:
-        for i in range(k + 1):
-            x = sample_at(p[i], uniforms[i])
-            if i == k or x != d[i]:
-                return Verdict(i, x)
     rows = np.arange(k)
     p_d = p[rows, d]  # [k]
     q_d = np.ones(k) if q is None else q[rows, d]  # [k]

@@ -15,7 +15,7 @@ from sdfp_edge.backend import LlamaBackend
 from sdfp_edge.drafters import SkipLayersDrafter
 from sdfp_edge.engine import GenerationStats
 from sdfp_edge.layer_skip import DraftMask
-from sdfp_edge.sampling import SamplingParams, probs_from_logits
+from sdfp_edge.sampling import SamplingParams, draw, probs_from_logits
 from sdfp_edge.verify import Verdict
 
 SMOL_SKIP = [4, 9, 14, 19, 24]
@@ -205,13 +205,13 @@ def test_sampling_end_to_end_matches_the_target_distribution(smol: Model, monkey
     expected = np.array([joint[c] for c in cells]) * observed.sum()
     assert chisquare(observed, expected).pvalue > 0.01
 
-    def accept_all(d, q, p, rng, uniforms=None):
-        return Verdict(len(d), int(rng.choice(len(p[len(d)]), p=p[len(d)])))
+    def accept_all(d, logits, sampling, uniforms):
+        return Verdict(len(d), draw(logits[len(d)], sampling, uniforms[len(d)]))
 
-    monkeypatch.setattr("sdfp_edge.engine.rejection_sample", accept_all)
+    monkeypatch.setattr("sdfp_edge.engine.couple_to_draws", accept_all)
     observed = run(400)
     assert chisquare(observed, np.array([joint[c] for c in cells]) * observed.sum()).pvalue < 0.01
-    assert verify_module.rejection_sample is not accept_all
+    assert verify_module.couple_to_draws is not accept_all
 
 
 def test_context_end_shrinks_drafts_and_never_overruns(smollm2_plain: Path) -> None:

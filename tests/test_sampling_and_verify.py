@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import chisquare
 
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.sampling import SamplingParams, probs_from_logits, sample, sample_at, softmax
-from sdfp_edge.verify import Verdict, accept_greedy, rejection_sample
+from sdfp_edge.sampling import SamplingParams, draw, probs_from_logits, sample, sample_at, softmax
+from sdfp_edge.verify import Verdict, accept_greedy, couple_to_draws, rejection_sample
 
 LOGITS = np.log(np.array([[0.05, 0.4, 0.25, 0.15, 0.1, 0.05]]))
 
@@ -130,11 +130,14 @@ def test_the_chi_square_check_catches_a_broken_rule() -> None:
     assert chisquare(counts.ravel(), expected).pvalue < 1e-6
 
 
+ONE = SamplingParams(temperature=1.0)  # on log-probabilities, draws follow p itself
+
+
 def test_one_hot_drafts_with_position_uniforms_reproduce_the_target_distribution() -> None:
     n = 20000
 
     def coupled(d, q, p, rng):
-        return rejection_sample(d, q, p, rng, rng.random(len(d) + 1))
+        return couple_to_draws(d, np.log(p), ONE, rng.random(len(d) + 1))
 
     counts = two_token_joint(coupled, n, one_hot_draft=1)
     assert chisquare(counts.ravel(), np.outer(P0, P1).ravel() * n).pvalue > 0.01
@@ -149,6 +152,23 @@ def test_with_position_uniforms_the_output_does_not_depend_on_the_draft() -> Non
         plain = [sample_at(p[i], u[i]) for i in range(4)]
         k = int(rng.integers(0, 4))
         d = rng.integers(0, 6, size=k)
-        v = rejection_sample(d, None, p[: k + 1], rng, u[: k + 1])
+        v = couple_to_draws(d, np.log(p[: k + 1]), ONE, u[: k + 1])
         out = [*d[: v.n_accepted].tolist(), v.next_token]
         assert out == plain[: len(out)]
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.7), SamplingParams(temperature=1.3), SamplingParams(),
+    SamplingParams(temperature=0.7, top_k=40), SamplingParams(temperature=0.9, top_p=0.9, min_p=0.05),
+])
+def test_draw_is_the_inverse_cdf_of_the_transformed_distribution(params: SamplingParams) -> None:
+    """The shortcut for temperature alone skips the normalization, not the transform."""
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal(5000) * 4).astype(np.float32)
+    before = logits.copy()
+    draws = [draw(logits, params, u) for u in rng.random(300)]
+    assert np.array_equal(logits, before)  # the caller's row is left alone
+    rng = np.random.default_rng(11)
+    rng.standard_normal(5000)
+    assert draws == [sample_at(probs_from_logits(logits, params)[0], u) for u in rng.random(300)]
+    assert (len(set(draws)) == 1) == params.greedy  # sampled rows reach past the argmax

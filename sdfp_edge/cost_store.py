@@ -20,7 +20,7 @@ from typing import Any
 
 from sdfp_edge.paths import cache_dir
 
-SCHEMA = "sdfp-edge-costs/1"
+SCHEMA = "sdfp-edge-costs/2"  # 2: draft steps timed without one-off work (files of 1 carry it in c)
 
 
 def identity_key(identity: dict[str, Any]) -> str:

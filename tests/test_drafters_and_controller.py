@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from sdfp_edge.controller import (
     expected_tokens_from_rates,
 )
 from sdfp_edge.cost_store import CostStore
-from sdfp_edge.drafters import PromptLookupDrafter
+from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter
 from sdfp_edge.drafters.prompt_lookup import drafts_judged_by, match_source, prior_acceptance
+from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
+from test_logits_processors import DRAFT, PROMPT, TARGET, V, BigramBackend
 
 
 def test_lookup_docstring_example() -> None:
@@ -326,6 +329,35 @@ def test_a_size_between_measured_ones_is_tried_before_a_costly_neighbour_prices_
     for n in (5, 6, 7):  # had they been dear, the measurements say so
         cm.t_verify[n] = t1 * (3.00 + n - 4)
     assert c.choose(copy, accepted_in_text=5).k == 3
+
+
+def test_one_off_drafting_work_is_counted_but_kept_out_of_the_step_cost() -> None:
+    """A draft model's catch-up on the prompt, the small head's build and a drafter's first
+    steps in a process (its graph) are not what a step costs: a c that carried them (the
+    small head alone took 340 ms, nine of Qwen 1.5B's tokens) would price the drafter out
+    for the rest of the process. They stay in the call's time."""
+    drafter = DraftModelDrafter(BigramBackend(DRAFT), target_vocab=V, threshold=0.0)  # type: ignore[arg-type]
+    real_prepare, real_propose = drafter.prepare, drafter.propose
+    calls = {"prepare": 0, "propose": 0}
+
+    def prepare(tokens):
+        time.sleep(0.2 if calls["prepare"] == 0 else 0.0)
+        calls["prepare"] += 1
+        real_prepare(tokens)
+
+    def propose(*args, **kwargs):
+        time.sleep(0.1 if calls["propose"] == 0 else 0.0)
+        calls["propose"] += 1
+        return real_propose(*args, **kwargs)
+
+    drafter.prepare, drafter.propose = prepare, propose  # type: ignore[method-assign]
+    dec = SpeculativeDecoder(BigramBackend(TARGET), [drafter], mode="draft-model", k_max=3)  # type: ignore[arg-type]
+    dec.controller.cost.observe_verify(1, 0.001)  # measured: the forced mode drafts at once
+    stats = GenerationStats()
+    list(dec.generate(PROMPT, max_tokens=12, stats=stats))
+    assert calls["propose"] >= 3 and stats.draft_steps >= 3
+    assert dec.controller.cost.t_step["draft-model"] < 0.01  # the later steps: microseconds
+    assert stats.t_draft >= 0.3
 
 
 def test_an_unmeasured_model_drafter_is_judged_by_its_cost_prior() -> None:

@@ -36,6 +36,12 @@ class Drafter(Protocol):
     uses_model: bool  # False: proposals cost no model evaluation (prompt lookup)
     cost_prior: float  # a step's cost relative to the target's token, until one is measured
 
+    def prepare(self, tokens: Sequence[int]) -> None:
+        """One-off work before proposing after `tokens` (a draft model catching up on the
+        prompt, the small head built on first use): the engine times it apart from the
+        draft steps, so that a step's measured cost is a step's."""
+        ...
+
     def propose(
         self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator,
         processor: LogitsProcessor | None = None,

@@ -35,13 +35,16 @@ class DraftModelDrafter:
         self.threshold = threshold
         self.cost_prior = cost_prior
 
+    def prepare(self, tokens: Sequence[int]) -> None:
+        self.backend.sync(tokens[:-1])  # a new prompt: prefill it into the draft model's KV
+
     def propose(
         self, tokens: Sequence[int], k: int, sampling: SamplingParams, rng: np.random.Generator,
         processor: LogitsProcessor | None = None,
     ) -> Proposal:
         if k <= 0:
             return Proposal.empty()
-        self.backend.sync(tokens[:-1])
+        self.prepare(tokens)  # a no-op after the engine's own call
         start = self.backend.n_past
         try:
             return draft_autoregressively(self.backend, tokens, k, sampling, rng, self.threshold, processor)

@@ -62,6 +62,9 @@ class PromptLookupDrafter:
         # occurrence was followed by that same token)
         self._seen: dict[tuple[int, ...], tuple[int, int, bool]] = {}
 
+    def prepare(self, tokens: Sequence[int]) -> None:
+        """Nothing one-off: propose indexes the new tokens as it goes."""
+
     def propose(
         self,
         tokens: Sequence[int],

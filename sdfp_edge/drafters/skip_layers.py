@@ -81,7 +81,7 @@ class SkipLayersDrafter:
         b = self.backend
         start = b.n_past
         assert start == len(tokens) - 1, "KV cache must hold all tokens but the last"
-        self._ensure_head()
+        self.prepare(tokens)  # a no-op after the engine's own call
         b.set_mask(self.mask)
         try:
             return draft_autoregressively(b, tokens, k, sampling, rng, self.threshold, processor)
@@ -89,7 +89,7 @@ class SkipLayersDrafter:
             b.set_mask(None)
             b.truncate(start)
 
-    def _ensure_head(self) -> None:
+    def prepare(self, tokens: Sequence[int]) -> None:
         """Build the small head on first use: a process that never drafts with it (plain
         decoding wherever drafts do not pay) spends nothing on it at start-up."""
         b = self.backend

@@ -70,17 +70,19 @@ def couple_to_draws(
 
 def rejection_sample(
     draft_tokens: npt.NDArray[np.integer],
-    q: npt.NDArray[np.float64] | None,
+    q: npt.NDArray[np.float64],
     p: npt.NDArray[np.float64],
     rng: np.random.Generator,
 ) -> Verdict:
-    """Args: draft_tokens [k]; q [k, V] draft probabilities or None (one-hot drafts);
-    p [k+1, V] target probabilities (same sampling transform as q)."""
+    """A model's drafts (deterministic ones go through couple_to_draws).
+
+    Args: draft_tokens [k]; q [k, V] draft probabilities; p [k+1, V] target probabilities
+    (same sampling transform as q)."""
     d = np.asarray(draft_tokens, dtype=np.int64)
     k = len(d)
     rows = np.arange(k)
     p_d = p[rows, d]  # [k]
-    q_d = np.ones(k) if q is None else q[rows, d]  # [k]
+    q_d = q[rows, d]  # [k]
     u = rng.random(k)  # [k]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(q_d > 0, p_d / q_d, 0.0)
@@ -88,11 +90,7 @@ def rejection_sample(
     n = k if accepted.all() else int(np.argmin(accepted))
     if n == k:
         return Verdict(k, sample(p[k], rng))
-    if q is None:
-        residual = p[n].copy()
-        residual[d[n]] = 0.0
-    else:
-        residual = np.maximum(p[n] - q[n], 0.0)
+    residual = np.maximum(p[n] - q[n], 0.0)
     total = residual.sum()
     if total <= 0.0:  # p == q at this row: a rejection has probability 0; fall back safely
         return Verdict(n, sample(p[n], rng))

@@ -92,7 +92,8 @@ def two_token_joint(rule, n: int, *, one_hot_draft: int | None = None, seed: int
             d = np.array([sample(q0, rng), sample(q1, rng)])
             q = np.stack([q0, q1])
         else:
-            d, q = np.array([one_hot_draft, one_hot_draft]), None
+            d = np.array([one_hot_draft, one_hot_draft])
+            q = np.eye(6)[d]  # a deterministic draft as a distribution: q_i = one-hot(d_i)
         v = rule(d, q, p, rng)
         out = [*d[: v.n_accepted].tolist(), v.next_token]
         if len(out) == 1:

@@ -25,18 +25,18 @@ from typing import Any
 
 import jinja2
 
-from sdfp_edge.backend import LlamaBackend, check_skip_supported
-from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
-from sdfp_edge.drafters.skip_layers import layer_skip_candidates
-from sdfp_edge.drafters.base import Drafter
-from sdfp_edge.cost_store import CostStore
-from sdfp_edge.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
+from sdfp_edge.runtime.backend import LlamaBackend, check_skip_supported
+from sdfp_edge.runtime.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
+from sdfp_edge.runtime.drafters.skip_layers import layer_skip_candidates
+from sdfp_edge.runtime.drafters.base import Drafter
+from sdfp_edge.runtime.cost_store import CostStore
+from sdfp_edge.runtime.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError
-from sdfp_edge.grammar import Grammar
-from sdfp_edge.logits_processors import LogitsProcessor, Penalties, TokenLogprob
+from sdfp_edge.runtime.grammar import Grammar
+from sdfp_edge.runtime.logits_processors import LogitsProcessor, Penalties, TokenLogprob
 from sdfp_edge.metadata import SkipMetadata, model_info, read_kv, skip_metadata, validate_skip_layers
 from sdfp_edge.models import resolve_model
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.sampling import SamplingParams
 
 MAX_TOKENS_LIMIT = 1 << 20
 
@@ -263,7 +263,7 @@ class Model:
         """Stream text chunks; when the stream ends, `last_stats` holds the statistics.
 
         Penalties are llama.cpp's (over the last `repeat_last_n` tokens of prompt and output;
-        -1: all); `grammar` is GBNF the output must follow (sdfp_edge.grammar makes it from a
+        -1: all); `grammar` is GBNF the output must follow (sdfp_edge.runtime.grammar makes it from a
         JSON schema); `logprobs=n` gives each chunk its tokens' log-probabilities and the n
         likeliest alternatives; `keep_special` names special tokens whose text the output keeps
         (a template's tool-call tags). Arguments are checked here, before the first chunk, so

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from sdfp_edge.errors import ModelFileError, SkipListError
 
 FORMAT_VERSION = 2  # 1: no sub-layer keys; read the same way
@@ -295,3 +298,33 @@ def write_skip_metadata(
         raise
     return dst_p
 
+
+def choose_skip_layers(
+    scores: npt.ArrayLike, n_skip: int, *, keep_first: bool = True
+) -> list[int]:
+    """The `n_skip` least sensitive layers, sorted by index.
+
+    Never the last layer (it produces the output), nor layer 0 unless keep_first=False.
+    Ties go to the lower index.
+
+    Args:
+        scores: [n_layer], higher = more sensitive.
+        n_skip: how many layers to skip, 0 <= n_skip <= number of candidates.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise SkipListError(f"layer scores must be a non-empty 1-D array, got shape {s.shape}")
+    if not np.all(np.isfinite(s)):
+        raise SkipListError(f"layer scores contain NaN or infinity at layers {np.flatnonzero(~np.isfinite(s)).tolist()}")
+    n_layer = s.size
+    candidates = [i for i in range(n_layer - 1) if i > 0 or not keep_first]
+    if isinstance(n_skip, bool) or not isinstance(n_skip, (int, np.integer)):
+        raise SkipListError(f"the number of layers to skip must be an integer, got {n_skip!r}")
+    if not 0 <= n_skip <= len(candidates):
+        rule = "the first and the last" if keep_first else "the last"
+        raise SkipListError(
+            f"cannot skip {n_skip} of {n_layer} layers: {rule} layer are kept, "
+            f"so at most {len(candidates)} can be skipped"
+        )
+    ranked = sorted(candidates, key=lambda i: (s[i], i))
+    return sorted(ranked[: int(n_skip)])

@@ -21,7 +21,7 @@ def sdfp_edge_command() -> list[str]:
     script = Path(sys.executable).with_name("sdfp-edge")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from sdfp_edge.cli import main; main()"]
+    return [sys.executable, "-c", "from sdfp_edge.cli.main import main; main()"]
 
 
 def free_port() -> int:

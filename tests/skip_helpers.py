@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sdfp_edge import draft_vocab
-from sdfp_edge.backend import LlamaBackend
-from sdfp_edge.layer_skip import DraftMask
+from sdfp_edge.runtime import draft_vocab
+from sdfp_edge.runtime.backend import LlamaBackend
+from sdfp_edge.runtime.layer_skip import DraftMask
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Then it"
 

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 import sdfp_edge
-from sdfp_edge import batchio
-from sdfp_edge.cli import main
+from sdfp_edge.runtime import batchio
+from sdfp_edge.cli.main import main
 from sdfp_edge.errors import InvalidRequestError
 
 PROMPTS = ["Once upon a time", "def fib(n):", "The capital of France is", "Water boils at",
@@ -133,7 +133,7 @@ def test_a_killed_run_resumes_with_every_answer_once_and_unchanged(smollm2: Path
     assert run_cli([*common, "--output", str(whole)]).exit_code == 0
 
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-c", "from sdfp_edge.cli import main; main()", "generate", *common,
+    cmd = [sys.executable, "-c", "from sdfp_edge.cli.main import main; main()", "generate", *common,
            "--output", str(out)]
     env = {**os.environ, "PYTHONPATH": str(Path(sdfp_edge.__file__).parents[1])}  # this checkout's code
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

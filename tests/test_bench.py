@@ -18,7 +18,7 @@ from sdfp_edge.bench.protocol import LoadConfig, Request, SystemSpec
 from sdfp_edge.bench.runner import SCHEMA
 from sdfp_edge.bench.stats import RunRecord
 from sdfp_edge.bench.systems import BASE, Setup, last_k_layers, random_layers, uniform_layers
-from sdfp_edge.cli import main
+from sdfp_edge.cli.main import main
 from sdfp_edge.errors import InvalidRequestError
 
 SMOL_SKIP = "4,9,14,19,24"  # until the default GGUF carries a FIT list
@@ -368,7 +368,7 @@ def test_bench_each_system_in_its_own_process(smollm2: Path, tmp_path: Path) -> 
             "--out", str(out), "--no-progress", "--no-cost-cache"]  # a cold start, whatever ran before
     if not fit_in_gguf:
         argv += ["--skip-layers", SMOL_SKIP]
-    script = ("import sys; from sdfp_edge.cli import main\n"
+    script = ("import sys; from sdfp_edge.cli.main import main\n"
               "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
               "print('LLAMA_CPP_IMPORTED', 'llama_cpp' in sys.modules, file=sys.stderr); sys.exit(code)")
     proc = subprocess.run([sys.executable, "-c", script, *argv], check=False, capture_output=True, text=True,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdfp_edge.block_choice import choose_skip_blocks, cost_fractions, whole_layer_cost
+from sdfp_edge.convert.block_choice import choose_skip_blocks, cost_fractions, whole_layer_cost
 from sdfp_edge.errors import SkipListError
 
 
@@ -94,5 +94,5 @@ def test_choose_skip_blocks_properties(data: st.DataObject, n: int, keep_first: 
 
 
 def test_importing_block_skip_does_not_import_torch() -> None:
-    code = "import sys, sdfp_edge.block_choice; sys.exit(int('torch' in sys.modules))"
+    code = "import sys, sdfp_edge.convert.block_choice; sys.exit(int('torch' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, check=False).returncode == 0

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdfp_edge import draft_vocab, layer_skip
-from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.runtime import draft_vocab, layer_skip
+from sdfp_edge.runtime.backend import LlamaBackend
 from sdfp_edge.errors import ModelFileError, SkipListError, UnsupportedArchitectureError
-from sdfp_edge.layer_skip import ATTN, FFN, DraftMask
+from sdfp_edge.runtime.layer_skip import ATTN, FFN, DraftMask
 from skip_helpers import PROMPT, open_backend, prompt_logits, shared_cache_check
 
 @pytest.fixture(scope="module")

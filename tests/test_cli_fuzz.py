@@ -18,8 +18,8 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdfp_edge.cli import main
-from sdfp_edge.engine import MODES
+from sdfp_edge.cli.main import main
+from sdfp_edge.runtime.engine import MODES
 
 MAX_EXAMPLES = 48  # generate; chat gets a quarter of it
 COUNT: Counter[str] = Counter()

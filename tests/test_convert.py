@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import gguf
 
-from sdfp_edge import calibration as cal
-from sdfp_edge import convert as cv
+from sdfp_edge.convert import calibration as cal
+from sdfp_edge.convert import pipeline as cv
 from sdfp_edge.errors import ModelFileError, SdfpError, SkipListError
 from sdfp_edge.metadata import read_skip_metadata
 
@@ -125,7 +125,7 @@ def test_annotate_again_replaces_metadata(hf_dir: Path, tiny_gguf: Path, tmp_pat
 
 
 def test_annotate_records_sub_layer_choice_and_draft_vocab(hf_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
-    from sdfp_edge.block_choice import block_costs, whole_layer_cost
+    from sdfp_edge.convert.block_choice import block_costs, whole_layer_cost
 
     out = tmp_path / "annotated.gguf"
     meta = cv.convert(hf_dir, out, gguf_in=tiny_gguf, n_skip=1, seed=3, **FAST)
@@ -245,7 +245,7 @@ def test_automatic_count_is_the_default_ratio() -> None:
 
 
 def test_importing_convert_does_not_import_torch() -> None:
-    code = "import sys, sdfp_edge.convert; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
+    code = "import sys, sdfp_edge.convert.pipeline; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, check=False).returncode == 0
 
 
@@ -283,13 +283,13 @@ def tiny_lm(hf_dir: Path) -> tuple[torch.nn.Module, transformers.PreTrainedToken
 
 
 def test_held_out_prompts_are_not_calibration_prompts() -> None:
-    from sdfp_edge import skip_count
+    from sdfp_edge.convert import skip_count
 
     assert not set(skip_count.HELD_OUT_PROMPTS) & set(cal.PROMPTS)
 
 
 def test_auto_count_prefers_a_paying_count_and_breaks_ties_by_measurement() -> None:
-    from sdfp_edge.skip_count import CountTrial, choose_count
+    from sdfp_edge.convert.skip_count import CountTrial, choose_count
 
     def trial(n: int, predicted: float, drafting: float) -> CountTrial:
         return CountTrial(n, tuple(range(n)), 0.5, 2.0, 0.9, 0, predicted, 1.0, drafting)

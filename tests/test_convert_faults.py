@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from test_convert import save_tiny_llama  # noqa: E402
 
-from sdfp_edge import convert as cv  # noqa: E402
+from sdfp_edge.convert import pipeline as cv  # noqa: E402
 from sdfp_edge.errors import SdfpError  # noqa: E402
 from sdfp_edge.metadata import read_skip_metadata  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdfp_edge.controller import (
+from sdfp_edge.runtime.controller import (
     Acceptance,
     Candidate,
     Controller,
@@ -18,10 +18,10 @@ from sdfp_edge.controller import (
     expected_tokens,
     expected_tokens_from_rates,
 )
-from sdfp_edge.cost_store import CostStore
-from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter
-from sdfp_edge.drafters.prompt_lookup import drafts_judged_by, match_source, prior_acceptance
-from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
+from sdfp_edge.runtime.cost_store import CostStore
+from sdfp_edge.runtime.drafters import DraftModelDrafter, PromptLookupDrafter
+from sdfp_edge.runtime.drafters.prompt_lookup import drafts_judged_by, match_source, prior_acceptance
+from sdfp_edge.runtime.engine import GenerationStats, SpeculativeDecoder
 from test_logits_processors import DRAFT, PROMPT, TARGET, V, BigramBackend
 
 
@@ -403,8 +403,8 @@ def test_cost_store_round_trip_identity_and_damage(tmp_path: Path) -> None:
 
 
 def test_layer_skip_candidates_from_the_gguf_scores() -> None:
-    from sdfp_edge.drafters.skip_layers import layer_skip_candidates
-    from sdfp_edge.layer_skip import DraftMask
+    from sdfp_edge.runtime.drafters.skip_layers import layer_skip_candidates
+    from sdfp_edge.runtime.layer_skip import DraftMask
     from sdfp_edge.metadata import SkipMetadata
 
     scores = tuple(float(x) for x in [9, 1, 5, 2, 8, 3, 7, 4, 6, 0.5, 9, 9])  # 12 layers

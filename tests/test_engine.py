@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from sdfp_edge import draft_vocab
-from sdfp_edge import verify as verify_module
+from sdfp_edge.runtime import draft_vocab
+from sdfp_edge.runtime import verify as verify_module
 from sdfp_edge.api import Model
-from sdfp_edge.backend import LlamaBackend
-from sdfp_edge.drafters import SkipLayersDrafter
-from sdfp_edge.engine import GenerationStats
-from sdfp_edge.layer_skip import DraftMask
-from sdfp_edge.sampling import SamplingParams, draw, probs_from_logits
-from sdfp_edge.verify import Verdict
+from sdfp_edge.runtime.backend import LlamaBackend
+from sdfp_edge.runtime.drafters import SkipLayersDrafter
+from sdfp_edge.runtime.engine import GenerationStats
+from sdfp_edge.runtime.layer_skip import DraftMask
+from sdfp_edge.runtime.sampling import SamplingParams, draw, probs_from_logits
+from sdfp_edge.runtime.verify import Verdict
 
 SMOL_SKIP = [4, 9, 14, 19, 24]
 
@@ -208,7 +208,7 @@ def test_sampling_end_to_end_matches_the_target_distribution(smol: Model, monkey
     def accept_all(d, logits, sampling, uniforms):
         return Verdict(len(d), draw(logits[len(d)], sampling, uniforms[len(d)]))
 
-    monkeypatch.setattr("sdfp_edge.engine.couple_to_draws", accept_all)
+    monkeypatch.setattr("sdfp_edge.runtime.engine.couple_to_draws", accept_all)
     observed = run(400)
     assert chisquare(observed, np.array([joint[c] for c in cells]) * observed.sum()).pvalue < 0.01
     assert verify_module.couple_to_draws is not accept_all

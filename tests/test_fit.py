@@ -17,11 +17,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from sdfp_edge.errors import SkipListError
-from sdfp_edge.fit import (
+from sdfp_edge.metadata import choose_skip_layers
+from sdfp_edge.convert.fit import (
     BLOCK_METHODS,
     METHODS,
     block_parameters,
-    choose_skip_layers,
     find_decoder_layers,
     score_blocks,
     score_layers,
@@ -326,7 +326,7 @@ def test_block_gate_fisher_equals_weight_scaling_derivative() -> None:
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_block_costs_are_parameter_shares(tied: bool) -> None:
-    from sdfp_edge.block_choice import block_costs
+    from sdfp_edge.convert.block_choice import block_costs
 
     model = tiny_model("llama")
     if tied:

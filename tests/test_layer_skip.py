@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdfp_edge import draft_vocab, layer_skip
-from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.runtime import draft_vocab, layer_skip
+from sdfp_edge.runtime.backend import LlamaBackend
 from sdfp_edge.bench.runner import thp_mode
 from sdfp_edge.errors import RuntimeBuildError, SkipListError, UnsupportedArchitectureError
-from sdfp_edge.layer_skip import DraftMask
+from sdfp_edge.runtime.layer_skip import DraftMask
 from skip_helpers import PROMPT, open_backend, prompt_logits, shared_cache_check
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_qwen3_layer_skip(qwen3_gguf: Path) -> None:
 def _anon_huge_pages_mb(model: Path, env_value: str | None) -> float:
     """AnonHugePages of a fresh process that opened `model` (the advice is process-wide)."""
     code = (
-        "import re, sys; from sdfp_edge.backend import LlamaBackend; "
+        "import re, sys; from sdfp_edge.runtime.backend import LlamaBackend; "
         "b = LlamaBackend(sys.argv[1], n_ctx=4096, n_threads=1); "
         "print(re.search(r'AnonHugePages:\\s+(\\d+)', open('/proc/self/smaps_rollup').read()).group(1))"
     )

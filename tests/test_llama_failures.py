@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sdfp_edge import context_memory
+from sdfp_edge.runtime import context_memory
 from sdfp_edge.api import Model
-from sdfp_edge.backend import LlamaBackend, encode_text
+from sdfp_edge.runtime.backend import LlamaBackend, encode_text
 from sdfp_edge.errors import BackendError, ContextSizeError, InvalidRequestError
 
 # SmolLM2-135M: 30 layers, 3 KV heads of 64 dims, K and V in f16

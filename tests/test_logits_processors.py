@@ -19,12 +19,12 @@ import pytest
 from scipy.stats import chisquare
 
 from sdfp_edge.api import Model
-from sdfp_edge.backend import LlamaBackend, common_prefix_len
-from sdfp_edge.drafters import DraftModelDrafter, PromptLookupDrafter
-from sdfp_edge.engine import GenerationStats, SpeculativeDecoder
+from sdfp_edge.runtime.backend import LlamaBackend, common_prefix_len
+from sdfp_edge.runtime.drafters import DraftModelDrafter, PromptLookupDrafter
+from sdfp_edge.runtime.engine import GenerationStats, SpeculativeDecoder
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.logits_processors import LogitsProcessor, Penalties, log_softmax
-from sdfp_edge.sampling import SamplingParams, softmax
+from sdfp_edge.runtime.logits_processors import LogitsProcessor, Penalties, log_softmax
+from sdfp_edge.runtime.sampling import SamplingParams, softmax
 
 PEN = Penalties(presence=1.5, frequency=0.5, repeat=1.3, last_n=-1)
 
@@ -240,7 +240,7 @@ def test_smollm2_drafts_are_penalized_like_the_target(smol: Model, monkeypatch: 
         return smol.last_stats["acceptance_rate"]
 
     assert [acceptance(kw) for kw in runs] == [pytest.approx(1.0, abs=0.05)] * 2
-    import sdfp_edge.drafters.draft_model as dm
+    import sdfp_edge.runtime.drafters.draft_model as dm
 
     real = dm.draft_autoregressively
     monkeypatch.setattr(dm, "draft_autoregressively", lambda *a: real(*a[:6]))  # the processor dropped

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from sdfp_edge.api import Model
-from sdfp_edge.controller import Acceptance, Candidate, Controller
+from sdfp_edge.runtime.controller import Acceptance, Candidate, Controller
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
-from sdfp_edge.backend import common_prefix_len
-from sdfp_edge.parallel import ParallelDecoder, Request, allocate_drafts, prefill_cuts, stream_batch_seconds
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.backend import common_prefix_len
+from sdfp_edge.runtime.parallel import ParallelDecoder, Request, allocate_drafts, prefill_cuts, stream_batch_seconds
+from sdfp_edge.runtime.sampling import SamplingParams
 
 # long enough (over 64 tokens: REUSE_GRID_CPU) that later prompts reuse its KV
 SYSTEM = ("You are a careful assistant. Answer briefly and copy names exactly as given. When a "

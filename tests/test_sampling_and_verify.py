@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import chisquare
 
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.sampling import SamplingParams, draw, probs_from_logits, sample, sample_at, softmax
-from sdfp_edge.verify import Verdict, accept_greedy, couple_to_draws, rejection_sample
+from sdfp_edge.runtime.sampling import SamplingParams, draw, probs_from_logits, sample, sample_at, softmax
+from sdfp_edge.runtime.verify import Verdict, accept_greedy, couple_to_draws, rejection_sample
 
 LOGITS = np.log(np.array([[0.05, 0.4, 0.25, 0.15, 0.1, 0.05]]))
 

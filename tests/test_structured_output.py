@@ -17,8 +17,8 @@ jsonschema = pytest.importorskip("jsonschema")
 
 from sdfp_edge.api import Model  # noqa: E402
 from sdfp_edge.errors import InvalidRequestError  # noqa: E402
-from sdfp_edge.grammar import Grammar, json_object_gbnf, json_schema_gbnf, unenforced_keywords  # noqa: E402
-from sdfp_edge.logits_processors import LogitsProcessor  # noqa: E402
+from sdfp_edge.runtime.grammar import Grammar, json_object_gbnf, json_schema_gbnf, unenforced_keywords  # noqa: E402
+from sdfp_edge.runtime.logits_processors import LogitsProcessor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

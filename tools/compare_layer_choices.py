@@ -5,13 +5,13 @@ Why this exists: `sdfp-edge convert` ranks layers by their Fisher Information Tr
 and the project's claim (issue 4, "Evidence") is that this choice beats the obvious ones.
 This tool checks it on a given model, at the same skip counts, for:
 
-    fit, gate_fisher, block_influence   the three scores of sdfp_edge.fit (one scoring pass,
+    fit, gate_fisher, block_influence   the three scores of sdfp_edge.convert.fit (one scoring pass,
                                         calibration as `convert` does it by default)
     random (seeds), uniform, last-k     the bench's baseline lists (sdfp_edge.bench.systems;
                                         last-k never includes the final layer)
 
 Every list drafts through llama.cpp on the quantized GGUF as a forced layer-skip draft
-(sdfp_edge.skip_count.measure_counts: greedy, k_max drafted tokens per cycle, no
+(sdfp_edge.convert.skip_count.measure_counts: greedy, k_max drafted tokens per cycle, no
 confidence stop, so acceptance is per drafted token) on held-out prompts that are not
 among the calibration prompts (skip_count.HELD_OUT_PROMPTS). All lists share one model
 load and one cost model. Acceptance and tokens per verify are deterministic under greedy
@@ -36,10 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdfp_edge import models, skip_count
+from sdfp_edge import models
+from sdfp_edge.convert import skip_count
 from sdfp_edge.bench.runner import machine_info
 from sdfp_edge.bench.systems import last_k_layers, random_layers, uniform_layers
-from sdfp_edge.convert import (
+from sdfp_edge.convert.pipeline import (
     METHODS,
     check_gguf_matches,
     hf_config,
@@ -78,7 +79,7 @@ def get_scores(args: argparse.Namespace, gguf_path: Path) -> tuple[dict[str, lis
 def layer_lists(scores: dict[str, list[float]], n_layer: int, counts: list[int],
                 seeds: list[int]) -> list[tuple[str, int, list[int]]]:
     """(choice, count, layers) for every choice at every count."""
-    from sdfp_edge.block_choice import choose_skip_layers
+    from sdfp_edge.metadata import choose_skip_layers
 
     jobs = []
     for n in counts:

@@ -35,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from sdfp_edge import draft_vocab, models, skip_count
+from sdfp_edge.runtime import draft_vocab
+from sdfp_edge import models
+from sdfp_edge.convert import skip_count
 from sdfp_edge.bench.runner import machine_info
 from sdfp_edge.bench.systems import random_layers
-from sdfp_edge.layer_skip import DraftMask
+from sdfp_edge.runtime.layer_skip import DraftMask
 from sdfp_edge.metadata import read_model_info
 
 
@@ -73,7 +75,7 @@ def get_scores(args: argparse.Namespace, gguf_path: Path) -> dict[str, Any]:
         pinned = json.loads((models.MODELS_DIR / f"{args.model}.skip.json").read_text())
         return {"calibration": pinned.get("calibration", ""), "layer": {pinned["score_method"]: pinned["layer_scores"]},
                 "attn": {}, "ffn": {}, "attn_cost": [], "ffn_cost": [], "draft_vocab": []}
-    from sdfp_edge.convert import METHODS, analyze_model, check_gguf_matches, hf_config
+    from sdfp_edge.convert.pipeline import METHODS, analyze_model, check_gguf_matches, hf_config
 
     if args.hf_dir is None:
         sys.exit("error: --hf-dir is needed to score the model (or an existing --scores file)")
@@ -100,8 +102,8 @@ def get_scores(args: argparse.Namespace, gguf_path: Path) -> dict[str, Any]:
 
 def cuts(scores: dict[str, Any], n_layer: int, counts: list[int], seeds: list[int]) -> list[tuple[str, int, DraftMask]]:
     """(choice, count, mask without head) for every choice at every count."""
-    from sdfp_edge.block_choice import choose_skip_blocks, whole_layer_cost
-    from sdfp_edge.block_choice import choose_skip_layers
+    from sdfp_edge.convert.block_choice import choose_skip_blocks, whole_layer_cost
+    from sdfp_edge.metadata import choose_skip_layers
 
     attn_cost, ffn_cost = np.asarray(scores["attn_cost"]), np.asarray(scores["ffn_cost"])
     jobs = []
@@ -121,7 +123,7 @@ def cuts(scores: dict[str, Any], n_layer: int, counts: list[int], seeds: list[in
 def measure(gguf_path: Path, jobs: list[tuple[str, int, DraftMask]], heads: list[bool], vocab: list[int], *,
             max_tokens: int, k_max: int, threads: int | None) -> list[dict[str, Any]]:
     from sdfp_edge.api import Model
-    from sdfp_edge.drafters import SkipLayersDrafter
+    from sdfp_edge.runtime.drafters import SkipLayersDrafter
 
     trials = []
     with Model(gguf_path, n_ctx=1024, n_threads=threads, skip_layers=(), k_max=k_max, cost_cache=False) as m:
@@ -263,7 +265,7 @@ def main() -> None:
         keep = tuple(args.choices.split(","))
         jobs = [j for j in jobs if j[0].split(" (")[0] in keep]
     heads = [h == "small" for h in args.heads.split(",")]
-    from sdfp_edge.backend import LlamaBackend
+    from sdfp_edge.runtime.backend import LlamaBackend
 
     with LlamaBackend(gguf_path, n_ctx=64) as probe:  # the vocabulary the runtime would build
         vocab = draft_vocab.choose(probe.n_vocab, size=args.vocab_size, recorded=scores["draft_vocab"],

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sdfp_edge import draft_vocab, models
-from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.runtime import draft_vocab
+from sdfp_edge import models
+from sdfp_edge.runtime.backend import LlamaBackend
 from sdfp_edge.bench.runner import machine_info
-from sdfp_edge.layer_skip import DraftMask
+from sdfp_edge.runtime.layer_skip import DraftMask
 
 TEXT = "Write a Python function that checks whether a number is prime, with a docstring and tests. " * 20
 

@@ -29,7 +29,7 @@ PROMPT = f"Extract every person, the city they live in now, and the year they mo
 RUN = r"""
 import json, sys, time
 from sdfp_edge.api import Model
-from sdfp_edge.grammar import json_schema_gbnf
+from sdfp_edge.runtime.grammar import json_schema_gbnf
 model, mode, n, schema, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
 with Model(model, n_ctx=2048) as m:
     t0 = time.perf_counter()

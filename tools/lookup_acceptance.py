@@ -4,7 +4,7 @@
     .venv/bin/python tools/lookup_acceptance.py [--model NAME] [--limit 2] [--max-tokens 160] [--k 4]
                                                 [--history] [--answers FILE]
 
-Why: the controller keeps acceptance statistics per lookup source (sdfp_edge.drafters.
+Why: the controller keeps acceptance statistics per lookup source (sdfp_edge.runtime.drafters.
 prompt_lookup.match_source); this replays the drafter over the model's own greedy answers
 (tools/compare_modes.py's prompts and `--limit` prompts per MT-Bench/HumanEval category)
 and prints, per source, how often a proposal's first draft, and how many of its first k
@@ -33,8 +33,8 @@ from compare_modes import PROMPTS
 
 from sdfp_edge.api import Model
 from sdfp_edge.bench import data
-from sdfp_edge.drafters import PromptLookupDrafter
-from sdfp_edge.drafters.prompt_lookup import match_source
+from sdfp_edge.runtime.drafters import PromptLookupDrafter
+from sdfp_edge.runtime.drafters.prompt_lookup import match_source
 
 K = 4
 

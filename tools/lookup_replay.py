@@ -46,10 +46,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sdfp_edge.backend import common_prefix_len
-from sdfp_edge.controller import CostModel
-from sdfp_edge.drafters import PromptLookupDrafter
-from sdfp_edge.engine import LOOKUP_MAX, SpeculativeDecoder
+from sdfp_edge.runtime.backend import common_prefix_len
+from sdfp_edge.runtime.controller import CostModel
+from sdfp_edge.runtime.drafters import PromptLookupDrafter
+from sdfp_edge.runtime.engine import LOOKUP_MAX, SpeculativeDecoder
 
 # llama-server's ngram-simple in the pinned source: common/common.h's defaults
 NGRAM_SIMPLE_N, NGRAM_SIMPLE_M = 12, 48

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from sdfp_edge.backend import LlamaBackend
+from sdfp_edge.runtime.backend import LlamaBackend
 from sdfp_edge.models import resolve_model
 
 

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from sdfp_edge.backend import default_threads
+from sdfp_edge.runtime.backend import default_threads
 from sdfp_edge.bench.processes import WorkerProcess
 from sdfp_edge.bench.protocol import LoadConfig, Request, SystemSpec
 from sdfp_edge.bench.stats import decode_window

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from sdfp_edge import models
-from sdfp_edge.backend import LlamaBackend, cpu_name, default_threads
-from sdfp_edge.controller import CostModel
+from sdfp_edge.runtime.backend import LlamaBackend, cpu_name, default_threads
+from sdfp_edge.runtime.controller import CostModel
 
 SIZES = [*range(1, 21), 24, 28, 31, 32, 33, 40, 48, 64]
 TEXT = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n\n"

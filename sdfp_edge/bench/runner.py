@@ -291,7 +291,7 @@ def run(
         summary       per (system, category or "all"): stats.SummaryRow's fields, with
                       vs {reference: {end_to_end, decode: {median, min, max, n}} or null}
     """
-    from sdfp_edge.backend import default_threads
+    from sdfp_edge.runtime.backend import default_threads
     from sdfp_edge.models import resolve_model
 
     if not prompts:

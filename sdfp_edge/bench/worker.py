@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sdfp_edge.bench.protocol import LoadConfig, Request, SystemSpec, Trace
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.sampling import SamplingParams
 
 
 class System(Protocol):
@@ -67,7 +67,7 @@ class SdfpSystem:
                            k_max=load.k_max, threshold=load.threshold, verbose=load.verbose, **extra)
 
     def info(self) -> dict[str, Any]:
-        from sdfp_edge.backend import describe
+        from sdfp_edge.runtime.backend import describe
 
         return {"backend": describe(self.model.backend), "skip_layers": list(self.model.skip_layers),
                 "skip_source": self.model.skip_source, "build": build_info()}
@@ -76,7 +76,7 @@ class SdfpSystem:
         return self.model.tokenize_chat(messages)
 
     def run(self, req: Request) -> Trace:
-        from sdfp_edge.engine import GenerationStats
+        from sdfp_edge.runtime.engine import GenerationStats
 
         decoder = self.model.decoder
         decoder.backend.reset()

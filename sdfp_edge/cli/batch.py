@@ -19,13 +19,13 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from sdfp_edge import batchio
+from sdfp_edge.runtime import batchio
 from sdfp_edge.api import Model, check_max_tokens
-from sdfp_edge.controller import Controller
-from sdfp_edge.cost_store import CostStore
+from sdfp_edge.runtime.controller import Controller
+from sdfp_edge.runtime.cost_store import CostStore
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, SdfpError
-from sdfp_edge.parallel import PARALLEL_MODES, ParallelDecoder, Request, prefill_cuts
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.parallel import PARALLEL_MODES, ParallelDecoder, Request, prefill_cuts
+from sdfp_edge.runtime.sampling import SamplingParams
 
 # Measured (tools/batch_throughput.py, models/bench/batch/, 2026-12-01, 2-vCPU AMD EPYC):
 # Qwen2.5-Coder-1.5B 7.5 / 8.1 / 7.4 tok/s at 1 / 4 / 8 sequences, SmolLM2-135M 49.5 /

@@ -11,7 +11,7 @@ import click
 
 from sdfp_edge.bench.data import DEFAULT_DATA
 from sdfp_edge.bench.systems import KNOWN
-from sdfp_edge.cli import model_options, user_errors
+from sdfp_edge.cli.options import model_options, user_errors
 from sdfp_edge.cli.generate import parse_layer_list, speculation_options
 
 # --quick: every system, one prompt per category, short answers; meant to finish in under

@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from sdfp_edge.cli import model_options, not_utf8_note, user_errors
+from sdfp_edge.cli.options import model_options, not_utf8_note, user_errors
 from sdfp_edge.cli.generate import check_sampling, open_model, sampling_options, speculation_options, summary_line
-from sdfp_edge.engine import MODES
+from sdfp_edge.runtime.engine import MODES
 from sdfp_edge.errors import ContextOverflowError, SdfpError
 
 PROMPT = ">>> "

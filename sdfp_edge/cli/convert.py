@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from sdfp_edge.cli import user_errors
-from sdfp_edge.convert import METHODS, QUANT_TYPES
+from sdfp_edge.cli.options import user_errors
+from sdfp_edge.convert.pipeline import METHODS, QUANT_TYPES
 
 
 @click.command()
@@ -33,7 +33,7 @@ def convert(hf_dir: Path, out: Path, gguf_in: Path | None, quant: str, method: s
             skip_ratio: float | None, n_samples: int, seq_len: int, calibration_file: Path | None,
             device: str, seed: int) -> None:
     """Score HF_DIR's decoder layers and write a GGUF whose metadata carries the skip list."""
-    from sdfp_edge import convert as pipeline
+    from sdfp_edge.convert import pipeline
 
     meta = pipeline.convert(hf_dir, out, gguf_in=gguf_in, quant=quant.upper(), method=method, n_skip=n_skip,
                             skip_ratio=skip_ratio, n_samples=n_samples, seq_len=seq_len,
@@ -48,7 +48,7 @@ def convert(hf_dir: Path, out: Path, gguf_in: Path | None, quant: str, method: s
 @user_errors
 def inspect(model: Path, plot: Path | None) -> None:
     """Print a GGUF's sdfp metadata and its layers ranked by score."""
-    from sdfp_edge import convert as pipeline
+    from sdfp_edge.convert import pipeline
     from sdfp_edge.errors import SkipListError
     from sdfp_edge.metadata import read_skip_metadata
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
-from sdfp_edge.cli import batch, model_options, not_utf8_note, user_errors
+from sdfp_edge.cli import batch
+from sdfp_edge.cli.options import model_options, not_utf8_note, user_errors
 from sdfp_edge.api import Model, check_max_tokens
-from sdfp_edge.engine import MODES
+from sdfp_edge.runtime.engine import MODES
 from sdfp_edge.errors import SkipListError
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.sampling import SamplingParams
 
 
 def parse_layer_list(value: str | None) -> list[int] | None:

@@ -7,7 +7,7 @@ import json
 import click
 
 from sdfp_edge import models as catalogue
-from sdfp_edge.cli import user_errors
+from sdfp_edge.cli.options import user_errors
 
 
 @click.group()

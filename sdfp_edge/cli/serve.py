@@ -9,7 +9,7 @@ import socket
 import click
 from click.core import ParameterSource
 
-from sdfp_edge.cli import model_options, user_errors
+from sdfp_edge.cli.options import model_options, user_errors
 from sdfp_edge.cli.generate import open_model, speculation_options
 from sdfp_edge.server.settings import API_KEY_ENV, Settings
 

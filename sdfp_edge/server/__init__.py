@@ -2,6 +2,7 @@
 
 It needs the `server` extra (fastapi, uvicorn); only app.py and the modules it uses import
 them, so `settings` stays importable (the CLI reads it) without the extra installed.
+`create_app` lives in app.py; this file imports nothing.
 
     settings.py   what a server is configured with
     schemas.py    request bodies, validated
@@ -15,20 +16,3 @@ them, so `settings` stays importable (the CLI reads it) without the extra instal
     runner.py     one model, one worker thread, a FIFO of jobs
     app.py        create_app(settings, model): the routes
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from sdfp_edge.server.settings import Settings
-
-
-def __getattr__(name: str) -> Any:
-    if name == "create_app":  # imports fastapi: only when asked for
-        from sdfp_edge.server.app import create_app
-
-        return create_app
-    raise AttributeError(f"module 'sdfp_edge.server' has no attribute '{name}'")
-
-
-__all__ = ["create_app", "Settings"]

@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from sdfp_edge import __version__
 from sdfp_edge.api import Model
 from sdfp_edge.errors import SdfpError
-from sdfp_edge.server import responses as R
+import sdfp_edge.server.responses as R
 from sdfp_edge.server.auth import APIKeyMiddleware
 from sdfp_edge.server.cors import CORSMiddleware, cors_options
 from sdfp_edge.server.errors import (

@@ -3,7 +3,7 @@
 OpenAI's shapes: {"type": "text"}, {"type": "json_object"}, and {"type": "json_schema",
 "json_schema": {"name", "schema", "strict"}}; llama.cpp's server also takes
 {"type": "json_object", "schema": {...}}. The schema must be valid JSON Schema (checked with
-`jsonschema`) and within what the grammar converter enforces (sdfp_edge.grammar).
+`jsonschema`) and within what the grammar converter enforces (sdfp_edge.runtime.grammar).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.grammar import json_object_gbnf, json_schema_gbnf
+from sdfp_edge.runtime.grammar import json_object_gbnf, json_schema_gbnf
 
 
 class _Strict(BaseModel):

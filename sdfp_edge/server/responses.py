@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sdfp_edge.logits_processors import TokenLogprob
+from sdfp_edge.runtime.logits_processors import TokenLogprob
 
 SSE_DONE = "data: [DONE]\n\n"
 

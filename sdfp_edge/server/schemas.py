@@ -24,9 +24,9 @@ from pydantic import (
 )
 
 from sdfp_edge.api import MAX_TOKENS_LIMIT
-from sdfp_edge.engine import MODES
+from sdfp_edge.runtime.engine import MODES
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.logits_processors import MAX_TOP_LOGPROBS
+from sdfp_edge.runtime.logits_processors import MAX_TOP_LOGPROBS
 from sdfp_edge.server.formats import ResponseFormat
 from sdfp_edge.server.tools import (
     TAGS,

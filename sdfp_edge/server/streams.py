@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdfp_edge.server import responses as R
+import sdfp_edge.server.responses as R
 from sdfp_edge.server.tools import Part, ToolCallSplitter
 
 Chunk = dict[str, Any]

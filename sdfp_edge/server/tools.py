@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.grammar import json_schema_gbnf
+from sdfp_edge.runtime.grammar import json_schema_gbnf
 from sdfp_edge.server.formats import check_json_schema
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"

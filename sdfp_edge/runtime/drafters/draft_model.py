@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sdfp_edge.backend import LlamaBackend
-from sdfp_edge.drafters.base import Proposal, draft_autoregressively
+from sdfp_edge.runtime.backend import LlamaBackend
+from sdfp_edge.runtime.drafters.base import Proposal, draft_autoregressively
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.logits_processors import LogitsProcessor
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.logits_processors import LogitsProcessor
+from sdfp_edge.runtime.sampling import SamplingParams
 
 
 class DraftModelDrafter:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sdfp_edge.sampling import SamplingParams, draw, sample
+from sdfp_edge.runtime.sampling import SamplingParams, draw, sample
 
 
 @dataclass(frozen=True)

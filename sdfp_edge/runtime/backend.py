@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from sdfp_edge import context_memory, layer_skip
+from sdfp_edge.runtime import context_memory, layer_skip
 from sdfp_edge.errors import (
     BackendError,
     ContextOverflowError,

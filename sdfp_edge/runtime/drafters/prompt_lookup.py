@@ -24,9 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sdfp_edge.drafters.base import Proposal
-from sdfp_edge.logits_processors import LogitsProcessor
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.drafters.base import Proposal
+from sdfp_edge.runtime.logits_processors import LogitsProcessor
+from sdfp_edge.runtime.sampling import SamplingParams
 
 # matches are measured up to this many tokens: a copy that has run for 16 or 32 tokens is
 # accepted more often than one of 8, and drafts far longer pay when they are (LOOKUP_MAX)

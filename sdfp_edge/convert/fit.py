@@ -44,7 +44,7 @@ block of a layer. `score_blocks` scores both in the same passes as the whole lay
 mean(theta^2): the whole-layer score is not the sum of the two), "gate_fisher" with one
 gate per residual branch (dL/dg_layer = dL/dg_attn + dL/dg_ffn at g = 1).
 "block_influence" stays whole-layer only. `block_parameters` says which parameters
-belong to which block; sdfp_edge.block_choice chooses blocks from the scores.
+belong to which block; sdfp_edge.convert.block_choice chooses blocks from the scores.
 
 Example (model: a transformers causal LM, sequences: calibration token ids):
 
@@ -66,7 +66,6 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from sdfp_edge.block_choice import choose_skip_layers  # noqa: F401  (its home is torch-free; kept importable here)
 from sdfp_edge.errors import SkipListError
 
 METHODS = ("fit", "gate_fisher", "block_influence")

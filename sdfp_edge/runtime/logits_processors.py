@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sdfp_edge.errors import InvalidRequestError
-from sdfp_edge.grammar import Grammar
+from sdfp_edge.runtime.grammar import Grammar
 
 MAX_TOP_LOGPROBS = 20
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sdfp_edge.controller import expected_tokens
+from sdfp_edge.runtime.controller import expected_tokens
 
 # held out: none of these is among the calibration prompts
 HELD_OUT_PROMPTS = (
@@ -73,7 +73,7 @@ def measure_counts(
     no confidence stop, so its acceptance is per drafted token.
     """
     from sdfp_edge.api import Model
-    from sdfp_edge.drafters import SkipLayersDrafter
+    from sdfp_edge.runtime.drafters import SkipLayersDrafter
 
     trials = []
     with Model(gguf_path, n_ctx=1024, n_threads=n_threads, skip_layers=(), k_max=k_max, cost_cache=False) as m:

@@ -2,7 +2,7 @@
 
 A whole-layer draft saves the cost of both blocks of each skipped layer and must take
 them together; a sub-layer draft can leave out the insensitive half of a layer and keep
-the other. Given a sensitivity score per block (sdfp_edge.fit.score_blocks) and each
+the other. Given a sensitivity score per block (sdfp_edge.convert.fit.score_blocks) and each
 block's cost as a fraction of one full forward step, `choose_skip_blocks` removes blocks
 in order of score per unit of cost saved until the saving reaches the target.
 
@@ -31,37 +31,6 @@ import numpy.typing as npt
 from sdfp_edge.errors import SkipListError
 
 _RTOL = 1e-9  # a saving this close to the target reaches it (sums of costs in another order)
-
-
-def choose_skip_layers(
-    scores: npt.ArrayLike, n_skip: int, *, keep_first: bool = True
-) -> list[int]:
-    """The `n_skip` least sensitive layers, sorted by index.
-
-    Never the last layer (it produces the output), nor layer 0 unless keep_first=False.
-    Ties go to the lower index.
-
-    Args:
-        scores: [n_layer], higher = more sensitive.
-        n_skip: how many layers to skip, 0 <= n_skip <= number of candidates.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 1 or s.size == 0:
-        raise SkipListError(f"layer scores must be a non-empty 1-D array, got shape {s.shape}")
-    if not np.all(np.isfinite(s)):
-        raise SkipListError(f"layer scores contain NaN or infinity at layers {np.flatnonzero(~np.isfinite(s)).tolist()}")
-    n_layer = s.size
-    candidates = [i for i in range(n_layer - 1) if i > 0 or not keep_first]
-    if isinstance(n_skip, bool) or not isinstance(n_skip, (int, np.integer)):
-        raise SkipListError(f"the number of layers to skip must be an integer, got {n_skip!r}")
-    if not 0 <= n_skip <= len(candidates):
-        rule = "the first and the last" if keep_first else "the last"
-        raise SkipListError(
-            f"cannot skip {n_skip} of {n_layer} layers: {rule} layer are kept, "
-            f"so at most {len(candidates)} can be skipped"
-        )
-    ranked = sorted(candidates, key=lambda i: (s[i], i))
-    return sorted(ranked[: int(n_skip)])
 
 
 def cost_fractions(
@@ -96,7 +65,7 @@ def block_costs(model: Any) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.flo
     Returns:
         (attn_cost [n_layer], ffn_cost [n_layer]), float64.
     """
-    from sdfp_edge.fit import block_parameters, find_decoder_layers
+    from sdfp_edge.convert.fit import block_parameters, find_decoder_layers
 
     counts = [[sum(p.numel() for p in params) for params in block_parameters(layer)]
               for layer in find_decoder_layers(model)]

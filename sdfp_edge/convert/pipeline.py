@@ -7,9 +7,9 @@ Steps: check the options (and, when annotating, that IN is the model in HF_DIR);
 with llama.cpp's own `convert_hf_to_gguf.py` from the patched source tree (a subprocess,
 `--outtype f16`) and quantize with llama.cpp's quantizer (`llama_model_quantize`); score
 the decoder layers and their attention and MLP blocks on calibration text
-(sdfp_edge.fit), in the same pass; write the `sdfp.*` metadata (sdfp_edge.metadata:
+(sdfp_edge.convert.fit), in the same pass; write the `sdfp.*` metadata (sdfp_edge.metadata:
 streamed, temporary file renamed at the end, input untouched): the whole-layer skip list,
-a sub-layer choice saving the same share of a step (sdfp_edge.block_choice), and the
+a sub-layer choice saving the same share of a step (sdfp_edge.convert.block_choice), and the
 tokens the model produced in its own calibration answers (the draft vocabulary).
 
 PyTorch and transformers are imported inside the functions that need them: importing this
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdfp_edge import layer_skip
+from sdfp_edge.runtime import layer_skip
 from sdfp_edge.errors import (
     ModelFileError,
     RuntimeBuildError,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-METHODS = ("fit", "gate_fisher", "block_influence")  # = sdfp_edge.fit.METHODS (that imports torch)
+METHODS = ("fit", "gate_fisher", "block_influence")  # = sdfp_edge.convert.fit.METHODS (that imports torch)
 DEFAULT_SKIP_RATIO = 0.2
 SOURCE_ENV = "SDFP_EDGE_LLAMA_CPP_SRC"  # a patched llama-cpp-python source tree, overrides the lookup
 
@@ -91,12 +91,12 @@ def convert(
         out_path: the GGUF to write (never the same file as gguf_in).
         gguf_in: annotate this GGUF (same model as hf_dir) instead of converting hf_dir.
         quant: llama.cpp quantization type of the converted file (ignored with gguf_in).
-        method: "fit", "gate_fisher" or "block_influence" (see sdfp_edge.fit).
+        method: "fit", "gate_fisher" or "block_influence" (see sdfp_edge.convert.fit).
         n_skip: number of layers the draft skips; or skip_ratio, a fraction of the layers;
             neither: `choose_n_skip_auto`.
         n_samples, seq_len: calibration size (sequences, tokens each).
         calibration_file: text or JSONL file; default: the model's own answers to
-            built-in prompts (sdfp_edge.calibration).
+            built-in prompts (sdfp_edge.convert.calibration).
         device, seed, progress: for scoring.
 
     Returns:
@@ -132,7 +132,7 @@ def convert(
         n_layer = config["num_hidden_layers"]
         if count is None:
             count = _check_count(choose_n_skip_auto(scores, gguf_path=src, progress=progress), n_layer)
-        from sdfp_edge.block_choice import choose_skip_layers
+        from sdfp_edge.metadata import choose_skip_layers
 
         skip_layers = tuple(choose_skip_layers(scores, count))
         skip_attn, skip_ffn = default_block_choice(scored, method, skip_layers)
@@ -164,15 +164,15 @@ def choose_n_skip_auto(
 ) -> int:
     """How many layers to skip when neither n_skip nor skip_ratio is given.
 
-    Measured through the runtime (sdfp_edge.skip_count): each candidate count's ranked list
+    Measured through the runtime (sdfp_edge.convert.skip_count): each candidate count's ranked list
     drafts on held-out prompts in llama.cpp, and the count with the best predicted speedup
     under the cost model wins. Without a GGUF to measure on: DEFAULT_SKIP_RATIO.
     """
     n_layer = len(scores)
     if gguf_path is None:
         return _ratio_to_count(DEFAULT_SKIP_RATIO, n_layer)
-    from sdfp_edge import skip_count
-    from sdfp_edge.block_choice import choose_skip_layers
+    from sdfp_edge.convert import skip_count
+    from sdfp_edge.metadata import choose_skip_layers
 
     counts = sorted({max(1, min(n_layer - 2, round(r * n_layer))) for r in AUTO_SKIP_RATIOS})
     _say(progress, f"measuring draft acceptance for skip counts {counts} on held-out prompts")
@@ -194,7 +194,7 @@ def default_block_choice(
     """
     if method not in scored.attn:
         return [], []
-    from sdfp_edge.block_choice import choose_skip_blocks, whole_layer_cost
+    from sdfp_edge.convert.block_choice import choose_skip_blocks, whole_layer_cost
 
     budget = whole_layer_cost(skip_layers, scored.attn_cost, scored.ffn_cost)
     return choose_skip_blocks(scored.attn[method], scored.ffn[method], scored.attn_cost, scored.ffn_cost, budget)
@@ -263,9 +263,9 @@ def analyze_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sdfp_edge import calibration as cal
-    from sdfp_edge.block_choice import block_costs
-    from sdfp_edge.fit import score_blocks, score_layers
+    from sdfp_edge.convert import calibration as cal
+    from sdfp_edge.convert.block_choice import block_costs
+    from sdfp_edge.convert.fit import score_blocks, score_layers
 
     tokenizer = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
     config = hf_config(hf_dir)
@@ -351,7 +351,7 @@ def llama_cpp_source() -> Path:
     """
     if os.environ.get(SOURCE_ENV):
         return Path(os.environ[SOURCE_ENV])
-    script = Path(__file__).resolve().parent.parent / "tools" / "build_runtime.py"
+    script = Path(__file__).resolve().parents[2] / "tools" / "build_runtime.py"
     if not script.is_file():
         raise RuntimeBuildError(
             f"cannot find llama.cpp's converter: run from an sdfp-edge source checkout "

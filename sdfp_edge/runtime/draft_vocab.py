@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from sdfp_edge.layer_skip import DRAFT_VOCAB_MULTIPLE
+from sdfp_edge.runtime.layer_skip import DRAFT_VOCAB_MULTIPLE
 
 DEFAULT_SIZE = 32768
 END_SCAN = 1024  # special tokens sit at the end of these vocabularies: where to look for end tokens

@@ -5,9 +5,9 @@ holds tokens[:-1]; it returns a `Proposal` and leaves the target's KV cache and 
 exactly as it found them.
 """
 
-from sdfp_edge.drafters.base import Drafter, Proposal
-from sdfp_edge.drafters.draft_model import DraftModelDrafter
-from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter
-from sdfp_edge.drafters.skip_layers import SkipLayersDrafter
+from sdfp_edge.runtime.drafters.base import Drafter, Proposal
+from sdfp_edge.runtime.drafters.draft_model import DraftModelDrafter
+from sdfp_edge.runtime.drafters.prompt_lookup import PromptLookupDrafter
+from sdfp_edge.runtime.drafters.skip_layers import SkipLayersDrafter
 
 __all__ = ["Drafter", "Proposal", "DraftModelDrafter", "PromptLookupDrafter", "SkipLayersDrafter"]

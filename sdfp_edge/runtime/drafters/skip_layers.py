@@ -13,15 +13,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sdfp_edge import draft_vocab
-from sdfp_edge.backend import LlamaBackend
-from sdfp_edge.block_choice import choose_skip_layers
-from sdfp_edge.drafters.base import Proposal, draft_autoregressively
+from sdfp_edge.runtime import draft_vocab
+from sdfp_edge.runtime.backend import LlamaBackend
+from sdfp_edge.metadata import choose_skip_layers
+from sdfp_edge.runtime.drafters.base import Proposal, draft_autoregressively
 from sdfp_edge.errors import SdfpError
-from sdfp_edge.layer_skip import DraftMask
-from sdfp_edge.logits_processors import LogitsProcessor
+from sdfp_edge.runtime.layer_skip import DraftMask
+from sdfp_edge.runtime.logits_processors import LogitsProcessor
 from sdfp_edge.metadata import SkipMetadata
-from sdfp_edge.sampling import SamplingParams
+from sdfp_edge.runtime.sampling import SamplingParams
 
 ATTN_SHARE = 0.25  # a layer's attention block, as a share of the layer's cost (a prior only)
 

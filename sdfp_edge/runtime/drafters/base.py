@@ -9,8 +9,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from sdfp_edge.logits_processors import LogitsProcessor
-from sdfp_edge.sampling import SamplingParams, probs_from_logits, sample, softmax
+from sdfp_edge.runtime.logits_processors import LogitsProcessor
+from sdfp_edge.runtime.sampling import SamplingParams, probs_from_logits, sample, softmax
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from sdfp_edge.backend import LlamaBackend, common_prefix_len
-from sdfp_edge.controller import Candidate, Controller, Stopwatch, probe_cap
-from sdfp_edge.drafters.base import Proposal
-from sdfp_edge.drafters.prompt_lookup import PromptLookupDrafter, drafts_judged_by
-from sdfp_edge.engine import LOOKUP_MAX, PositionUniforms, verdict_on
+from sdfp_edge.runtime.backend import LlamaBackend, common_prefix_len
+from sdfp_edge.runtime.controller import Candidate, Controller, Stopwatch, probe_cap
+from sdfp_edge.runtime.drafters.base import Proposal
+from sdfp_edge.runtime.drafters.prompt_lookup import PromptLookupDrafter, drafts_judged_by
+from sdfp_edge.runtime.engine import LOOKUP_MAX, PositionUniforms, verdict_on
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
-from sdfp_edge.sampling import SamplingParams
-from sdfp_edge.verify import Verdict
+from sdfp_edge.runtime.sampling import SamplingParams
+from sdfp_edge.runtime.verify import Verdict
 
 PARALLEL_MODES = ("auto", "lookup", "off")
 

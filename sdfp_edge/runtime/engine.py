@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from sdfp_edge.backend import LlamaBackend
-from sdfp_edge.controller import Candidate, Controller, Stopwatch
-from sdfp_edge.cost_store import CostStore
-from sdfp_edge.drafters.base import Drafter, Proposal
-from sdfp_edge.drafters.prompt_lookup import drafts_judged_by
+from sdfp_edge.runtime.backend import LlamaBackend
+from sdfp_edge.runtime.controller import Candidate, Controller, Stopwatch
+from sdfp_edge.runtime.cost_store import CostStore
+from sdfp_edge.runtime.drafters.base import Drafter, Proposal
+from sdfp_edge.runtime.drafters.prompt_lookup import drafts_judged_by
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
-from sdfp_edge.logits_processors import LogitsProcessor
-from sdfp_edge.sampling import SamplingParams, probs_from_logits
-from sdfp_edge.verify import Verdict, accept_greedy, couple_to_draws, rejection_sample
+from sdfp_edge.runtime.logits_processors import LogitsProcessor
+from sdfp_edge.runtime.sampling import SamplingParams, probs_from_logits
+from sdfp_edge.runtime.verify import Verdict, accept_greedy, couple_to_draws, rejection_sample
 
 MODES = ("auto", "layerskip", "lookup", "draft-model", "off")
 # the longest prompt-lookup draft: on this CPU a batch of 32 costs 6.7 single tokens, so a

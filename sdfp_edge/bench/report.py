@@ -33,12 +33,29 @@ def _ratio(s: dict[str, Any] | None, *, spread: bool = True) -> str:
     return f"{s['median']:.2f}x" + (f" ({s['min']:.2f}-{s['max']:.2f})" if spread else "")
 
 
+CALL_MARK = {"faster": " ▲", "slower": " ▼", "parity within noise": ""}
+
+
+def _interval(iv: dict[str, Any] | None, *, mark: bool = True) -> str:
+    """median [lo, hi], with ▲ / ▼ where the interval excludes 1.0."""
+    if iv is None:
+        return "–"
+    return f"{iv['median']:.2f}x [{iv['lo']:.2f}, {iv['hi']:.2f}]" + (CALL_MARK[iv["call"]] if mark else "")
+
+
 def _vs(row: dict[str, Any], ref: str, which: str = "end_to_end", *, spread: bool = True) -> str:
-    """A row's ratio to a reference; "1 (reference)" on the reference's own row."""
+    """A row's ratio to a reference: median [lo, hi] where the document has intervals (schema 3),
+    else the median with min-max; "1 (reference)" on the reference's own row."""
     if row["system"] == ref:
         return "1 (reference)"
     r = row["vs"].get(ref)
+    if r is not None and f"{which}_interval" in r:
+        return _interval(r[f"{which}_interval"])
     return _ratio(r and r[which], spread=spread)
+
+
+def _has_intervals(result: dict[str, Any]) -> bool:
+    return result["schema"] != "sdfp-edge-bench/2"
 
 
 def _header(result: dict[str, Any]) -> list[str]:
@@ -77,11 +94,19 @@ def _header(result: dict[str, Any]) -> list[str]:
          f"process computing at a time, every prompt prefilled from an empty cache; nothing ran unrecorded, so "
          f"each process's first request carries its warm-up. The headline is end-to-end tokens/s (from the "
          f"request to its last token) relative to `{base}`, plain llama.cpp as its Python users run it: the "
-         f"median of per-prompt ratios from the same interleaved round, with min-max. Decode rate leaves out "
-         f"the prefill and the first verify cycle. `off` is sdfp-edge's own plain decoding."),
+         f"median of per-prompt ratios from the same interleaved round, "
+         + (f"with its bootstrap {_confidence(result)} interval [lo, hi] (prompts resampled, then repeats within "
+            f"a prompt; seed {cfg['bootstrap']['seed']}); ▲ / ▼ mark a difference whose interval excludes 1.0, "
+            f"anything else is parity within noise. " if _has_intervals(result) else "with min-max. ")
+         + f"Decode rate leaves out the prefill and the first verify cycle. `off` is sdfp-edge's own plain "
+         f"decoding."),
         *_start_line(result),
         "",
     ]
+
+
+def _confidence(result: dict[str, Any]) -> str:
+    return f"{result['config']['bootstrap']['confidence']:.0%}"
 
 
 def _start_line(result: dict[str, Any]) -> list[str]:
@@ -106,8 +131,9 @@ def _skip_table(result: dict[str, Any]) -> list[str]:
 def _main_table(result: dict[str, Any]) -> list[str]:
     base = result["base"]
     load = {s["name"]: s.get("load_s") for s in result["systems"]}
+    spread = "[lo, hi]" if _has_intervals(result) else "(min-max)"
     lines = [
-        (f"| system | tok/s end-to-end | x {base} end-to-end (min-max) | x {base} decode | x off end-to-end | "
+        (f"| system | tok/s end-to-end | x {base} end-to-end {spread} | x {base} decode | x off end-to-end | "
          f"load s | acceptance | tokens/verify | k | c | projected x plain, memory-bound* | same output as {base} |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -135,11 +161,29 @@ def _main_table(result: dict[str, Any]) -> list[str]:
 def _category_table(result: dict[str, Any]) -> list[str]:
     cats, base = result["config"]["categories"], result["base"]
     table = {(r["system"], r["category"]): r for r in result["summary"]}
-    lines = [f"Median x {base}, end-to-end, by category:", "", "| system | " + " | ".join(cats) + " |",
+    title = (f"x {base}, end-to-end, by category, median [lo, hi] ({_confidence(result)} bootstrap):"
+             if _has_intervals(result) else f"Median x {base}, end-to-end, by category:")
+    lines = [title, "", "| system | " + " | ".join(cats) + " |",
              "|---|" + "---|" * len(cats)]
     for system in [s["name"] for s in result["systems"] if s["name"] != base]:
         row = [table.get((system, c)) for c in cats]
         lines.append(f"| {system} | " + " | ".join("–" if r is None else _vs(r, base, spread=False) for r in row) + " |")
+    return [*lines, ""]
+
+
+def _comparison_table(result: dict[str, Any]) -> list[str]:
+    rows = result.get("comparisons") or []
+    if not rows:
+        return []
+    lines = [f"Pairwise, rate(a) / rate(b) paired per prompt and round, median [lo, hi] ({_confidence(result)} "
+             "bootstrap); the verdict only where the interval excludes 1.0:", "",
+             "| a | b | category | end-to-end | decode | verdict (end-to-end) |", "|---|---|---|---|---|---|"]
+    for c in rows:
+        e2e = c["end_to_end"]
+        verdict = "–" if e2e is None else (f"`{c['a']}` {e2e['call']}" if e2e["call"] != "parity within noise"
+                                           else e2e["call"])
+        lines.append(f"| {c['a']} | {c['b']} | {c['category']} | {_interval(e2e, mark=False)} | "
+                     f"{_interval(c['decode'], mark=False)} | {verdict} |")
     return [*lines, ""]
 
 
@@ -158,22 +202,24 @@ def _footer(result: dict[str, Any]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     check_schema(result)
-    parts = [_header(result), _skip_table(result), _main_table(result), _category_table(result), _footer(result)]
+    parts = [_header(result), _skip_table(result), _main_table(result), _category_table(result),
+             _comparison_table(result), _footer(result)]
     return "\n".join(line for part in parts for line in part) + "\n"
 
 
 def check_schema(result: dict[str, Any]) -> None:
     """Refuse a result document this report cannot read (an older bench wrote it)."""
-    from sdfp_edge.bench.runner import SCHEMA
+    from sdfp_edge.bench.runner import READABLE
     from sdfp_edge.errors import InvalidRequestError
 
-    if result.get("schema") != SCHEMA:
-        raise InvalidRequestError(f"bench.json has schema {result.get('schema')!r}; this sdfp-edge reads {SCHEMA} "
-                                  "(rerun the bench to get one)")
+    if result.get("schema") not in READABLE:
+        raise InvalidRequestError(f"bench.json has schema {result.get('schema')!r}; this sdfp-edge reads "
+                                  f"{' and '.join(READABLE)} (rerun the bench to get one)")
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    """Median end-to-end speedup over plain llama.cpp by category and system (min-max whiskers),
+    """Median end-to-end speedup over plain llama.cpp by category and system (whiskers: the
+    bootstrap interval; min-max for a schema-2 document),
     and the memory-bound projection."""
     import matplotlib
 
@@ -194,10 +240,11 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         med, lo, hi, proj = [], [], [], []
         for c in cats:
             r = table.get((s, c))
-            rr = r["vs"][base]["end_to_end"] if r and r["vs"].get(base) else None
+            vs = r["vs"][base] if r and r["vs"].get(base) else None
+            rr = vs and (vs.get("end_to_end_interval") or vs["end_to_end"])  # the interval, or min-max (schema 2)
             med.append(rr["median"] if rr else np.nan)
-            lo.append(rr["median"] - rr["min"] if rr else 0.0)
-            hi.append(rr["max"] - rr["median"] if rr else 0.0)
+            lo.append(rr["median"] - rr.get("lo", rr.get("min")) if rr else 0.0)
+            hi.append(rr.get("hi", rr.get("max")) - rr["median"] if rr else 0.0)
             proj.append(r["projected"] if r and r["projected"] is not None else np.nan)
         pos = x - 0.4 + width * (j + 0.5)
         axes[0].bar(pos, med, width, yerr=[lo, hi], capsize=2, label=s, color=colors(j % palette))
@@ -205,7 +252,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     for ax in axes:
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(f"end-to-end tokens/s relative to {base}\n(median of paired ratios, min-max)")
+    whiskers = f"bootstrap {_confidence(result)} interval" if _has_intervals(result) else "min-max"
+    axes[0].set_ylabel(f"end-to-end tokens/s relative to {base}\n(median of paired ratios, {whiskers})")
     axes[1].set_ylabel("projected speedup,\nmemory-bound (V(n)=1)")
     axes[1].set_title("PROJECTION, not measured: tokens per verify / (k c + 1)", fontsize=9)
     m, mach = result["model"], result["machine"]

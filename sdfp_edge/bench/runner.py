@@ -4,10 +4,14 @@ The coordinator (this module; it never imports llama.cpp) starts one process per
 one after another so that each loads the model alone: a `worker.py` process for sdfp-edge
 and llama-cpp-python, or llama.cpp's own `llama-server`. Every process gets the user's
 environment untouched and the same model file, context size and threads. For each prompt
-every system runs once, in an order rotated from prompt to prompt (no system always runs
-first or right after another), one process computing at a time, each prefilling the
-prompt from an empty KV cache. Load drift on the machine therefore hits all systems
-alike, and ratios are paired per prompt.
+every system runs once, one process computing at a time, each prefilling the prompt from
+an empty KV cache. Each repeat draws an order of the systems from (--seed, repeat), and
+that order is rotated by one place from prompt to prompt (no system always runs first or
+right after another); the orders and each run's position are recorded. Load drift on the
+machine therefore hits all systems alike, and ratios are paired per prompt and repeat,
+then summarised by their median with a bootstrap interval (stats.bootstrap_median).
+A multi-turn chat runs turn by turn, every system on the same ids, the reference's
+answer fed into the next turn.
 
 Nothing runs unrecorded: a process's first request is measured as it is and carries
 whatever that system pays to warm up (graph allocation, page faults, cost calibration).
@@ -27,18 +31,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from sdfp_edge import __version__
 from sdfp_edge.bench import llama_server
-from sdfp_edge.bench.data import DEFAULT_DATA, EDIT_INSTRUCTION, HUMANEVAL_INSTRUCTION, SOURCES, Prompt
+from sdfp_edge.bench.data import (CODE_CHAT_FIRST, CODE_EDITS, DEFAULT_DATA, EDIT_INSTRUCTION, HUMANEVAL_INSTRUCTION,
+                                  MULTITURN_SOURCES, SOURCES, Prompt)
 from sdfp_edge.bench.processes import SystemProcess, WorkerError, WorkerProcess
 from sdfp_edge.bench.protocol import LoadConfig, Request, Trace
-from sdfp_edge.bench.stats import RunRecord, decode_window, first_divergence, summarize
+from sdfp_edge.bench.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, RunRecord, best_of, compare,
+                                   decode_window, first_divergence, summarize)
 from sdfp_edge.bench.systems import BASE, OFF, Setup, baseline_layers, choose, spec_for, start_order
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 
-SCHEMA = "sdfp-edge-bench/2"
+SCHEMA = "sdfp-edge-bench/3"  # 3: bootstrap intervals, seeded orders per repeat, multi-turn chats, comparisons
+READABLE = ("sdfp-edge-bench/2", SCHEMA)  # what report.py can render (2: min-max only)
 REFERENCES = (BASE, OFF)  # every ratio is taken against these; the first is the headline
 BUSY_LOAD = 0.25  # load average per usable CPU, before the bench starts, above which it warns
 
@@ -54,6 +63,7 @@ class BenchConfig:
     max_tokens: int = 128
     temperature: float = 0.0
     repeats: int = 1  # rounds over the prompts; ratios are paired per prompt and round
+    compare: Sequence[tuple[str, str]] | None = None  # pairs (a, b) to compare; None: auto vs the best ngram server
     systems: Sequence[str] | None = None  # None: every system available
     skip_layers: Sequence[int] | None = None  # None: the GGUF's sdfp metadata
     draft_model: str | None = None
@@ -216,43 +226,132 @@ def _record(prompt: Prompt, n_prompt: int, system: str, trace: Trace, repeat: in
     )
 
 
+def _chat_record(turns: Sequence[RunRecord], base_tokens: Sequence[int]) -> RunRecord:
+    """One chat's turns as one record: counts and times summed (each turn's decode window is its
+    own), the first divergence from the base counted in tokens from the chat's first answer."""
+    first = turns[0]
+    divergence, offset = None, 0
+    for t, n in zip(turns, base_tokens):
+        if t.divergence is not None:
+            divergence = offset + t.divergence
+            break
+        offset += n
+    steps_by: dict[str, int] = {}
+    for t in turns:
+        for d, n in t.steps_by_drafter.items():
+            steps_by[d] = steps_by.get(d, 0) + n
+    return RunRecord(
+        prompt_id=first.prompt_id, category=first.category, system=first.system,
+        prompt_tokens=sum(t.prompt_tokens for t in turns), tokens=sum(t.tokens for t in turns),
+        decode_tokens=sum(t.decode_tokens for t in turns), decode_s=sum(t.decode_s for t in turns),
+        first_s=sum(t.first_s for t in turns), total_s=sum(t.total_s for t in turns),
+        verifies=None if any(t.verifies is None for t in turns) else sum(t.verifies or 0 for t in turns),
+        drafted=sum(t.drafted for t in turns), accepted=sum(t.accepted for t in turns),
+        draft_steps=None if any(t.draft_steps is None for t in turns) else sum(t.draft_steps or 0 for t in turns),
+        steps_by_drafter=steps_by, repeat=first.repeat, first_request=first.first_request, divergence=divergence,
+        system_stats={"turns": [{"prompt_tokens": t.prompt_tokens, "tokens": t.tokens, "total_s": t.total_s,
+                                 "divergence": t.divergence, **t.system_stats} for t in turns]},
+        position=first.position, turns=len(turns),
+    )
+
+
+def round_orders(names: Sequence[str], repeats: int, seed: int) -> list[list[str]]:
+    """Each repeat's order of the systems: a permutation drawn from (seed, repeat); within a
+    repeat it is rotated from prompt to prompt (`_rounds`)."""
+    return [[names[j] for j in np.random.default_rng([seed, rep]).permutation(len(names))] for rep in range(repeats)]
+
+
+class Chat(Protocol):
+    """What a multi-turn prompt needs besides the systems: the chat template and the detokenizer."""
+
+    def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+    def detokenize(self, ids: list[int]) -> str: ...
+
+
 def _rounds(prompts: Sequence[Prompt], procs: Sequence[SystemProcess], ids: dict[str, list[int]], cfg: BenchConfig,
-            progress: bool, failures: list[dict[str, Any]]) -> tuple[list[RunRecord], dict[str, Trace]]:
-    """Every system on every prompt, cfg.repeats times; the order of the systems rotates.
+            progress: bool, failures: list[dict[str, Any]], *, chat: Chat | None = None,
+            orders: Sequence[Sequence[str]] | None = None,
+            transcripts: list[dict[str, Any]] | None = None) -> tuple[list[RunRecord], dict[str, Trace]]:
+    """Every system on every prompt, cfg.repeats times, interleaved.
+
+    In repeat r the systems run in orders[r] (default: their order in procs), rotated by one
+    place from prompt to prompt. A multi-turn prompt runs turn by turn: every system answers
+    turn t on the same ids, then the base's answer becomes the assistant message before turn
+    t + 1 (rendered with the chat template by `chat`), so every system, llama-server included,
+    is sent the same conversation; its record sums the turns, and `transcripts` gets the
+    fed answers.
 
     A request that a system fails is appended to `failures` and left out of the records
-    (a prompt that the reference failed is left out for every system); the run goes on."""
+    (a prompt that the reference failed is left out for every system; a chat that a system
+    failed on any turn is left out for that system); the run goes on."""
     from tqdm import tqdm
 
     records: list[RunRecord] = []
     last: dict[str, Trace] = {}
     n = len(procs)
-    with tqdm(total=cfg.repeats * len(prompts) * n, unit="run", desc="bench", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    by_name = {p.spec.name: p for p in procs}
+    total = cfg.repeats * sum(1 + len(p.turns) for p in prompts) * n
+    with tqdm(total=total, unit="run", desc="bench", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
         for rep in range(cfg.repeats):
+            order = [by_name[name] for name in orders[rep]] if orders is not None else list(procs)
             for i, p in enumerate(prompts):
-                shift = (rep * len(prompts) + i) % n
-                req = Request(ids=ids[p.id], max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
-                traces: dict[str, Trace] = {}
-                for proc in [*procs[shift:], *procs[:shift]]:
-                    bar.set_postfix_str(f"{p.category} {proc.spec.name}", refresh=False)
-                    try:
-                        traces[proc.spec.name] = proc.run(req)
-                    except WorkerError as e:
-                        failures.append({"system": proc.spec.name, "prompt_id": p.id, "repeat": rep,
-                                         "error": str(e)[:2000]})
-                        print(f"{proc.spec.name} failed on {p.id}: {str(e).splitlines()[0]}", file=sys.stderr)
-                    bar.update()
-                if BASE not in traces:  # nothing to pair this prompt's runs with
-                    continue
-                for proc in procs:  # records in the systems' own order
-                    name = proc.spec.name
-                    if name in traces:
-                        rec = _record(p, len(ids[p.id]), name, traces[name], rep)
-                        rec.divergence = first_divergence(traces[name].tokens, traces[BASE].tokens)
-                        records.append(rec)
-                last.update(traces)
+                shift = i % n
+                turn_records: dict[str, list[RunRecord]] = {proc.spec.name: [] for proc in procs}
+                base_tokens: list[int] = []
+                answers: list[str] = []
+                turn_ids = ids[p.id]
+                for turn in range(1 + len(p.turns)):
+                    if turn > 0:
+                        if chat is None:
+                            raise ValueError(f"{p.id} has {1 + len(p.turns)} turns: the bench needs a chat")
+                        answers.append(chat.detokenize(last[BASE].tokens))
+                        turn_ids = chat.tokenize_chat(p.chat(answers))
+                        if (why := _too_long(turn_ids, cfg)) is not None:
+                            failures.append({"system": "(all)", "prompt_id": p.id, "repeat": rep,
+                                             "error": f"turn {turn + 1}: {why}"})
+                            bar.update(n * (len(p.turns) + 1 - turn))
+                            break
+                    req = Request(ids=turn_ids, max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed)
+                    traces: dict[str, Trace] = {}
+                    for pos, proc in enumerate([*order[shift:], *order[:shift]]):
+                        name = proc.spec.name
+                        bar.set_postfix_str(f"{p.category} {name}", refresh=False)
+                        if turn > 0 and len(turn_records[name]) < turn:  # it failed an earlier turn
+                            bar.update()
+                            continue
+                        try:
+                            traces[name] = proc.run(req)
+                        except WorkerError as e:
+                            failures.append({"system": name, "prompt_id": p.id, "repeat": rep,
+                                             **({"turn": turn + 1} if p.turns else {}), "error": str(e)[:2000]})
+                            print(f"{name} failed on {p.id}: {str(e).splitlines()[0]}", file=sys.stderr)
+                        else:
+                            rec = _record(p, len(turn_ids), name, traces[name], rep)
+                            rec.position = pos
+                            turn_records[name].append(rec)
+                        bar.update()
+                    last.update(traces)
+                    if BASE not in traces:  # nothing to pair this prompt's runs with
+                        break
+                    base_tokens.append(len(traces[BASE].tokens))
+                    for name, trace in traces.items():
+                        turn_records[name][-1].divergence = first_divergence(trace.tokens, traces[BASE].tokens)
+                else:  # every turn ran with the base
+                    if p.turns and transcripts is not None:
+                        answers.append(chat.detokenize(last[BASE].tokens) if chat is not None else "")
+                        transcripts.append({"prompt_id": p.id, "repeat": rep, "answers": answers})
+                    for proc in procs:  # records in the systems' own order
+                        turns = turn_records[proc.spec.name]
+                        if len(turns) == 1 + len(p.turns):
+                            records.append(turns[0] if len(turns) == 1 else _chat_record(turns, base_tokens))
     return records, last
+
+
+def _too_long(ids: Sequence[int], cfg: BenchConfig) -> str | None:
+    if cfg.n_ctx > 0 and len(ids) + cfg.max_tokens + cfg.k_max + 2 > cfg.n_ctx:
+        return f"{len(ids)} prompt tokens do not leave room for {cfg.max_tokens} new ones in a context of {cfg.n_ctx}"
+    return None
 
 
 def run(
@@ -265,8 +364,8 @@ def run(
     """Run the bench and return the result document (report.py writes it out as bench.json).
 
     Returns:
-        The document of schema SCHEMA ("sdfp-edge-bench/2"; schema 1 ran every system in one
-        process after an unrecorded warm-up and took ratios against `off` only):
+        The document of schema SCHEMA ("sdfp-edge-bench/3"; 2 had no intervals, orders, chats or
+        comparisons; 1 ran every system in one process after an unrecorded warm-up):
 
         schema, created, command, elapsed_s
         machine       cpu, logical/usable CPUs, physical_cores, threads, memory_gib, os, python,
@@ -277,19 +376,26 @@ def run(
         model         gguf_info(): model, architecture, n_layer, weight_format, path, size_bytes,
                       sha256; draft_model the same, or null
         config        max_tokens, temperature, greedy, seed, n_ctx, threads, n_gpu_layers, draft_max,
-                      draft_p_min, repeats, cost_cache, limit_per_category, data, categories, ...extra
-        data          sources, prompt_format, humaneval_instruction, edit_instruction,
-                      prompts [{id, category, tokens}]
+                      draft_p_min, repeats, cost_cache, limit_per_category, data, categories,
+                      order_seed, orders [[system] per repeat], bootstrap {resamples, seed,
+                      confidence}, ...extra
+        data          sources, prompt_format, humaneval_instruction, edit_instruction, chat turns,
+                      prompts [{id, category, tokens (first turn), turns}], chats [{prompt_id,
+                      repeat, answers}]: the base's answers fed into each chat's next turns
         base          "llama-cpp", the headline reference; references ["llama-cpp", "off"]
         systems       [{name, kind, description, load_s, started (1 = first process started;
                       systems.start_order), command (llama-server's, else null)}]
         skip_lists    {system: {layers, source}}; cost_models {system: its last cost model}
         notes         [str], one per failed request too
-        failures      [{system, prompt_id, repeat, error}]: requests a system failed, left out
-        runs          one per (system, prompt, repeat): stats.RunRecord's fields, decode_rate,
-                      end_to_end_rate
-        summary       per (system, category or "all"): stats.SummaryRow's fields, with
-                      vs {reference: {end_to_end, decode: {median, min, max, n}} or null}
+        failures      [{system, prompt_id, repeat, [turn,] error}]: requests a system failed, left out
+        runs          one per (system, prompt, repeat), a chat's turns summed: stats.RunRecord's
+                      fields (position in its round's order, turns), decode_rate, end_to_end_rate
+        summary       per (system, category or "all"): stats.SummaryRow's fields, with vs
+                      {reference: {end_to_end, decode: {median, min, max, n}, end_to_end_interval,
+                      decode_interval: {median, lo, hi, n, prompts, call}} or null}
+        comparisons   per pair and category or "all": {a, b, category, end_to_end, decode}
+                      (intervals of rate(a) / rate(b)); pairs from --compare, else auto against
+                      the best llama-server n-gram type that ran
     """
     from sdfp_edge.runtime.backend import default_threads
     from sdfp_edge.models import resolve_model
@@ -320,6 +426,9 @@ def run(
     procs: list[SystemProcess] = []
     ids: dict[str, list[int]] = {}
     failures: list[dict[str, Any]] = []
+    transcripts: list[dict[str, Any]] = []
+    orders = round_orders(names, cfg.repeats, cfg.seed)
+    pairs = _pairs(cfg.compare, names)
     with tempfile.TemporaryDirectory(prefix="sdfp-bench-") as log_dir:
         try:
             _start_all(names, setup, load, Path(log_dir), procs, log)
@@ -328,7 +437,8 @@ def run(
             ids.update((p.id, off.tokenize_chat(p.messages)) for p in prompts)  # the chat template, once
             _check_fit(ids, cfg)
             procs.sort(key=lambda p: names.index(p.spec.name))
-            records, last = _rounds(prompts, procs, ids, cfg, progress, failures)
+            records, last = _rounds(prompts, procs, ids, cfg, progress, failures, chat=off, orders=orders,
+                                    transcripts=transcripts)
         finally:
             for proc in procs:
                 proc.close()
@@ -338,6 +448,10 @@ def run(
     greedy = cfg.temperature == 0
     summary = summarize(records, systems=names, categories=categories, costs={n: t.costs for n, t in last.items()},
                         references=REFERENCES, compare_ids=greedy)
+    if cfg.compare is None and (best := best_of([n for n in names if n.startswith("llama-server-ngram")], summary,
+                                                 base=BASE)) and "auto" in names:
+        pairs.append(("auto", best))
+    comparisons = [c.as_dict() for a, b in pairs for c in compare(records, a, b, categories=categories)]
     server_info = next((p.info for p in procs if p.spec.runner == "llama-server"), None)
     return {
         "schema": SCHEMA,
@@ -354,15 +468,23 @@ def run(
             "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "greedy": greedy, "seed": cfg.seed,
             "n_ctx": cfg.n_ctx, "threads": threads, "n_gpu_layers": cfg.n_gpu_layers, "draft_max": cfg.k_max,
             "draft_p_min": cfg.threshold, "repeats": cfg.repeats, "cost_cache": cfg.cost_cache,
-            "limit_per_category": cfg.limit, "data": list(cfg.data), "categories": categories, **cfg.extra,
+            "limit_per_category": cfg.limit, "data": list(cfg.data), "categories": categories,
+            "order_seed": cfg.seed, "orders": orders,
+            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE},
+            **cfg.extra,
         },
         "data": {
             "sources": {name: {"package": s.requirement, "file": s.member} for name, s in SOURCES.items()
-                        if name in cfg.data},
-            "prompt_format": "one user message, rendered with the model's chat template",
+                        if name in cfg.data or ("multiturn" in cfg.data and name in MULTITURN_SOURCES)},
+            "prompt_format": ("one user message, rendered with the model's chat template; a multi-turn chat "
+                              "adds, per later turn, the base's answer and the next user message"),
             "humaneval_instruction": HUMANEVAL_INSTRUCTION,
             "edit_instruction": EDIT_INSTRUCTION,
-            "prompts": [{"id": p.id, "category": p.category, "tokens": len(ids[p.id])} for p in prompts],
+            "chat_turns": {"code": [CODE_CHAT_FIRST, *CODE_EDITS],
+                           "text": "an MT-Bench question, then its second turn (which reworks the first answer)"},
+            "prompts": [{"id": p.id, "category": p.category, "tokens": len(ids[p.id]), "turns": 1 + len(p.turns)}
+                        for p in prompts],
+            "chats": transcripts,
         },
         "base": BASE,
         "references": list(REFERENCES),
@@ -377,7 +499,18 @@ def run(
         "runs": [{**asdict(r), "decode_rate": r.decode_rate, "end_to_end_rate": r.end_to_end_rate}
                  for r in records],
         "summary": [row.as_dict() for row in summary],
+        "comparisons": comparisons,
     }
+
+
+def _pairs(wanted: Sequence[tuple[str, str]] | None, names: Sequence[str]) -> list[tuple[str, str]]:
+    """The asked-for comparisons; each system in them must run."""
+    pairs = [tuple(p) for p in wanted or []]
+    missing = sorted({n for p in pairs for n in p if n not in names})
+    if missing:
+        raise InvalidRequestError(f"--compare names system(s) that do not run: {', '.join(missing)} "
+                                  f"(add them to --systems)")
+    return [(a, b) for a, b in pairs]
 
 
 def _check_fit(ids: dict[str, list[int]], cfg: BenchConfig) -> None:

@@ -20,14 +20,22 @@ Definitions, written down once:
 - projected speedup on memory-bound hardware: tokens_per_verify / (k * c + 1). It assumes
   that verifying a few tokens costs as much as decoding one (V(n) = 1, as on GPUs where
   decoding is memory-bound) and keeps c as measured. A projection, not a measurement.
+- interval: a 95% bootstrap interval of that median (`bootstrap_median`): prompts are
+  resampled with replacement, then each drawn prompt's repeats with replacement, and the
+  median of the drawn ratios is taken; 2.5th and 97.5th percentiles of BOOTSTRAP_RESAMPLES
+  such medians, from a fixed seed. A difference is called ("faster", "slower") only when
+  the interval excludes 1.0; otherwise "parity within noise".
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import numpy as np
 
 Key = TypeVar("Key")
 
@@ -54,6 +62,8 @@ class RunRecord:
     first_request: bool = False  # the system process's first generation (its warm-up included)
     divergence: int | None = None  # first index where the ids differ from the base's; None: identical
     system_stats: dict[str, Any] = field(default_factory=dict)  # the system's own figures
+    position: int | None = None  # 0-based place of this system in its round's order (None: not recorded)
+    turns: int = 1  # chat turns summed into this record (multi-turn prompts)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -145,12 +155,100 @@ def _total(values: Iterable[int | None]) -> int | None:
     return None if any(x is None for x in xs) else sum(x for x in xs if x is not None)
 
 
+# --- the bootstrap interval of a median ratio ---------------------------------------------------------
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+FASTER, SLOWER, PARITY = "faster", "slower", "parity within noise"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The median of paired ratios with its bootstrap interval, and what it allows one to say."""
+
+    median: float
+    lo: float
+    hi: float
+    n: int  # ratios (prompts x repeats)
+    prompts: int
+    call: str  # FASTER (lo > 1), SLOWER (hi < 1) or PARITY
+
+
+def call(lo: float, hi: float) -> str:
+    """"faster" / "slower" only when the interval [lo, hi] excludes 1.0."""
+    return FASTER if lo > 1.0 else SLOWER if hi < 1.0 else PARITY
+
+
+def bootstrap_median(
+    ratios: Mapping[tuple[Hashable, int], float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> Interval | None:
+    """Median of paired ratios and its two-level bootstrap interval (prompts, then repeats).
+
+    Args:
+        ratios: {(prompt, repeat): ratio}; a prompt may have any number of repeats.
+        resamples: bootstrap draws.
+        seed: the generator's seed (the same data and seed give the same interval).
+        confidence: coverage of the percentile interval.
+    Returns:
+        Interval, or None without ratios. Each draw takes P prompts with replacement (P the
+        number of prompts), then, for each drawn prompt with R repeats, R of its repeats with
+        replacement, and takes the median of the P x R drawn ratios; the interval is the
+        central `confidence` share of these medians.
+
+    Example: ratios of 1.3 +- 2% on 8 prompts x 3 repeats give an interval near [1.28, 1.32],
+    which excludes 1.0 ("faster"); ratios of 1.0 +- 10% give one that contains it.
+    """
+    by_prompt: dict[Hashable, list[float]] = {}
+    for (prompt, _rep), r in ratios.items():
+        by_prompt.setdefault(prompt, []).append(float(r))
+    if not by_prompt:
+        return None
+    rows = list(by_prompt.values())
+    n_p, r_max = len(rows), max(len(v) for v in rows)
+    table = np.full((n_p, r_max), np.nan)  # [P, R_max] each prompt's ratios, NaN-padded
+    for i, v in enumerate(rows):
+        table[i, :len(v)] = v
+    counts = np.array([len(v) for v in rows])  # [P]
+    rng = np.random.default_rng(seed)
+    p_idx = rng.integers(0, n_p, size=(resamples, n_p))  # [B, P] drawn prompts
+    u = rng.random((resamples, n_p, r_max))  # [B, P, R_max]
+    reps = (u * counts[p_idx][..., None]).astype(np.int64)  # a repeat of each drawn prompt
+    drawn = table[p_idx[..., None], reps]  # [B, P, R_max]
+    drawn[np.arange(r_max) >= counts[p_idx][..., None]] = np.nan  # R draws for a prompt with R repeats
+    medians = np.nanmedian(drawn.reshape(resamples, -1), axis=1)  # [B]
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = (float(x) for x in np.percentile(medians, [tail, 100 - tail]))
+    point = float(np.median(np.concatenate([np.asarray(v) for v in rows])))
+    return Interval(point, lo, hi, int(counts.sum()), n_p, call(lo, hi))
+
+
+def group_seed(*names: str) -> int:
+    """A fixed seed per comparison (system, reference, category): intervals do not depend on
+    which other systems or categories a run had."""
+    return zlib.crc32("\x1f".join(names).encode())
+
+
 @dataclass
 class Ratios:
     """Paired ratios of one system to one reference system."""
 
     end_to_end: Spread | None
     decode: Spread | None
+    end_to_end_interval: Interval | None = None
+    decode_interval: Interval | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"end_to_end": _plain(self.end_to_end), "decode": _plain(self.decode),
+                "end_to_end_interval": _plain(self.end_to_end_interval),
+                "decode_interval": _plain(self.decode_interval)}
+
+
+def _plain(x: Any) -> Any:
+    return None if x is None else dict(x.__dict__)
 
 
 @dataclass
@@ -170,22 +268,20 @@ class SummaryRow:
     same_output: float | None  # share of runs with ids identical to the base's (greedy only)
 
     def as_dict(self) -> dict[str, Any]:
-        def plain(x: Any) -> Any:
-            return None if x is None else dict(x.__dict__)
-
         d = dict(self.__dict__)
-        d["end_to_end_tokens_per_second"] = plain(self.end_to_end_tokens_per_second)
-        d["tokens_per_second"] = plain(self.tokens_per_second)
-        d["vs"] = {ref: None if r is None else {"end_to_end": plain(r.end_to_end), "decode": plain(r.decode)}
-                   for ref, r in self.vs.items()}
+        d["end_to_end_tokens_per_second"] = _plain(self.end_to_end_tokens_per_second)
+        d["tokens_per_second"] = _plain(self.tokens_per_second)
+        d["vs"] = {ref: None if r is None else r.as_dict() for ref, r in self.vs.items()}
         return d
 
 
-def ratios_to(records: Sequence[RunRecord], reference: Sequence[RunRecord]) -> Ratios:
-    """Paired end-to-end and decode-rate ratios of records to the reference's runs of the same rounds."""
+def ratios_to(records: Sequence[RunRecord], reference: Sequence[RunRecord], *, seed: int = BOOTSTRAP_SEED) -> Ratios:
+    """Paired end-to-end and decode-rate ratios of records to the reference's runs of the same rounds,
+    with their bootstrap intervals."""
     e2e = paired_ratios({r.key: r.end_to_end_rate for r in records}, {r.key: r.end_to_end_rate for r in reference})
     dec = paired_ratios({r.key: r.decode_rate for r in records}, {r.key: r.decode_rate for r in reference})
-    return Ratios(spread(e2e.values()), spread(dec.values()))
+    return Ratios(spread(e2e.values()), spread(dec.values()), bootstrap_median(e2e, seed=seed),
+                  bootstrap_median(dec, seed=seed))
 
 
 def summarize_group(
@@ -218,7 +314,8 @@ def summarize_group(
         runs=len(records),
         end_to_end_tokens_per_second=spread(v for r in records if (v := r.end_to_end_rate) is not None),
         tokens_per_second=spread(v for r in records if (v := r.decode_rate) is not None),
-        vs={ref: None if ref == system else ratios_to(records, runs) for ref, runs in references.items()},
+        vs={ref: None if ref == system else ratios_to(records, runs, seed=group_seed(system, ref, category))
+            for ref, runs in references.items()},
         acceptance=ratio(sum(r.accepted for r in records), drafted),
         tokens_per_verify=tpv,
         k_mean=k_mean,
@@ -256,3 +353,46 @@ def summarize(
             rows.append(summarize_group(group, refs, system=system, category=cat, c_by_drafter=costs.get(system, {}),
                                         base=references[0], compare_ids=compare_ids))
     return rows
+
+
+# --- pairwise comparisons -------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """System a against system b on one group of prompts: rate(a) / rate(b), paired per prompt and round."""
+
+    a: str
+    b: str
+    category: str  # a category, or "all"
+    end_to_end: Interval | None
+    decode: Interval | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "category": self.category, "end_to_end": _plain(self.end_to_end),
+                "decode": _plain(self.decode)}
+
+
+def compare(records: Sequence[RunRecord], a: str, b: str, *, categories: Sequence[str]) -> list[Comparison]:
+    """a against b per category and over all prompts (rows only where both ran)."""
+    out = []
+    for cat in [*categories, "all"]:
+        ra = [r for r in records if r.system == a and cat in ("all", r.category)]
+        rb = [r for r in records if r.system == b and cat in ("all", r.category)]
+        if not ra or not rb:
+            continue
+        ratios = ratios_to(ra, rb, seed=group_seed(a, b, cat))
+        out.append(Comparison(a, b, cat, ratios.end_to_end_interval, ratios.decode_interval))
+    return out
+
+
+def best_of(candidates: Sequence[str], rows: Sequence[SummaryRow], *, base: str) -> str | None:
+    """Among `candidates` that ran, the one with the highest overall median end-to-end ratio to base.
+
+    The pick uses the same data as the comparison it feeds, which favours the peer picked
+    (a winner's curse that counts against whoever is compared with it)."""
+    scored = []
+    for row in rows:
+        if row.system in candidates and row.category == "all":
+            r = row.vs.get(base)
+            if r is not None and r.end_to_end is not None:
+                scored.append((r.end_to_end.median, row.system))
+    return max(scored)[1] if scored else None

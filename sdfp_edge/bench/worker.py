@@ -33,6 +33,7 @@ from sdfp_edge.runtime.sampling import SamplingParams
 class System(Protocol):
     def info(self) -> dict[str, Any]: ...
     def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+    def detokenize(self, ids: list[int]) -> str: ...
     def run(self, req: Request) -> Trace: ...
     def close(self) -> None: ...
 
@@ -74,6 +75,11 @@ class SdfpSystem:
 
     def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
         return self.model.tokenize_chat(messages)
+
+    def detokenize(self, ids: list[int]) -> str:
+        """An answer's text for the next chat turn (end-of-generation tokens left out)."""
+        b = self.model.backend
+        return b.detokenize([t for t in ids if not b.is_eog(t)])
 
     def run(self, req: Request) -> Trace:
         from sdfp_edge.runtime.engine import GenerationStats
@@ -176,6 +182,9 @@ class LlamaCppSystem:
     def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
         raise NotImplementedError("the coordinator tokenizes with an sdfp worker")
 
+    def detokenize(self, ids: list[int]) -> str:
+        raise NotImplementedError("the coordinator detokenizes with an sdfp worker")
+
     def run(self, req: Request) -> Trace:
         llm = self.llm
         llm.reset()  # no prefix reuse from the previous prompt: prefill like every other system
@@ -246,6 +255,8 @@ def serve(inp: Any, out: Any) -> None:
             try:
                 if msg["op"] == "tokenize_chat":
                     _answer(out, {"ids": system.tokenize_chat(msg["messages"])})
+                elif msg["op"] == "detokenize":
+                    _answer(out, {"text": system.detokenize(msg["ids"])})
                 elif msg["op"] == "generate":
                     trace = system.run(Request(**msg["request"]))
                     served += 1

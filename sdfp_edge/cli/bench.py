@@ -36,9 +36,11 @@ def _command_line(ctx: click.Context) -> str:
     parts = ["sdfp-edge", ctx.info_name or "bench"]
     for p in ctx.command.params:
         value = ctx.params.get(p.name or "")
-        if not isinstance(p, click.Option) or value is None or value == p.default:
+        if not isinstance(p, click.Option) or value is None or value == p.default or value == ():
             continue
-        if not p.is_flag:
+        if p.multiple:
+            parts += [x for v in value for x in (max(p.opts, key=len), str(v))]
+        elif not p.is_flag:
             parts += [max(p.opts, key=len), str(value)]
         elif value or p.secondary_opts:  # --flag, or the --no-flag of an on/off pair
             parts.append(max(p.opts if value else p.secondary_opts, key=len))
@@ -51,9 +53,10 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--data", default=",".join(DEFAULT_DATA), show_default=True, metavar="LIST",
               help="Data sets: mtbench (80 questions, first turns), humaneval (164 problems), humaneval-edit "
                    "(the 164 solved problems, each to be shown back with its function renamed: an answer that "
-                   "copies its input).")
+                   "copies its input), multiturn (category multi-turn: chats asking for successive edits of the "
+                   "assistant's last answer, from HumanEval's solutions and MT-Bench's second turns).")
 @click.option("--categories", default=None, metavar="LIST",
-              help="Only these categories (MT-Bench categories, humaneval, edit).")
+              help="Only these categories (MT-Bench categories, humaneval, edit, multi-turn).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Prompts per category, chosen with --seed (default: all; 1 with --quick).")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=2), default=None,
@@ -64,7 +67,11 @@ def _command_line(ctx: click.Context) -> str:
               help="Systems to compare (default: every available one): " + ", ".join(KNOWN)
                    + ". llama-cpp (the headline reference) and off are always run.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Rounds over the prompts (ratios are paired per prompt and round).")
+              help="Rounds over the prompts, the systems in an order drawn per round with --seed (ratios are "
+                   "paired per prompt and round; medians get a bootstrap 95% interval over prompts and rounds).")
+@click.option("--compare", "compare", multiple=True, metavar="A:B",
+              help="Also report system A against system B with its interval (repeatable; default: auto against "
+                   "the fastest llama-server n-gram type that ran).")
 @click.option("--build-peers", is_flag=True,
               help="Build llama.cpp's llama-server first if it is not cached (tools/build_llama_server.py, "
                    "4-5 minutes on 2 cores, once).")
@@ -82,7 +89,7 @@ def _command_line(ctx: click.Context) -> str:
 def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
           verbose: bool, draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
           data: str, categories: str | None, limit: int | None, max_tokens: int | None, temperature: float,
-          systems: str | None, repeats: int, build_peers: bool, cost_cache: bool | None, quick: bool, out_dir: str,
+          systems: str | None, repeats: int, compare: tuple[str, ...], build_peers: bool, cost_cache: bool | None, quick: bool, out_dir: str,
           no_progress: bool, from_json: str | None) -> None:
     """End-to-end tokens/s of every system against plain llama.cpp, on MT-Bench and HumanEval prompts.
 
@@ -103,12 +110,20 @@ def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: i
     if unknown:
         raise click.BadParameter(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(KNOWN)}",
                                  param_hint="--systems")
+    pairs = []
+    for c in compare:
+        a, sep, b = c.partition(":")
+        if not sep or not a or not b or a not in KNOWN or b not in KNOWN:
+            raise click.BadParameter(f"{c!r}: give two systems as A:B, from {', '.join(KNOWN)}",
+                                     param_hint="--compare")
+        pairs.append((a, b))
     if quick:
         limit = limit if limit is not None else QUICK["limit"]
         max_tokens = max_tokens if max_tokens is not None else QUICK["max_tokens"]
     cfg = runner.BenchConfig(
         model=model, n_ctx=ctx_size, threads=threads, n_gpu_layers=n_gpu_layers, seed=seed, verbose=verbose,
         max_tokens=max_tokens or DEFAULT_MAX_TOKENS, temperature=temperature, repeats=repeats, systems=wanted,
+        compare=pairs or None,
         skip_layers=parse_layer_list(skip_layers), draft_model=draft_model, k_max=draft_max,
         threshold=draft_p_min, cost_cache=cost_cache, build_peers=build_peers, data=_csv(data) or [],
         categories=_csv(categories), limit=limit,

@@ -147,6 +147,11 @@ def test_bootstrap_calls_a_clear_effect_and_not_pure_noise() -> None:
     assert other.median == stats.bootstrap_median(data, seed=3).median
     assert (other.lo, other.hi) != (stats.bootstrap_median(data, seed=3).lo, stats.bootstrap_median(data, seed=3).hi)
     assert stats.bootstrap_median({}) is None
+    # one prompt, two repeats: the interval is just the two values, too few to call anything
+    tiny = stats.bootstrap_median({("p", 0): 0.6, ("p", 1): 0.7})
+    assert tiny.hi < 1.0 and tiny.call == "too few runs to call"
+    assert stats.bootstrap_median(_synthetic(1.3, 0.03, prompts=2, repeats=2)).call == "too few runs to call"
+    assert stats.bootstrap_median(_synthetic(1.3, 0.03, prompts=5, repeats=1)).call == "faster"
 
 
 def test_bootstrap_resamples_prompts_not_only_runs() -> None:
@@ -589,6 +594,59 @@ def test_bench_each_system_in_its_own_process(smollm2: Path, tmp_path: Path) -> 
     r = CliRunner().invoke(main, ["bench", "--from-json", str(out / "bench.json"), "--out", str(again)])
     assert r.exit_code == 0, r.output
     assert (again / "bench.md").read_text() == md and (again / "bench.png").exists()
+
+
+@pytest.mark.slow
+def test_bench_repeats_with_intervals_and_a_multi_turn_chat(smollm2: Path, tmp_path: Path, monkeypatch) -> None:
+    """--repeats 2 on one chat and one single-turn prompt: seeded orders, every run kept, intervals."""
+    data_files = data.data_dir()
+    data.load_chats()  # the data files, fetched into the user's cache once
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "data").symlink_to(data_files)
+    monkeypatch.setenv("SDFP_EDGE_CACHE", str(tmp_path / "cache"))  # cost files: not the user's cache
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", str(smollm2), "--limit", "1", "--categories", "multi-turn,writing", "-n", "8",
+            "--repeats", "2", "--systems", "llama-cpp,off,auto", "--compare", "auto:off", "--out", str(out), "--no-progress",
+            "--no-cost-cache", "--seed", "3"]
+    r = CliRunner().invoke(main, argv, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "bench.json").read_text())
+    assert res["schema"] == SCHEMA and res["config"]["repeats"] == 2 and res["config"]["order_seed"] == 3
+    names = ["llama-cpp", "off", "auto"]
+    orders = res["config"]["orders"]
+    assert len(orders) == 2 and all(sorted(o) == sorted(names) for o in orders)
+    runs = res["runs"]
+    assert len(runs) == 2 * 2 * 3  # repeats x prompts x systems: every repeat's raw figures kept
+    chat = [r for r in runs if r["category"] == "multi-turn"]
+    assert {r["prompt_id"] for r in chat} == {"chat/HumanEval/" + r["prompt_id"].rsplit("/", 1)[1] for r in chat}
+    shift = [p["id"] for p in res["data"]["prompts"]].index(chat[0]["prompt_id"])  # rotated once per prompt
+    for rep in (0, 1):
+        this = [r for r in chat if r["repeat"] == rep]
+        assert {r["system"]: r["position"] for r in this} == {n: (i - shift) % 3 for i, n in enumerate(orders[rep])}
+        turns = [[t["prompt_tokens"] for t in r["system_stats"]["turns"]] for r in this]
+        assert all(t == turns[0] and len(t) == 3 for t in turns)  # every system, the same ids per turn
+        first = this[0]["system_stats"]["turns"]
+        for a, b in zip(first, first[1:]):  # the answer was fed into the next turn
+            assert b["prompt_tokens"] >= a["prompt_tokens"] + a["tokens"] - 1
+        assert all(r["turns"] == 3 and r["tokens"] == sum(t["tokens"] for t in r["system_stats"]["turns"])
+                   for r in this)
+    fed = res["data"]["chats"]
+    assert [c["repeat"] for c in fed] == [0, 1] and all(len(c["answers"]) == 3 for c in fed)
+    assert fed[0]["answers"] == fed[1]["answers"]  # greedy: the same conversation in both repeats
+    assert {p["turns"] for p in res["data"]["prompts"]} == {1, 3}
+    rows = {(r["system"], r["category"]): r for r in res["summary"]}
+    for (system, cat), row in rows.items():
+        if system == BASE:
+            continue
+        iv = row["vs"][BASE]["end_to_end_interval"]
+        assert iv["lo"] <= iv["median"] <= iv["hi"] and iv["n"] == (4 if cat == "all" else 2), (system, cat)
+        assert iv["call"] == "too few runs to call"  # at most 4 ratios: nothing is called
+        assert iv["median"] == row["vs"][BASE]["end_to_end"]["median"]
+    comps = {(c["a"], c["b"], c["category"]) for c in res["comparisons"]}
+    assert comps == {("auto", "off", c) for c in ("multi-turn", "writing", "all")}
+    md = (out / "bench.md").read_text()
+    assert "Pairwise" in md and re.search(r"\| auto \| \d\.\d\dx \[\d\.\d\d, \d\.\d\d\]", md), md
+    assert "--repeats 2" in res["command"] and "--compare auto:off" in res["command"]
 
 
 SERVER, WHY_NO_SERVER = llama_server.find_binary()

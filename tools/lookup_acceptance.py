@@ -68,7 +68,7 @@ def answers(args: argparse.Namespace) -> tuple[str, list[tuple[list[int], list[i
         d = json.loads(cache.read_text())
         return d["model"], [(p, o) for p, o in d["answers"]]
     chats = [[{"role": "user", "content": p}] for p in PROMPTS.values()]
-    chats += [p.messages for p in data.load(limit=args.limit, seed=0)]
+    chats += [p.messages for p in data.load(("mtbench", "humaneval", "humaneval-edit"), limit=args.limit, seed=0)]
     out = []
     with Model(args.model, n_ctx=2048) as m:
         for msgs in chats:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdfp_edge.bench.stats import MIN_CALL_RUNS
+
 PROJECTION_NOTE = ("projection, not a measurement: tokens per verify / (k c + 1), i.e. assuming that "
                    "verifying a few tokens costs one decoding step (V(n) = 1, memory-bound hardware) "
                    "with the draft cost c measured here")
@@ -33,14 +35,14 @@ def _ratio(s: dict[str, Any] | None, *, spread: bool = True) -> str:
     return f"{s['median']:.2f}x" + (f" ({s['min']:.2f}-{s['max']:.2f})" if spread else "")
 
 
-CALL_MARK = {"faster": " ▲", "slower": " ▼", "parity within noise": ""}
+CALL_MARK = {"faster": " ▲", "slower": " ▼"}  # parity within noise, too few runs to call: no mark
 
 
 def _interval(iv: dict[str, Any] | None, *, mark: bool = True) -> str:
     """median [lo, hi], with ▲ / ▼ where the interval excludes 1.0."""
     if iv is None:
         return "–"
-    return f"{iv['median']:.2f}x [{iv['lo']:.2f}, {iv['hi']:.2f}]" + (CALL_MARK[iv["call"]] if mark else "")
+    return f"{iv['median']:.2f}x [{iv['lo']:.2f}, {iv['hi']:.2f}]" + (CALL_MARK.get(iv["call"], "") if mark else "")
 
 
 def _vs(row: dict[str, Any], ref: str, which: str = "end_to_end", *, spread: bool = True) -> str:
@@ -94,15 +96,19 @@ def _header(result: dict[str, Any]) -> list[str]:
          f"process computing at a time, every prompt prefilled from an empty cache; nothing ran unrecorded, so "
          f"each process's first request carries its warm-up. The headline is end-to-end tokens/s (from the "
          f"request to its last token) relative to `{base}`, plain llama.cpp as its Python users run it: the "
-         f"median of per-prompt ratios from the same interleaved round, "
-         + (f"with its bootstrap {_confidence(result)} interval [lo, hi] (prompts resampled, then repeats within "
-            f"a prompt; seed {cfg['bootstrap']['seed']}); ▲ / ▼ mark a difference whose interval excludes 1.0, "
-            f"anything else is parity within noise. " if _has_intervals(result) else "with min-max. ")
-         + f"Decode rate leaves out the prefill and the first verify cycle. `off` is sdfp-edge's own plain "
-         f"decoding."),
+         f"median of per-prompt ratios from the same interleaved round, {_spread_text(result)} Decode rate leaves "
+         f"out the prefill and the first verify cycle. `off` is sdfp-edge's own plain decoding."),
         *_start_line(result),
         "",
     ]
+
+
+def _spread_text(result: dict[str, Any]) -> str:
+    if not _has_intervals(result):
+        return "with min-max."
+    return (f"with its bootstrap {_confidence(result)} interval [lo, hi] (prompts resampled, then repeats within a "
+            f"prompt; a fixed seed per comparison); ▲ / ▼ mark a difference whose interval excludes 1.0 (from "
+            f"{MIN_CALL_RUNS} ratios or more over two prompts or more), anything else is parity within noise.")
 
 
 def _confidence(result: dict[str, Any]) -> str:
@@ -167,7 +173,8 @@ def _category_table(result: dict[str, Any]) -> list[str]:
              "|---|" + "---|" * len(cats)]
     for system in [s["name"] for s in result["systems"] if s["name"] != base]:
         row = [table.get((system, c)) for c in cats]
-        lines.append(f"| {system} | " + " | ".join("–" if r is None else _vs(r, base, spread=False) for r in row) + " |")
+        lines.append(f"| {system} | " + " | ".join("–" if r is None else _vs(r, base, spread=False) for r in row)
+                     + " |")
     return [*lines, ""]
 
 
@@ -180,7 +187,7 @@ def _comparison_table(result: dict[str, Any]) -> list[str]:
              "| a | b | category | end-to-end | decode | verdict (end-to-end) |", "|---|---|---|---|---|---|"]
     for c in rows:
         e2e = c["end_to_end"]
-        verdict = "–" if e2e is None else (f"`{c['a']}` {e2e['call']}" if e2e["call"] != "parity within noise"
+        verdict = "–" if e2e is None else (f"`{c['a']}` {e2e['call']}" if e2e["call"] in CALL_MARK
                                            else e2e["call"])
         lines.append(f"| {c['a']} | {c['b']} | {c['category']} | {_interval(e2e, mark=False)} | "
                      f"{_interval(c['decode'], mark=False)} | {verdict} |")

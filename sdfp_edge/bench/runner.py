@@ -41,7 +41,7 @@ from sdfp_edge.bench.data import (CODE_CHAT_FIRST, CODE_EDITS, DEFAULT_DATA, EDI
                                   MULTITURN_SOURCES, SOURCES, Prompt)
 from sdfp_edge.bench.processes import SystemProcess, WorkerError, WorkerProcess
 from sdfp_edge.bench.protocol import LoadConfig, Request, Trace
-from sdfp_edge.bench.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, RunRecord, best_of, compare,
+from sdfp_edge.bench.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, RunRecord, best_of, compare,
                                    decode_window, first_divergence, summarize)
 from sdfp_edge.bench.systems import BASE, OFF, Setup, baseline_layers, choose, spec_for, start_order
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
@@ -470,7 +470,8 @@ def run(
             "draft_p_min": cfg.threshold, "repeats": cfg.repeats, "cost_cache": cfg.cost_cache,
             "limit_per_category": cfg.limit, "data": list(cfg.data), "categories": categories,
             "order_seed": cfg.seed, "orders": orders,
-            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE},
+            "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "confidence": CONFIDENCE,
+                          "seed": "per comparison: stats.group_seed(system, reference or b, category)"},
             **cfg.extra,
         },
         "data": {

@@ -23,8 +23,9 @@ Definitions, written down once:
 - interval: a 95% bootstrap interval of that median (`bootstrap_median`): prompts are
   resampled with replacement, then each drawn prompt's repeats with replacement, and the
   median of the drawn ratios is taken; 2.5th and 97.5th percentiles of BOOTSTRAP_RESAMPLES
-  such medians, from a fixed seed. A difference is called ("faster", "slower") only when
-  the interval excludes 1.0; otherwise "parity within noise".
+  such medians, from a seed fixed per comparison (group_seed). A difference is called ("faster", "slower") only when
+  the interval excludes 1.0, from at least MIN_CALL_RUNS ratios over two prompts or more;
+  otherwise "parity within noise" (or "too few runs to call").
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def _total(values: Iterable[int | None]) -> int | None:
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
-FASTER, SLOWER, PARITY = "faster", "slower", "parity within noise"
+FASTER, SLOWER, PARITY, TOO_FEW = "faster", "slower", "parity within noise", "too few runs to call"
+MIN_CALL_RUNS = 5  # fewer paired ratios (or a single prompt) give a percentile interval too narrow to trust
 
 
 @dataclass(frozen=True)
@@ -171,11 +173,15 @@ class Interval:
     hi: float
     n: int  # ratios (prompts x repeats)
     prompts: int
-    call: str  # FASTER (lo > 1), SLOWER (hi < 1) or PARITY
+    call: str  # FASTER (lo > 1), SLOWER (hi < 1), PARITY, or TOO_FEW
 
 
-def call(lo: float, hi: float) -> str:
-    """"faster" / "slower" only when the interval [lo, hi] excludes 1.0."""
+def call(lo: float, hi: float, *, n: int = MIN_CALL_RUNS, prompts: int = 2) -> str:
+    """"faster" / "slower" only when the interval [lo, hi] excludes 1.0, and only from at least
+    MIN_CALL_RUNS ratios over at least two prompts (else TOO_FEW: with one prompt and two
+    repeats, the bootstrap's interval is just the two values)."""
+    if n < MIN_CALL_RUNS or prompts < 2:
+        return TOO_FEW
     return FASTER if lo > 1.0 else SLOWER if hi < 1.0 else PARITY
 
 
@@ -223,7 +229,7 @@ def bootstrap_median(
     tail = (1.0 - confidence) / 2 * 100
     lo, hi = (float(x) for x in np.percentile(medians, [tail, 100 - tail]))
     point = float(np.median(np.concatenate([np.asarray(v) for v in rows])))
-    return Interval(point, lo, hi, int(counts.sum()), n_p, call(lo, hi))
+    return Interval(point, lo, hi, int(counts.sum()), n_p, call(lo, hi, n=int(counts.sum()), prompts=n_p))
 
 
 def group_seed(*names: str) -> int:

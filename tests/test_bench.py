@@ -303,6 +303,15 @@ def test_cli_refuses_a_result_of_another_schema(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "bench.md").exists()
 
 
+def test_a_schema_2_record_still_renders_as_it_was_committed() -> None:
+    from sdfp_edge.bench import report
+
+    run = Path(__file__).resolve().parents[1] / "models" / "bench" / "qwen2.5-coder-1.5b"
+    result = json.loads((run / "bench.json").read_text())
+    assert result["schema"] == "sdfp-edge-bench/2"
+    assert report.markdown(result) == (run / "bench.md").read_text()  # min-max, no intervals
+
+
 # --- the systems and how each is started -------------------------------------------------------------
 def _setup(**kw: object) -> Setup:
     base = dict(fit=(23, 25, 26), fit_source="GGUF metadata (fit)", fit_from_cli=False, n_layer=30,

@@ -293,6 +293,9 @@ def test_cli_rejects_unknown_systems_and_data_before_loading_a_model() -> None:
     assert r.exit_code == 2 and "turbo" in r.output
     r = CliRunner().invoke(main, ["bench", "--data", "mmlu", "--model", "/nonexistent.gguf"])
     assert r.exit_code == 2 and "unknown data set" in r.output
+    for bad in ("auto", "auto:turbo", ":off"):
+        r = CliRunner().invoke(main, ["bench", "--compare", bad, "--model", "/nonexistent.gguf"])
+        assert r.exit_code == 2 and "--compare" in r.output and "A:B" in r.output, (bad, r.output)
 
 
 def test_cli_refuses_a_result_of_another_schema(tmp_path: Path) -> None:
@@ -471,6 +474,15 @@ def test_a_chat_a_system_fails_midway_is_left_out_for_that_system_only() -> None
     failures = []
     records, _ = _rounds(prompts, procs, {"c0": [1]}, BenchConfig(), False, failures, chat=_FakeChat())
     assert records == [] and [f["system"] for f in failures] == [BASE]
+
+
+def test_compare_pairs_must_name_systems_that_run() -> None:
+    from sdfp_edge.bench.runner import _pairs
+
+    assert _pairs([("auto", "off")], ["llama-cpp", "off", "auto"]) == [("auto", "off")]
+    assert _pairs(None, ["llama-cpp", "off"]) == []
+    with pytest.raises(InvalidRequestError, match="llama-server-ngram-mod"):
+        _pairs([("auto", "llama-server-ngram-mod")], ["llama-cpp", "off", "auto"])
 
 
 def test_llama_server_command_line() -> None:

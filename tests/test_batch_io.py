@@ -128,7 +128,8 @@ def test_refusals_before_loading(tmp_path: Path, args: list[str], words: str) ->
 @pytest.mark.slow
 def test_a_killed_run_resumes_with_every_answer_once_and_unchanged(smollm2: Path, tmp_path: Path) -> None:
     src = write_lines(tmp_path / "in.jsonl", [json.dumps({"prompt": p}) for p in PROMPTS])
-    common = ["-m", str(smollm2), "-c", "128", "-n", "48", "--parallel", "2", "-t", "2", "--input", str(src)]
+    common = ["-m", str(smollm2), "-c", "128", "-n", "48", "--parallel", "2", "-t", "2", "--temperature", "0",
+              "--input", str(src)]
     whole = tmp_path / "whole.jsonl"
     assert run_cli([*common, "--output", str(whole)]).exit_code == 0
 

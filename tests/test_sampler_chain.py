@@ -340,3 +340,18 @@ def test_draw_is_the_inverse_cdf_of_the_chain() -> None:
         assert p.sum() == pytest.approx(1.0)
         us = rng.random(200)
         assert [draw(row, params, u) for u in us] == [sample_at(p, u) for u in us]
+
+
+# --- 4. the controller keeps acceptance apart per sampler setting ---------------------------------------
+def test_acceptance_is_kept_apart_per_sampler_setting() -> None:
+    settings = [SamplingParams(temperature=0.6), SamplingParams(temperature=1.0),
+                SamplingParams(temperature=1.0, top_k=3), SamplingParams(temperature=1.0, mirostat=2)]
+    assert len({s.regime for s in settings}) == len(settings) and SamplingParams().regime == ""
+    assert SamplingParams(temperature=0.6, seed=1).regime == SamplingParams(temperature=0.6, seed=2).regime
+    dec = decoder("lookup")
+    for s in settings:
+        for seed in range(5):
+            list(dec.generate(PROMPT, max_tokens=4, sampling=replace(s, seed=seed)))
+    keys = set(dec.controller.acceptance)
+    for s in settings:
+        assert any(k.endswith(s.regime) for k in keys), (s.regime, keys)

@@ -328,7 +328,7 @@ class ParallelDecoder:
         """Whose statistics judge each of the slot's drafts (drafts_judged_by)."""
         assert slot.req is not None
         greedy = slot.req.sampling.greedy
-        return drafts_judged_by(p, regime="" if greedy else "~sampled", greedy=greedy)
+        return drafts_judged_by(p, regime=slot.req.sampling.regime, greedy=greedy)
 
     def _cycle(self, active: list[_Slot]) -> Iterator[Result]:
         props = self._drafts(active)

@@ -73,6 +73,25 @@ class SamplingParams:
         return self.temperature == 0
 
     @property
+    def regime(self) -> str:
+        """The suffix of the controller's acceptance keys: a one-hot draft is accepted with the
+        target's probability of it, so each sampling setting keeps its own statistics (a
+        temperature-0.6 acceptance is not a temperature-1.0 one); "" when greedy."""
+        if self.greedy:
+            return ""
+        if self.mirostat:
+            return f"~sampled:t{self.temperature:.2g},mirostat{self.mirostat},tau{self.mirostat_tau:.2g}"
+        parts = [f"t{self.temperature:.2g}"]
+        for name, off in (("top_k", 0), ("top_p", 1.0), ("min_p", 0.0), ("typical_p", 1.0), ("top_n_sigma", -1.0),
+                          ("xtc_probability", 0.0)):
+            v = getattr(self, name)
+            if v != off and not (name == "top_n_sigma" and v <= 0):
+                parts.append(f"{name}{v:.2g}")
+        if self.samplers != DEFAULT_ORDER:
+            parts.append("order:" + "".join(s[0] for s in self.samplers))
+        return "~sampled:" + ",".join(parts)
+
+    @property
     def plain(self) -> bool:
         """Only temperature/top-k/top-p/min-p, in llama.cpp's default order (the fast paths)."""
         return (self.samplers == DEFAULT_ORDER and self.typical_p >= 1.0 and self.top_n_sigma <= 0

@@ -16,6 +16,7 @@ while it could still be the start of a stop string, so stop strings never leak.
 from __future__ import annotations
 
 import codecs
+import math
 import numbers
 import os
 from collections.abc import Generator, Iterator, Sequence
@@ -343,8 +344,10 @@ class Model:
         if mode is not None:
             self.decoder.check_mode(mode)
         processor = self.processor_for(values, params, grammar=grammar, logprobs=logprobs)
-        self._sampling_used = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
-                               "source": sources, "summary": describe(values)}
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        settings["logit_bias"] = {str(t): b if math.isfinite(b) else "-inf"  # JSON has no -Infinity
+                                  for t, b in check_logit_bias(values.get("logit_bias"), n_vocab).items()}
+        self._sampling_used = {"settings": settings, "source": sources, "summary": describe(values)}
         kept = {ids[0] for ids in (self.backend.tokenize(t, add_special=False, parse_special=True) for t in keep_special)
                 if len(ids) == 1}
         return self._stream(list(prompt_tokens), max_tokens, params, stops, mode, processor, kept)

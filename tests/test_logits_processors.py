@@ -216,7 +216,8 @@ def reference_greedy(b: LlamaBackend, prompt: list[int], n: int, pen: Penalties)
 
 @pytest.mark.slow
 def test_smollm2_greedy_with_penalties_in_every_mode(smol: Model) -> None:
-    kw = dict(max_tokens=40, presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1, repeat_last_n=64)
+    kw = dict(max_tokens=40, presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1, repeat_last_n=64,
+              temperature=0)
     plain = smol.chat(MSGS, mode="off", **kw).tokens
     assert plain != smol.chat(MSGS, mode="off", max_tokens=40, temperature=0).tokens
     pen = Penalties(0.8, 0.4, 1.1, 64)
@@ -231,7 +232,7 @@ def test_smollm2_greedy_with_penalties_in_every_mode(smol: Model) -> None:
 def test_smollm2_drafts_are_penalized_like_the_target(smol: Model, monkeypatch: pytest.MonkeyPatch) -> None:
     """The model drafting for itself is accepted (almost) always, greedy or sampled, only
     because its rows get the target's penalties: without them it is visibly rejected."""
-    runs = [dict(presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1),
+    runs = [dict(presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1, temperature=0),
             dict(temperature=0.9, seed=3, presence_penalty=1.0, frequency_penalty=0.5)]
 
     def acceptance(kw: dict) -> float:

@@ -256,20 +256,26 @@ def mirostat_mask(x: npt.NDArray[np.float32], temperature: float, version: int, 
 
 def describe(values: dict[str, Any]) -> str:
     """A one-line summary of what a chain does (for --verbose, /stats and the server log)."""
+    order = tuple(values.get("samplers", DEFAULT_ORDER))
+    off = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "top_n_sigma": -1.0, "xtc_probability": 0.0,
+           "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "dry_multiplier": 0.0}
+    sampler_of = {"top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "typical_p": "typ_p",
+                  "top_n_sigma": "top_n_sigma", "xtc_probability": "xtc", "repeat_penalty": "penalties",
+                  "presence_penalty": "penalties", "frequency_penalty": "penalties", "dry_multiplier": "dry"}
     if values.get("temperature", 0) == 0:
         head = "greedy (temperature 0)"
+        keys = ["repeat_penalty", "presence_penalty", "frequency_penalty", "dry_multiplier"]
     elif values.get("mirostat"):
-        head = (f"mirostat v{values['mirostat']} tau {values['mirostat_tau']} eta {values['mirostat_eta']}, "
+        return (f"mirostat v{values['mirostat']} tau {values['mirostat_tau']} eta {values['mirostat_eta']}, "
                 f"temperature {values['temperature']}")
     else:
-        head = f"temperature {values['temperature']}, " + ", ".join(
-            f"{k} {values[k]}" for k in ("top_k", "top_p", "min_p", "typical_p", "top_n_sigma", "xtc_probability")
-            if k in values and values[k] != {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0,
-                                              "top_n_sigma": -1.0, "xtc_probability": 0.0}[k])
-    extra = [f"{k} {values[k]}" for k in ("repeat_penalty", "presence_penalty", "frequency_penalty",
-                                          "dry_multiplier") if values.get(k) not in (None, 1.0 if k ==
-                                                                                      "repeat_penalty" else 0.0)]
-    return head.rstrip(", ") + ("; " + ", ".join(extra) if extra else "")
+        head = f"temperature {values['temperature']}"
+        keys = list(off)
+    on = [f"{k} {values[k]}" for k in keys
+          if k in values and values[k] != off[k] and sampler_of[k] in order
+          and not (k == "top_n_sigma" and values[k] <= 0)]
+    tail = "" if order == DEFAULT_ORDER else f"; order {';'.join(order)}"
+    return ", ".join([head, *on]) + tail
 
 
 GIVEN, FROM_GGUF, FROM_LLAMA = "given", "GGUF general.sampling", "llama.cpp default"

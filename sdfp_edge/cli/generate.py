@@ -32,10 +32,12 @@ def parse_layer_list(value: str | None) -> list[int] | None:
 
 
 SAMPLER_OPTIONS = {  # option -> (Model.stream_tokens name, type, help); llama.cpp's option names
-    ("--temperature", "--temp"): ("temperature", float, "0 = greedy (exactly the model's own greedy output)."),
-    ("--top-k",): ("top_k", int, "0 = off."),
-    ("--top-p",): ("top_p", float, "1 = off."),
-    ("--min-p",): ("min_p", float, "0 = off."),
+    ("--temperature", "--temp"): ("temperature", float, "0 = greedy (exactly the model's own greedy output). "
+                                  "Every sampling option not given takes the GGUF's general.sampling.* value, "
+                                  "else llama.cpp's default (here 0.8; see docs/sampling.md)."),
+    ("--top-k",): ("top_k", int, "0 = off (llama.cpp's default: 40)."),
+    ("--top-p",): ("top_p", float, "1 = off (llama.cpp's default: 0.95)."),
+    ("--min-p",): ("min_p", float, "0 = off (llama.cpp's default: 0.05)."),
     ("--typical", "--typical-p"): ("typical_p", float, "Locally typical sampling; 1 = off."),
     ("--top-nsigma", "--top-n-sigma"): ("top_n_sigma", float, "Keep logits within n sigma of the best; <= 0 = off."),
     ("--xtc-probability",): ("xtc_probability", float, "XTC: chance to remove the likeliest tokens; 0 = off."),

@@ -358,3 +358,58 @@ def test_acceptance_is_kept_apart_per_sampler_setting() -> None:
     keys = set(dec.controller.acceptance)
     for s in settings:
         assert any(k.endswith(s.regime) for k in keys), (s.regime, keys)
+
+
+# --- 1'. defaults end to end (SmolLM2) ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smol_recommending(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 with a maker's recommended settings in its header (and one unusable value)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(smollm2, "r")
+    out = tmp_path_factory.mktemp("rec") / "smollm2-rec.gguf"
+    writer = gguf.GGUFWriter(out, arch="llama")
+    F, I, S = gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.INT32, gguf.GGUFValueType.STRING
+    copy_with_new_metadata(reader, writer, {
+        "general.sampling.temp": MetadataDetails(F, 0.6), "general.sampling.top_k": MetadataDetails(I, 20),
+        "general.sampling.sequence": MetadataDetails(S, "penalties;top_k;top_p;min_p;temperature"),
+        "general.sampling.top_p": MetadataDetails(F, 7.0)}, [k for k in reader.fields if k.startswith("sdfp.")])
+    return out
+
+
+def test_defaults_come_from_the_gguf_else_llama_cpp(smollm2: Path, smol_recommending: Path) -> None:
+    from sdfp_edge.api import Model
+
+    notes: list[str] = []
+    with Model(smol_recommending, n_ctx=256, n_threads=2, cost_cache=False, log=notes.append) as m:
+        m.generate("Hello", max_tokens=2)
+        used = m.last_stats["sampling"]
+        assert used["settings"]["temperature"] == pytest.approx(0.6) and used["settings"]["top_k"] == 20
+        assert used["source"]["temperature"] == FROM_GGUF and used["source"]["min_p"] == FROM_LLAMA
+        assert used["settings"]["top_p"] == 0.95 and any("top_p" in n for n in notes)  # 7.0 is unusable
+        assert used["settings"]["samplers"] == ["penalties", "top_k", "top_p", "min_p", "temperature"]
+        m.generate("Hello", max_tokens=2, temperature=0, top_k=5)
+        used = m.last_stats["sampling"]
+        assert used["source"]["temperature"] == used["source"]["top_k"] == "given"
+        assert used["summary"].startswith("greedy")
+    with Model(smollm2, n_ctx=256, n_threads=2, cost_cache=False) as m:
+        m.generate("Hello", max_tokens=2)
+        s = m.last_stats["sampling"]
+        assert all(v == FROM_LLAMA for v in s["source"].values()) and s["settings"]["temperature"] == 0.8
+
+
+def test_verbose_and_json_say_which_sampling_was_used(smol_recommending: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from sdfp_edge.cli.main import main
+
+    args = ["generate", "-m", str(smol_recommending), "-c", "256", "-t", "2", "-n", "3", "-p", "Hi", "--mode", "off"]
+    r = CliRunner().invoke(main, [*args, "--verbose", "--min-p", "0.1"])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.stderr.splitlines() if x.startswith("sampling: "))
+    assert "temperature 0.6" in line and "given: min_p" in line and "from the GGUF: samplers, temperature, top_k" in line
+    r = CliRunner().invoke(main, [*args, "--json", "--temperature", "0"])
+    assert json.loads(r.stdout)["stats"]["sampling"]["source"]["temperature"] == "given"

@@ -16,6 +16,7 @@ while it could still be the start of a stop string, so stop strings never leak.
 from __future__ import annotations
 
 import codecs
+import math
 import numbers
 import os
 from collections.abc import Generator, Iterator, Sequence
@@ -33,8 +34,11 @@ from sdfp_edge.runtime.cost_store import CostStore
 from sdfp_edge.runtime.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError
 from sdfp_edge.runtime.grammar import Grammar
-from sdfp_edge.runtime.logits_processors import LogitsProcessor, Penalties, TokenLogprob
-from sdfp_edge.metadata import SkipMetadata, model_info, read_kv, skip_metadata, validate_skip_layers
+from sdfp_edge.runtime.dry import Dry, breaker_table
+from sdfp_edge.runtime.logits_processors import LogitsProcessor, Mirostat, Penalties, TokenLogprob
+from sdfp_edge.runtime.sampler_chain import GIVEN, LLAMA_DEFAULTS, describe, parse_samplers, resolve_defaults
+from sdfp_edge.metadata import (SAMPLING_KEYS, SkipMetadata, model_info, read_kv, sampling_metadata, skip_metadata,
+                                validate_skip_layers)
 from sdfp_edge.models import resolve_model
 from sdfp_edge.runtime.sampling import SamplingParams
 
@@ -79,6 +83,37 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
             raise InvalidRequestError(f"messages[{i}].content must be a string")
         extra = {k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k) is not None}
         out.append({"role": m["role"], "content": content, **extra})
+    return out
+
+
+ROW_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "top_n_sigma", "xtc_probability",
+              "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta", "samplers")
+
+
+def sampling_params(values: dict[str, Any], seed: int) -> SamplingParams:
+    """The row samplers' SamplingParams from resolved options (Model.resolve_sampling)."""
+    return SamplingParams(seed=seed, **{k: values[k] for k in ROW_FIELDS})
+
+
+def check_logit_bias(bias: Any, n_vocab: int) -> dict[int, float]:
+    """{token: bias} (keys may be strings of ints, as JSON has them), or [[token, bias], ...];
+    a bias of false or None bans the token (-inf), as llama-server reads it."""
+    if not bias:
+        return {}
+    items = bias.items() if isinstance(bias, dict) else bias
+    out: dict[int, float] = {}
+    try:
+        for tok, b in items:
+            t = int(tok)
+            if not 0 <= t < n_vocab:
+                raise ValueError
+            v = float("-inf") if b is False or b is None else float(b)
+            if v != v or v == float("inf"):
+                raise ValueError
+            out[t] = out.get(t, 0.0) + v
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"logit_bias must map token ids (0..{n_vocab - 1}) to numbers "
+                                  "(false: never), e.g. {\"15043\": -1}") from None
     return out
 
 
@@ -173,6 +208,28 @@ class Model:
                 log(note)
         self._formatter: Any = None
         self.last_stats: dict[str, Any] = {}
+        self._sampling_used: dict[str, Any] = {}
+        self._dry_tables: dict[tuple[str, ...], Any] = {}
+        self.sampling_defaults, self.sampling_sources = self._read_sampling_defaults(path, log)
+
+    def _read_sampling_defaults(self, path: Path, log: Any) -> tuple[dict[str, Any], dict[str, str]]:
+        """The GGUF's general.sampling.* values (a value this runtime cannot use is left out,
+        with a note), else llama.cpp's defaults."""
+        gguf = sampling_metadata(read_kv(path, set(SAMPLING_KEYS)))
+        for k, v in list(gguf.items()):
+            try:
+                if k == "samplers":
+                    parse_samplers(v)
+                else:
+                    sampling_params({**LLAMA_DEFAULTS, k: v}, 0)
+                    if k in ("repeat_penalty", "repeat_last_n"):
+                        Penalties(repeat=v) if k == "repeat_penalty" else Penalties(last_n=v)
+            except InvalidRequestError as e:
+                del gguf[k]
+                self.notes.append(f"note: {path.name}: general.sampling value ignored ({e})")
+                if log is not None:
+                    log(self.notes[-1])
+        return resolve_defaults(gguf)
 
     def _build_drafters(self, draft_model: Any, threshold: float, n_threads: int | None,
                         n_gpu_layers: int | None, verbose: bool) -> list[Drafter]:
@@ -245,33 +302,32 @@ class Model:
         prompt_tokens: Sequence[int],
         *,
         max_tokens: int = 256,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
         seed: int = 0,
         stop: Sequence[str] | str | None = None,
         mode: str | None = None,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
         grammar: str | None = None,
         logprobs: int | None = None,
         keep_special: Sequence[str] = (),
+        **sampling: Any,
     ) -> Generator[Chunk, None, None]:
         """Stream text chunks; when the stream ends, `last_stats` holds the statistics.
 
-        Penalties are llama.cpp's (over the last `repeat_last_n` tokens of prompt and output;
-        -1: all); `grammar` is GBNF the output must follow (sdfp_edge.runtime.grammar makes it from a
-        JSON schema); `logprobs=n` gives each chunk its tokens' log-probabilities and the n
-        likeliest alternatives; `keep_special` names special tokens whose text the output keeps
-        (a template's tool-call tags). Arguments are checked here, before the first chunk, so
-        a bad request fails early.
+        `sampling`: llama.cpp's sampler options under llama-server's names (temperature,
+        top_k, top_p, min_p, typical_p, top_n_sigma, xtc_probability, xtc_threshold, mirostat,
+        mirostat_tau, mirostat_eta, samplers, repeat_penalty, presence_penalty,
+        frequency_penalty, repeat_last_n, dry_multiplier, dry_base, dry_allowed_length,
+        dry_penalty_last_n, dry_sequence_breakers, logit_bias); one not given (or None) takes
+        the GGUF's recommended value, else llama.cpp's default (`sampling_defaults`);
+        temperature=0 is greedy. `last_stats["sampling"]` says what was used and where it
+        came from. `grammar` is GBNF the output must follow (sdfp_edge.runtime.grammar makes
+        it from a JSON schema); `logprobs=n` gives each chunk its tokens' log-probabilities
+        and the n likeliest alternatives; `keep_special` names special tokens whose text the
+        output keeps (a template's tool-call tags). Arguments are checked here, before the
+        first chunk, so a bad request fails early.
         """
         check_max_tokens(max_tokens)
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
-        penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
+        values, sources = self.resolve_sampling(sampling)
+        params = sampling_params(values, seed)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise InvalidRequestError("stop strings must be non-empty strings")
@@ -287,14 +343,64 @@ class Model:
             )
         if mode is not None:
             self.decoder.check_mode(mode)
-        processor = None
-        if penalties.active or grammar is not None or logprobs is not None:
-            processor = LogitsProcessor(penalties=penalties, greedy=sampling.greedy, top_logprobs=logprobs,
-                                        grammar=None if grammar is None else Grammar(self.backend.vocab, grammar),
-                                        is_eog=self.backend.is_eog)
+        processor = self.processor_for(values, params, grammar=grammar, logprobs=logprobs)
+        settings = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        settings["logit_bias"] = {str(t): b if math.isfinite(b) else "-inf"  # JSON has no -Infinity
+                                  for t, b in check_logit_bias(values.get("logit_bias"), n_vocab).items()}
+        self._sampling_used = {"settings": settings, "source": sources, "summary": describe(values)}
         kept = {ids[0] for ids in (self.backend.tokenize(t, add_special=False, parse_special=True) for t in keep_special)
                 if len(ids) == 1}
-        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode, processor, kept)
+        return self._stream(list(prompt_tokens), max_tokens, params, stops, mode, processor, kept)
+
+    @property
+    def sampling_used(self) -> dict[str, Any]:
+        """The latest call's sampling: settings, where each came from, a summary line."""
+        return self._sampling_used
+
+    def resolve_sampling(self, given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The sampling options of a call: those given, the model's defaults for the rest."""
+        unknown = sorted(set(given) - set(LLAMA_DEFAULTS) - {"logit_bias"})
+        if unknown:
+            raise InvalidRequestError(f"unknown sampling option(s) {', '.join(unknown)}")
+        values, sources = dict(self.sampling_defaults), dict(self.sampling_sources)
+        for k, v in given.items():
+            if v is not None:
+                values[k] = parse_samplers(v) if k == "samplers" else v
+                sources[k] = GIVEN
+        values.setdefault("logit_bias", {})
+        return values, sources
+
+    def processor_for(self, values: dict[str, Any], params: SamplingParams, *, grammar: str | None = None,
+                      logprobs: int | None = None) -> LogitsProcessor | None:
+        """The LogitsProcessor of a call's text-dependent samplers, grammar and logprobs (None: none)."""
+        order = params.samplers
+        penalties = Penalties(values["presence_penalty"], values["frequency_penalty"], values["repeat_penalty"],
+                              values["repeat_last_n"]) if "penalties" in order else None
+        dry = None
+        if "dry" in order and values["dry_multiplier"]:
+            dry = Dry(values["dry_multiplier"], values["dry_base"], values["dry_allowed_length"],
+                      values["dry_penalty_last_n"], self.dry_breakers(tuple(values["dry_sequence_breakers"])))
+        bias = check_logit_bias(values.get("logit_bias"), self.backend.n_vocab)
+        mirostat = Mirostat(params.mirostat, params.temperature, params.mirostat_tau, params.mirostat_eta,
+                            self.backend.n_vocab) if params.mirostat else None
+        proc = LogitsProcessor(penalties=penalties, greedy=params.greedy, top_logprobs=logprobs,
+                               grammar=None if grammar is None else Grammar(self.backend.vocab, grammar),
+                               is_eog=self.backend.is_eog, dry=dry, logit_bias=bias, mirostat=mirostat)
+        if proc.changes_logits or logprobs is not None:
+            return proc
+        return None
+
+    def dry_breakers(self, strings: tuple[str, ...]) -> dict[int, list[tuple[int, ...]]]:
+        """DRY's breaker table for these strings (computed over the vocabulary once per model)."""
+        if not all(isinstance(x, str) for x in strings):
+            raise InvalidRequestError("dry_sequence_breakers must be strings")
+        if strings not in self._dry_tables:
+            b = self.backend
+            self._dry_tables[strings] = breaker_table(
+                strings, b.n_vocab, lambda t: b.token_bytes(t, special=True),
+                lambda data: b.tokenize(data.decode("utf-8", errors="replace"), add_special=False,
+                                        parse_special=False))
+        return self._dry_tables[strings]
 
     def _stream(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
                 stops: list[str], mode: str | None,
@@ -357,6 +463,7 @@ class Model:
             self.last_stats["mode"] = self.decoder.mode
             self.last_stats["cost_model"] = self.decoder.controller.cost.relative()
             self.last_stats["cost_model_source"] = self.decoder.cost_source
+            self.last_stats["sampling"] = self._sampling_used
         if stats.finish_reason != "stop":
             text += decoder.decode(b"", final=True)
         if len(text) > sent or pending:

@@ -328,3 +328,40 @@ def choose_skip_layers(
         )
     ranked = sorted(candidates, key=lambda i: (s[i], i))
     return sorted(ranked[: int(n_skip)])
+
+
+# general.sampling.* (the model maker's recommended settings, read by llama.cpp's
+# common_params_sampling_from_model) -> this project's option names
+SAMPLING_KEYS = {
+    "general.sampling.temp": "temperature", "general.sampling.top_k": "top_k", "general.sampling.top_p": "top_p",
+    "general.sampling.min_p": "min_p", "general.sampling.xtc_probability": "xtc_probability",
+    "general.sampling.xtc_threshold": "xtc_threshold", "general.sampling.penalty_last_n": "repeat_last_n",
+    "general.sampling.penalty_repeat": "repeat_penalty", "general.sampling.mirostat": "mirostat",
+    "general.sampling.mirostat_tau": "mirostat_tau", "general.sampling.mirostat_eta": "mirostat_eta",
+    "general.sampling.sequence": "samplers",
+}
+_INT_SAMPLING = {"top_k", "repeat_last_n", "mirostat"}
+
+
+def sampling_metadata(kv: dict[str, Any]) -> dict[str, Any]:
+    """The GGUF's recommended sampling settings under this project's names ({} when none).
+
+    As llama.cpp reads them: a value that does not parse as a number is ignored (strtof /
+    strtol on the key's text), the sequence is a ';'-separated list of sampler names."""
+    out: dict[str, Any] = {}
+    for key, name in SAMPLING_KEYS.items():
+        if key not in kv:
+            continue
+        v = kv[key]
+        if name == "samplers":
+            if isinstance(v, str) and v.strip():
+                out[name] = v
+            continue
+        try:
+            num = float(v) if not isinstance(v, bool) else None
+        except (TypeError, ValueError):
+            num = None
+        if num is None or num != num:
+            continue
+        out[name] = int(num) if name in _INT_SAMPLING else float(num)
+    return out

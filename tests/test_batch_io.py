@@ -91,8 +91,8 @@ def test_every_line_gets_one_answer_or_error_and_the_input_is_untouched(smollm2:
     src = write_lines(tmp_path / "in.jsonl", lines)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / "out.jsonl"
-    r = run_cli(["-m", str(smollm2), "-c", "64", "-n", "8", "--parallel", "2", "--input", str(src),
-                 "--output", str(out)])
+    r = run_cli(["-m", str(smollm2), "-c", "64", "-n", "8", "--parallel", "2", "--temperature", "0",
+                 "--input", str(src), "--output", str(out)])
     assert r.exit_code == 0, r.output
     got = {a["id"]: a for a in read_answers(out)}
     assert sorted(map(str, got)) == sorted(["a", "2", "3", "4", "5", "6", "7"])
@@ -128,7 +128,8 @@ def test_refusals_before_loading(tmp_path: Path, args: list[str], words: str) ->
 @pytest.mark.slow
 def test_a_killed_run_resumes_with_every_answer_once_and_unchanged(smollm2: Path, tmp_path: Path) -> None:
     src = write_lines(tmp_path / "in.jsonl", [json.dumps({"prompt": p}) for p in PROMPTS])
-    common = ["-m", str(smollm2), "-c", "128", "-n", "48", "--parallel", "2", "-t", "2", "--input", str(src)]
+    common = ["-m", str(smollm2), "-c", "128", "-n", "48", "--parallel", "2", "-t", "2", "--temperature", "0",
+              "--input", str(src)]
     whole = tmp_path / "whole.jsonl"
     assert run_cli([*common, "--output", str(whole)]).exit_code == 0
 

@@ -42,7 +42,8 @@ def spawn_chat(smollm2: Path) -> Iterator[object]:
     children: list[object] = []
 
     def spawn(*args: str) -> object:
-        cmd = sdfp_edge_command() + ["chat", "--model", str(smollm2), "--threads", "2", "-c", "1024", *args]
+        cmd = sdfp_edge_command() + ["chat", "--model", str(smollm2), "--threads", "2", "-c", "1024",
+                                     "--temperature", "0", *args]
         env = {**os.environ, "TERM": "dumb", "NO_COLOR": "1"}
         # a user's terminal delivers Ctrl-C; a shell's background job (`pytest ... &`) would
         # hand the child SIGINT ignored, and Python then raises no KeyboardInterrupt

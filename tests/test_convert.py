@@ -403,5 +403,5 @@ def test_smollm2_end_to_end(smollm2: Path, source_tree: Path, tmp_path: Path) ->
     assert read_skip_metadata(out) == meta and meta.n_layer == 30 and len(meta.skip_layers) == 6
     with Model(out, n_ctx=512, mode="layerskip", threshold=0.0) as m:  # draft even when unsure
         assert m.skip_layers == meta.skip_layers
-        done = m.generate("The capital of France is", max_tokens=24)
+        done = m.generate("The capital of France is", max_tokens=24, temperature=0)
         assert done.tokens and m.last_stats["per_drafter"]["layerskip"]["drafted"] > 0

@@ -36,7 +36,7 @@ def smol(smollm2_plain: Path, smollm2: Path):
 
 
 def greedy_ids(m: Model, messages: list[dict], mode: str, n: int = 48) -> list[int]:
-    return m.chat(messages, max_tokens=n, mode=mode).tokens
+    return m.chat(messages, max_tokens=n, mode=mode, temperature=0).tokens
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
@@ -220,7 +220,7 @@ def test_context_end_shrinks_drafts_and_never_overruns(smollm2_plain: Path) -> N
         prompt = m.tokenize_prompt("a b c d e f a b c d e f a b c d e f a b c d e f a b c d e f a b c")
         assert n_ctx - 20 < len(prompt) < n_ctx
         for mode in ("lookup", "layerskip", "auto", "off"):
-            out = list(m.stream_tokens(prompt, max_tokens=200, mode=mode))
+            out = list(m.stream_tokens(prompt, max_tokens=200, mode=mode, temperature=0))
             ids = [t for c in out for t in c.tokens]
             s = m.last_stats
             assert m.backend.n_past <= n_ctx
@@ -246,9 +246,9 @@ def cycles_of(m: Model, monkeypatch) -> list[list[int]]:
 
 def test_stop_string_inside_an_accepted_draft_cuts_exactly_there(smol: Model, monkeypatch) -> None:
     msgs = [{"role": "user", "content": PROMPTS[1]}]
-    plain = smol.chat(msgs, max_tokens=48, mode="off")
+    plain = smol.chat(msgs, max_tokens=48, mode="off", temperature=0)
     cycles = cycles_of(smol, monkeypatch)
-    spec = smol.chat(msgs, max_tokens=48, mode="lookup")
+    spec = smol.chat(msgs, max_tokens=48, mode="lookup", temperature=0)
     assert spec.text == plain.text
     # a token that came out of a cycle in the middle of accepted drafts
     cycle = next(c for c in cycles if len(c) >= 3)
@@ -257,7 +257,7 @@ def test_stop_string_inside_an_accepted_draft_cuts_exactly_there(smol: Model, mo
     stop = prefix_text[-3:]
     assert stop.strip(), "pick a visible stop string"
     cut = plain.text.find(stop)
-    got = smol.chat(msgs, max_tokens=48, mode="lookup", stop=[stop])
+    got = smol.chat(msgs, max_tokens=48, mode="lookup", stop=[stop], temperature=0)
     assert got.text == plain.text[:cut]
     assert got.finish_reason == "stop"
     # the KV cache holds exactly the prompt and the consumed tokens (all but the last)
@@ -268,7 +268,7 @@ def test_stop_string_inside_an_accepted_draft_cuts_exactly_there(smol: Model, mo
 def test_eos_inside_an_accepted_draft_ends_there(smol: Model, monkeypatch) -> None:
     msgs = [{"role": "user", "content": PROMPTS[1]}]
     cycles = cycles_of(smol, monkeypatch)
-    full = smol.chat(msgs, max_tokens=48, mode="draft-model")
+    full = smol.chat(msgs, max_tokens=48, mode="draft-model", temperature=0)
     # a token emitted after an accepted draft token in the same cycle, not emitted earlier
     emitted: list[int] = full.tokens[:1]  # from the prefill
     before, fake_eos = None, None
@@ -283,7 +283,7 @@ def test_eos_inside_an_accepted_draft_ends_there(smol: Model, monkeypatch) -> No
     assert fake_eos is not None, "no cycle accepted a draft"
     real_is_eog = smol.backend.is_eog
     monkeypatch.setattr(smol.backend, "is_eog", lambda t: t == fake_eos or real_is_eog(t))
-    got = smol.chat(msgs, max_tokens=48, mode="draft-model")
+    got = smol.chat(msgs, max_tokens=48, mode="draft-model", temperature=0)
     assert got.tokens == before and got.finish_reason == "stop"
     assert full.tokens[: len(before)] == before
     assert smol.backend.kv_tokens == smol.tokenize_chat(msgs) + before

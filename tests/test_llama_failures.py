@@ -114,7 +114,7 @@ def test_prompt_token_ids_outside_the_vocabulary(smollm2: Path) -> None:
     with Model(smollm2, n_ctx=256, n_threads=2) as m:
         for bad in ([1, -1], [m.backend.n_vocab], [1, 2.5]):
             with pytest.raises(InvalidRequestError, match="token ids must be integers"):
-                m.stream_tokens(bad, max_tokens=2)
+                m.stream_tokens(bad, max_tokens=2, temperature=0)
 
 
 def test_server_refuses_lone_surrogates_and_reports_llama_cpp_failures_as_500() -> None:

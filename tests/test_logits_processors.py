@@ -216,9 +216,10 @@ def reference_greedy(b: LlamaBackend, prompt: list[int], n: int, pen: Penalties)
 
 @pytest.mark.slow
 def test_smollm2_greedy_with_penalties_in_every_mode(smol: Model) -> None:
-    kw = dict(max_tokens=40, presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1, repeat_last_n=64)
+    kw = dict(max_tokens=40, presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1, repeat_last_n=64,
+              temperature=0)
     plain = smol.chat(MSGS, mode="off", **kw).tokens
-    assert plain != smol.chat(MSGS, mode="off", max_tokens=40).tokens
+    assert plain != smol.chat(MSGS, mode="off", max_tokens=40, temperature=0).tokens
     pen = Penalties(0.8, 0.4, 1.1, 64)
     assert plain == reference_greedy(smol.backend, smol.tokenize_chat(MSGS), 40, pen)[: len(plain)]
     for mode in ("lookup", "layerskip", "draft-model", "auto"):
@@ -231,7 +232,7 @@ def test_smollm2_greedy_with_penalties_in_every_mode(smol: Model) -> None:
 def test_smollm2_drafts_are_penalized_like_the_target(smol: Model, monkeypatch: pytest.MonkeyPatch) -> None:
     """The model drafting for itself is accepted (almost) always, greedy or sampled, only
     because its rows get the target's penalties: without them it is visibly rejected."""
-    runs = [dict(presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1),
+    runs = [dict(presence_penalty=0.8, frequency_penalty=0.4, repeat_penalty=1.1, temperature=0),
             dict(temperature=0.9, seed=3, presence_penalty=1.0, frequency_penalty=0.5)]
 
     def acceptance(kw: dict) -> float:
@@ -251,7 +252,7 @@ def test_smollm2_drafts_are_penalized_like_the_target(smol: Model, monkeypatch: 
 @pytest.mark.slow
 def test_logprobs_are_the_targets_not_the_drafts(smol: Model) -> None:
     prompt = smol.tokenize_chat(MSGS)
-    chunks = list(smol.stream_tokens(prompt, max_tokens=24, mode="layerskip", logprobs=2))
+    chunks = list(smol.stream_tokens(prompt, max_tokens=24, mode="layerskip", logprobs=2, temperature=0))
     tokens = [t for c in chunks for t in c.tokens]
     lps = [lp for c in chunks for lp in (c.logprobs or [])]
     assert smol.last_stats["accepted"] > 0 and [lp.token for lp in lps] == tokens

@@ -121,7 +121,7 @@ def test_greedy_each_prompt_matches_decoding_it_alone(single: Model, par: Model,
     for i, q in enumerate(QUESTIONS):
         single.backend.reset()  # each prompt from an empty cache: decoding it alone
         alone[i] = single.chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-                               max_tokens=n, mode="off")
+                               max_tokens=n, mode="off", temperature=0)
     dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode=mode)
     reqs = [Request(i, chat_ids(par, q), n) for i, q in enumerate(QUESTIONS)]
     results = {r.key: r for r in dec.run(reqs)}

@@ -87,7 +87,8 @@ def test_requests_are_validated_strictly() -> None:
         {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
          "stop": "x", "presence_penalty": 0})
     assert ok.plain_messages() == [{"role": "user", "content": "ab"}]
-    assert ok.stop == ["x"] and ok.temperature == 1.0 and ok.token_limit is None
+    assert ok.stop == ["x"] and ok.temperature is None and ok.token_limit is None  # None: the model's default
+    assert "temperature" not in ok.sampling(default_seed=0) and ok.sampling(default_seed=0)["presence_penalty"] == 0
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}
     err = error(ChatCompletionRequest, {"messages": [image]})
     assert err["param"] == "messages.0.content" and "more error" not in err["message"]
@@ -95,7 +96,9 @@ def test_requests_are_validated_strictly() -> None:
     assert error(ChatCompletionRequest, {"messages": CHAT, "max_tokens": True})["param"] == "max_tokens"
     assert error(ChatCompletionRequest, {"messages": CHAT, "seed": -1})["param"] == "seed"
     assert error(ChatCompletionRequest, {"messages": CHAT, "presence_penalty": 2.5})["param"] == "presence_penalty"
-    assert error(ChatCompletionRequest, {"messages": CHAT, "logit_bias": {"1": 5}})["param"] == "logit_bias"
+    assert ChatCompletionRequest.model_validate({"messages": CHAT, "logit_bias": {"1": 5}}).logit_bias == {"1": 5}
+    assert error(ChatCompletionRequest, {"messages": CHAT, "logit_bias": "x"})["param"] == "logit_bias"
+    assert error(ChatCompletionRequest, {"messages": CHAT, "samplers": "top_k;warp"})["param"] == "samplers"
     assert error(ChatCompletionRequest, {"messages": CHAT, "sdfp_mode": "turbo"})["param"] == "sdfp_mode"
     assert error(ChatCompletionRequest, {"messages": []})["param"] == "messages"
     two = error(ChatCompletionRequest, {"messages": CHAT, "n": 2, "top_p": 0})
@@ -287,7 +290,7 @@ def test_greedy_chat_equals_generate(smollm2: Path, client: Any, model_id: str) 
     prompt = "Give me two tips for writing clear Python code."
     out = subprocess.run(
         sdfp_edge_command() + ["generate", "--json", "--chat", "--prompt", prompt, "--max-tokens", "32",
-                               "--model", str(smollm2), "--threads", "2", "-c", "1024"],
+                               "--model", str(smollm2), "--threads", "2", "-c", "1024", "--temperature", "0"],
         capture_output=True, text=True, timeout=600, check=True)
     expected = json.loads(out.stdout)
     r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": prompt}],

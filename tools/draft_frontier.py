@@ -134,7 +134,7 @@ def measure(gguf_path: Path, jobs: list[tuple[str, int, DraftMask]], heads: list
         else:
             prompts = [m.tokenize_prompt(f"{p}\n\n") for p in skip_count.HELD_OUT_PROMPTS]
         for p in prompts:  # plain decoding first: t_verify(1) from many samples
-            for _ in m.stream_tokens(p, max_tokens=max_tokens, mode="off"):
+            for _ in m.stream_tokens(p, max_tokens=max_tokens, mode="off", temperature=0):
                 pass
         m.decoder.calibrate()
         cost = m.decoder.controller.cost
@@ -146,7 +146,7 @@ def measure(gguf_path: Path, jobs: list[tuple[str, int, DraftMask]], heads: list
                 cost.t_step.pop("layerskip", None)
                 drafted = accepted = tokens = verifies = 0
                 for p in prompts:
-                    for _ in m.stream_tokens(p, max_tokens=max_tokens, mode="layerskip"):
+                    for _ in m.stream_tokens(p, max_tokens=max_tokens, mode="layerskip", temperature=0):
                         pass
                     s = m.last_stats
                     drafted, accepted = drafted + s["drafted"], accepted + s["accepted"]

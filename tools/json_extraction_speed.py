@@ -33,7 +33,7 @@ from sdfp_edge.runtime.grammar import json_schema_gbnf
 model, mode, n, schema, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5]
 with Model(model, n_ctx=2048) as m:
     t0 = time.perf_counter()
-    out = m.chat([{"role": "user", "content": prompt}], max_tokens=n, mode=mode, grammar=json_schema_gbnf(schema))
+    out = m.chat([{"role": "user", "content": prompt}], max_tokens=n, mode=mode, grammar=json_schema_gbnf(schema), temperature=0)
     dt = time.perf_counter() - t0
     s = m.last_stats
     print(json.dumps({"text": out.text, "tokens": s["tokens"], "seconds": dt, "accepted": s["accepted"],

@@ -74,7 +74,7 @@ def answers(args: argparse.Namespace) -> tuple[str, list[tuple[list[int], list[i
         for msgs in chats:
             prompt = m.tokenize_chat(msgs)
             m.backend.reset()
-            out.append((prompt, [t for ch in m.stream_tokens(prompt, max_tokens=args.max_tokens, mode="off")
+            out.append((prompt, [t for ch in m.stream_tokens(prompt, max_tokens=args.max_tokens, mode="off", temperature=0)
                                  for t in ch.tokens]))
         name = m.path.name
     if cache is not None:

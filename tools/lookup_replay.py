@@ -230,7 +230,7 @@ def generate_answers(model: str, *, limit: int, humaneval_limit: int, seed: int,
         for pid, category, messages in chats:
             prompt = m.tokenize_chat(messages)
             m.backend.reset()
-            answer = [t for ch in m.stream_tokens(prompt, max_tokens=max_tokens, mode="off") for t in ch.tokens]
+            answer = [t for ch in m.stream_tokens(prompt, max_tokens=max_tokens, mode="off", temperature=0) for t in ch.tokens]
             out.append({"id": pid, "category": category, "prompt": prompt, "answer": answer})
             print(f"{pid}: {len(prompt)} prompt tokens, {len(answer)} answer tokens", file=sys.stderr, flush=True)
         name = m.path.name

@@ -20,12 +20,11 @@ import click
 from tqdm import tqdm
 
 from sdfp_edge.runtime import batchio
-from sdfp_edge.api import Model, check_max_tokens
+from sdfp_edge.api import Model, check_max_tokens, sampling_params
 from sdfp_edge.runtime.controller import Controller
 from sdfp_edge.runtime.cost_store import CostStore
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, SdfpError
 from sdfp_edge.runtime.parallel import PARALLEL_MODES, ParallelDecoder, Request, prefill_cuts
-from sdfp_edge.runtime.sampling import SamplingParams
 
 # Measured (tools/batch_throughput.py, models/bench/batch/, 2026-12-01, 2-vCPU AMD EPYC):
 # Qwen2.5-Coder-1.5B 7.5 / 8.1 / 7.4 tok/s at 1 / 4 / 8 sequences, SmolLM2-135M 49.5 /
@@ -39,10 +38,7 @@ class Defaults:
     """What a line does not say: the command line's sampling options."""
 
     max_tokens: int
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
+    sampling: dict[str, Any]  # the sampling options given (the rest: the model's defaults)
     seed: int
     stop: tuple[str, ...]
 
@@ -92,12 +88,15 @@ def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaul
     f = line.fields
     max_tokens = f.get("max_tokens", d.max_tokens)
     check_max_tokens(max_tokens)
-    sampling = SamplingParams(**{k: f.get(k, getattr(d, k)) for k in batchio.SAMPLING_FIELDS})
+    values, _ = m.resolve_sampling({**d.sampling, **{k: f[k] for k in batchio.SAMPLING_FIELDS if k in f}})
+    seed = f.get("seed", d.seed)
+    sampling = sampling_params(values, seed)
+    processor = m.processor_for(values, sampling)
     stop = f.get("stop", list(d.stop))
     ids = prompts.ids.get(line.id)
     req = Request(line, ids if ids is not None else tokenize(m, line),  # not tokenized: raises its error
                   max_tokens, sampling, [stop] if isinstance(stop, str) else list(stop),
-                  prompts.cuts.get(line.id, frozenset()))
+                  prompts.cuts.get(line.id, frozenset()), processor)
     decoder.check(req)
     return req
 

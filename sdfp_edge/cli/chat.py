@@ -18,13 +18,15 @@ from typing import Any
 import click
 
 from sdfp_edge.cli.options import model_options, not_utf8_note, user_errors
-from sdfp_edge.cli.generate import check_sampling, open_model, sampling_options, speculation_options, summary_line
+from sdfp_edge.cli.generate import (check_sampling, open_model, sampling_line, sampling_options, speculation_options,
+                                    summary_line)
 from sdfp_edge.runtime.engine import MODES
 from sdfp_edge.errors import ContextOverflowError, SdfpError
+from sdfp_edge.runtime.sampler_chain import describe
 
 PROMPT = ">>> "
 HELP = """commands:
-  /stats          statistics of the last reply and of the session
+  /stats          statistics of the last reply and of the session, and its sampling settings
   /mode [MODE]    show or set the speculation mode ({modes})
   /reset          forget the conversation (the system prompt stays)
   /help           this text
@@ -155,6 +157,7 @@ class ChatSession:
             f"speculation: mode {s['mode']}, drafted {s['drafted']}, accepted {s['accepted']} "
             f"({s['acceptance_rate']:.0%}), {s['tokens_per_verify']:.2f} tokens/verify"
             + (f" (accepted/drafted: {drafters})" if drafters else ""),
+            sampling_line(s.get("sampling", {})),
             session,
         ])
 
@@ -175,25 +178,26 @@ def read_line() -> str | None:
 @speculation_options
 @user_errors
 def chat(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
-         verbose: bool, system: str | None, max_tokens: int, temperature: float, top_k: int, top_p: float,
-         min_p: float, stop: tuple[str, ...], mode: str, draft_model: str | None, skip_layers: str | None,
+         verbose: bool, system: str | None, max_tokens: int, sampling: dict[str, Any], stop: tuple[str, ...],
+         mode: str, draft_model: str | None, skip_layers: str | None,
          draft_max: int, draft_p_min: float) -> None:
     """Chat with the model in the terminal (multi-turn, streaming, speculative)."""
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
         pass
-    check_sampling(max_tokens, temperature, top_k, top_p, min_p, seed)
+    check_sampling(max_tokens, sampling, seed)
     if note := not_utf8_note("--system", system):
         click.echo(note, err=True)
     with open_model(model, threads, ctx_size, n_gpu_layers, verbose, mode, draft_model, skip_layers,
                     draft_max, draft_p_min) as m:
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
-                        stop=list(stop))
-        session = ChatSession(m, system=system, max_tokens=max_tokens, sampling=sampling)
+        session = ChatSession(m, system=system, max_tokens=max_tokens,
+                              sampling={**sampling, "seed": seed, "stop": list(stop)})
         m.tokenize_chat([{"role": "user", "content": "hi"}])  # no chat template: fail now, not at turn one
         click.echo(f"chatting with {m.path.name} (mode {m.decoder.mode}); /help for commands, "
                    "/exit or Ctrl-D to quit", err=True)
+        values, sources = m.resolve_sampling(sampling)  # said once: a new user sees what samples
+        click.echo(sampling_line({"summary": describe(values), "source": sources}), err=True)
         while (line := read_line()) is not None:
             try:
                 if not session.handle(line):

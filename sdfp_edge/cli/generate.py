@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,12 @@ import click
 
 from sdfp_edge.cli import batch
 from sdfp_edge.cli.options import model_options, not_utf8_note, user_errors
-from sdfp_edge.api import Model, check_max_tokens
+from sdfp_edge.api import Model, check_max_tokens, sampling_params
+from sdfp_edge.runtime.dry import Dry
 from sdfp_edge.runtime.engine import MODES
 from sdfp_edge.errors import SkipListError
-from sdfp_edge.runtime.sampling import SamplingParams
+from sdfp_edge.runtime.logits_processors import Penalties
+from sdfp_edge.runtime.sampler_chain import FROM_GGUF, GIVEN, LLAMA_DEFAULTS, parse_samplers
 
 
 def parse_layer_list(value: str | None) -> list[int] | None:
@@ -27,25 +31,86 @@ def parse_layer_list(value: str | None) -> list[int] | None:
         raise SkipListError(f"--skip-layers must be comma-separated layer indices, got {value!r}") from None
 
 
+SAMPLER_OPTIONS = {  # option -> (Model.stream_tokens name, type, help); llama.cpp's option names
+    ("--temperature", "--temp"): ("temperature", float, "0 = greedy (exactly the model's own greedy output). "
+                                  "Every sampling option not given takes the GGUF's general.sampling.* value, "
+                                  "else llama.cpp's default (here 0.8; see docs/sampling.md)."),
+    ("--top-k",): ("top_k", int, "0 = off (llama.cpp's default: 40)."),
+    ("--top-p",): ("top_p", float, "1 = off (llama.cpp's default: 0.95)."),
+    ("--min-p",): ("min_p", float, "0 = off (llama.cpp's default: 0.05)."),
+    ("--typical", "--typical-p"): ("typical_p", float, "Locally typical sampling; 1 = off."),
+    ("--top-nsigma", "--top-n-sigma"): ("top_n_sigma", float, "Keep logits within n sigma of the best; <= 0 = off."),
+    ("--xtc-probability",): ("xtc_probability", float, "XTC: chance to remove the likeliest tokens; 0 = off."),
+    ("--xtc-threshold",): ("xtc_threshold", float, "XTC: tokens at least this likely are removed (> 0.5 = off)."),
+    ("--mirostat",): ("mirostat", click.IntRange(0, 2), "Mirostat 1 or 2 (then only temperature applies); 0 = off."),
+    ("--mirostat-lr",): ("mirostat_eta", float, "Mirostat learning rate, eta."),
+    ("--mirostat-ent",): ("mirostat_tau", float, "Mirostat target entropy, tau."),
+    ("--samplers",): ("samplers", str, "Sampler order, ';'-separated (llama.cpp's names), e.g. "
+                                       "'penalties;dry;top_k;top_p;min_p;temperature'."),
+    ("--sampling-seq", "--sampler-seq"): ("samplers", str, "Sampler order as letters (llama.cpp's: e d s k y p m x t)."),
+    ("--repeat-penalty",): ("repeat_penalty", float, "Penalize repeated tokens; 1 = off."),
+    ("--repeat-last-n",): ("repeat_last_n", int, "Tokens the penalties look back on; 0 = off, -1 = all."),
+    ("--presence-penalty",): ("presence_penalty", float, "0 = off."),
+    ("--frequency-penalty",): ("frequency_penalty", float, "0 = off."),
+    ("--dry-multiplier",): ("dry_multiplier", float, "DRY repetition penalty; 0 = off."),
+    ("--dry-base",): ("dry_base", float, "DRY base."),
+    ("--dry-allowed-length",): ("dry_allowed_length", int, "DRY: repetitions longer than this are penalized."),
+    ("--dry-penalty-last-n",): ("dry_penalty_last_n", int, "DRY lookback; 0 = off, -1 = all."),
+}
+
+
 def sampling_options(f: Any) -> Any:
+    """The sampling options; the command receives them as one dict `sampling` of those given
+    (the rest take the GGUF's recommended values, else llama.cpp's defaults)."""
+    names = {v[0] for v in SAMPLER_OPTIONS.values()} | {"dry_sequence_breakers", "logit_bias", "samplers_seq"}
+
+    @functools.wraps(f)
+    def collect(*args: Any, **kwargs: Any) -> Any:
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        seq = given.pop("samplers_seq")
+        if seq is not None:
+            given["samplers"] = seq
+        breakers = given.pop("dry_sequence_breakers")
+        if breakers:
+            given["dry_sequence_breakers"] = () if breakers == ("none",) else breakers
+        given["logit_bias"] = parse_logit_bias(given.pop("logit_bias"))
+        return f(*args, sampling={k: v for k, v in given.items() if v not in (None, {})}, **kwargs)
+
     options = [
         click.option("-n", "--max-tokens", type=int, default=256, show_default=True, help="Tokens to generate."),
-        click.option("--temperature", "--temp", type=float, default=0.0, show_default=True,
-                     help="0 = greedy (exactly the model's own greedy output)."),
-        click.option("--top-k", type=int, default=0, show_default=True, help="0 = off."),
-        click.option("--top-p", type=float, default=1.0, show_default=True, help="1 = off."),
-        click.option("--min-p", type=float, default=0.0, show_default=True, help="0 = off."),
+        *(click.option(*flags, name if flags[0] != "--sampling-seq" else "samplers_seq", type=typ, default=None,
+                       help=text) for flags, (name, typ, text) in SAMPLER_OPTIONS.items()),
+        click.option("--dry-sequence-breaker", "dry_sequence_breakers", multiple=True,
+                     help="DRY sequence breaker (repeatable; 'none': no breakers)."),
+        click.option("-l", "--logit-bias", "logit_bias", multiple=True, metavar="TOKEN_ID(+/-)BIAS",
+                     help="e.g. 15043+1 or 15043-inf (repeatable)."),
         click.option("--stop", multiple=True, help="Stop string (repeatable)."),
     ]
     for opt in reversed(options):
-        f = opt(f)
-    return f
+        collect = opt(collect)
+    return collect
 
 
-def check_sampling(max_tokens: int, temperature: float, top_k: int, top_p: float, min_p: float, seed: int) -> None:
-    """Fail fast, before the model loads."""
+def parse_logit_bias(values: tuple[str, ...]) -> dict[int, float]:
+    """llama.cpp's -l TOKEN_ID(+/-)BIAS."""
+    out: dict[int, float] = {}
+    for v in values:
+        m = re.fullmatch(r"\s*(\d+)\s*([+-])\s*(inf|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)\s*", v)
+        if not m:
+            raise click.BadParameter(f"{v!r}: expected TOKEN_ID(+/-)BIAS, e.g. 15043+1", param_hint="--logit-bias")
+        out[int(m[1])] = float(m[2] + m[3])
+    return out
+
+
+def check_sampling(max_tokens: int, sampling: dict[str, Any], seed: int) -> None:
+    """Fail fast, before the model loads: the options given, with llama.cpp's defaults for the rest."""
     check_max_tokens(max_tokens)
-    SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
+    values = {**LLAMA_DEFAULTS, **{k: v for k, v in sampling.items() if k != "logit_bias"}}
+    if "samplers" in sampling:
+        values["samplers"] = parse_samplers(sampling["samplers"])
+    sampling_params(values, seed)
+    Penalties(values["presence_penalty"], values["frequency_penalty"], values["repeat_penalty"], values["repeat_last_n"])
+    Dry(values["dry_multiplier"], values["dry_base"], values["dry_allowed_length"], values["dry_penalty_last_n"])
 
 
 def speculation_options(f: Any) -> Any:
@@ -91,29 +156,28 @@ def open_model(model: str | None, threads: int | None, ctx_size: int, n_gpu_laye
 @user_errors
 def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
              verbose: bool, prompt: str | None, chat: bool, system: str | None, max_tokens: int,
-             temperature: float, top_k: int, top_p: float, min_p: float, stop: tuple[str, ...], mode: str,
+             sampling: dict[str, Any], stop: tuple[str, ...], mode: str,
              draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
              as_json: bool, input_path: Path | None, output_path: Path | None, parallel: int) -> None:
     """Generate text from a prompt, speculatively, with exactly the model's own output."""
     if input_path is not None or output_path is not None:
         if input_path is None or output_path is None or prompt is not None:
             raise click.UsageError("batch mode takes --input and --output together, without --prompt")
-        check_max_tokens(max_tokens)
+        check_sampling(max_tokens, sampling, seed)
         batch.run(model, threads, ctx_size, n_gpu_layers, verbose, input_path, output_path, parallel, mode,
-                  batch.Defaults(max_tokens, temperature, top_k, top_p, min_p, seed, stop))
+                  batch.Defaults(max_tokens, sampling, seed, stop))
         return
     if prompt is None:
         if sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")
         prompt = sys.stdin.read()
-    check_sampling(max_tokens, temperature, top_k, top_p, min_p, seed)
+    check_sampling(max_tokens, sampling, seed)
     for what, text in (("the prompt", prompt), ("--system", system)):
         if note := not_utf8_note(what, text):
             click.echo(note, err=True)
     with open_model(model, threads, ctx_size, n_gpu_layers, verbose, mode, draft_model, skip_layers,
                     draft_max, draft_p_min) as m:
-        kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      min_p=min_p, seed=seed, stop=list(stop))
+        kwargs = dict(max_tokens=max_tokens, seed=seed, stop=list(stop), **sampling)
         if chat:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}]
@@ -128,6 +192,8 @@ def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers
                 tokens.extend(c.tokens)
             click.echo(json.dumps({"text": "".join(text), "tokens": tokens, "stats": m.last_stats}))
             return
+        if verbose:
+            click.echo(sampling_line(m.sampling_used), err=True)
         for c in chunks:
             click.echo(c.text, nl=False)
         click.echo()
@@ -138,3 +204,15 @@ def summary_line(s: dict[str, Any]) -> str:
     return (f"[{s['tokens']} tokens, {s['tokens_per_second']:.1f} tok/s, mode {s['mode']}, "
             f"acceptance {s['acceptance_rate']:.0%} of {s['drafted']} drafted, "
             f"{s['tokens_per_verify']:.2f} tokens/verify]")
+
+
+def sampling_line(used: dict[str, Any]) -> str:
+    """What samples the text and where the settings came from (--verbose, chat's /stats);
+    `used`: Model.sampling_used or last_stats["sampling"]."""
+    if not used:
+        return "sampling: (no reply yet)"
+    src = used["source"]
+    parts = [f"{what}: {', '.join(sorted(n for n, v in src.items() if v == where))}"
+             for where, what in ((GIVEN, "given"), (FROM_GGUF, "from the GGUF"))
+             if where in src.values()]
+    return f"sampling: {used['summary']} ({'; '.join(parts + ['the rest: llama.cpp defaults'])})"

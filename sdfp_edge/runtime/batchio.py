@@ -29,8 +29,11 @@ from typing import Any
 
 from sdfp_edge.errors import InvalidRequestError
 
-FIELDS = {"id", "prompt", "messages", "max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop"}
-SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "seed")
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "top_n_sigma", "xtc_probability",
+                   "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta", "samplers", "repeat_penalty",
+                   "presence_penalty", "frequency_penalty", "repeat_last_n", "dry_multiplier", "dry_base",
+                   "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers", "logit_bias")
+FIELDS = {"id", "prompt", "messages", "max_tokens", "seed", "stop", *SAMPLING_FIELDS}
 
 Id = str | int
 

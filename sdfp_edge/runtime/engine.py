@@ -226,8 +226,9 @@ class SpeculativeDecoder:
         lookup = None
         cands: list[Candidate] = []
         # a one-hot draft is accepted with the target's probability of it when sampling, far
-        # less often than when greedy: the two regimes keep separate statistics
-        regime = "" if sampling.greedy else "~sampled"
+        # less often than when greedy, and how often depends on the sampler setting: each
+        # setting keeps its own statistics (SamplingParams.regime)
+        regime = sampling.regime
         for name, d in self.drafters.items():
             if self.mode not in ("auto", name):
                 continue

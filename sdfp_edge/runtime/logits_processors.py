@@ -8,7 +8,11 @@ The engine calls one `LogitsProcessor` at the two places where logits are read:
     accept(emitted, raw)              after a verify: the emitted tokens and the target's raw
                                       rows they were chosen from (row i for emitted[i])
 
-Penalties and the grammar are applied to the target's and the draft's rows alike. What makes
+Per row, in llama.cpp's order: logit bias, penalties, DRY (dry.py), the grammar, and with
+mirostat its truncation (mirostat's chain has no penalties or DRY, as in llama.cpp). Mirostat's
+state mu is a function of the text: row i of a verify is truncated with the mu that the
+drafts before it would leave, and `accept` commits mu for the emitted tokens only.
+These are applied to the target's and the draft's rows alike. What makes
 speculation exact is the target: its row i is transformed with the text it follows, so greedy
 output equals plain decoding with the same settings and sampling draws from the transformed
 target distribution. The draft gets the same transform only so that it is accepted more often.
@@ -26,7 +30,9 @@ import numpy as np
 import numpy.typing as npt
 
 from sdfp_edge.errors import InvalidRequestError
+from sdfp_edge.runtime.dry import Dry
 from sdfp_edge.runtime.grammar import Grammar
+from sdfp_edge.runtime.sampler_chain import mirostat_mask
 
 MAX_TOP_LOGPROBS = 20
 
@@ -70,6 +76,33 @@ class Penalties:
 
 
 @dataclass
+class Mirostat:
+    """Mirostat's settings and its state mu (2 tau at the start, as llama.cpp resets it)."""
+
+    version: int
+    temperature: float
+    tau: float = 5.0
+    eta: float = 0.1
+    n_vocab: int = 0
+    mu: float = field(default=float("nan"))
+
+    def __post_init__(self) -> None:
+        if self.mu != self.mu:
+            self.mu = 2.0 * self.tau
+
+    def candidates(self, row: npt.NDArray[np.float32], mu: float) -> tuple[np.ndarray, np.ndarray]:
+        return mirostat_mask(row, self.temperature, self.version, mu, self.n_vocab or len(row))
+
+    def update(self, mu: float, ids: np.ndarray, q: np.ndarray, token: int) -> float:
+        """mu after `token` was drawn from the candidates (ids, q): mu - eta (surprise - tau)."""
+        hit = np.nonzero(ids == token)[0]
+        if not len(hit):  # a drafted token outside the candidates: rejected, the rows after it unused
+            return mu
+        surprise = -math.log2(float(q[hit[0]]))
+        return float(np.float32(mu - self.eta * (surprise - self.tau)))
+
+
+@dataclass
 class TokenLogprob:
     """One emitted token's log-probability under the target, and the most likely alternatives."""
 
@@ -108,10 +141,18 @@ class LogitsProcessor:
 
     def __init__(self, *, penalties: Penalties | None = None, grammar: Grammar | None = None,
                  greedy: bool = True, top_logprobs: int | None = None,
-                 is_eog: Callable[[int], bool] = lambda t: False) -> None:
+                 is_eog: Callable[[int], bool] = lambda t: False, dry: Dry | None = None,
+                 logit_bias: dict[int, float] | None = None, mirostat: Mirostat | None = None) -> None:
         if top_logprobs is not None and not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequestError(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {top_logprobs}")
-        self.penalties = penalties if penalties is not None and penalties.active else None
+        self.mirostat = mirostat if mirostat is not None and not greedy else None
+        text_samplers = self.mirostat is None  # mirostat's chain: logit bias, temperature, mirostat
+        self.penalties = penalties if text_samplers and penalties is not None and penalties.active else None
+        self.dry = dry if text_samplers and dry is not None and dry.active else None
+        self.logit_bias = dict(logit_bias or {})
+        self._bias = (np.fromiter(self.logit_bias, dtype=np.int64, count=len(self.logit_bias)),
+                      np.fromiter(self.logit_bias.values(), dtype=np.float32, count=len(self.logit_bias)))
+        self._miro_rows: list[tuple[np.ndarray, np.ndarray]] = []  # the last verify's mirostat candidates
         self.grammar = grammar
         self.greedy = greedy
         self.top_logprobs = top_logprobs
@@ -122,7 +163,8 @@ class LogitsProcessor:
 
     @property
     def changes_logits(self) -> bool:
-        return self.penalties is not None or self.grammar is not None
+        return (self.penalties is not None or self.grammar is not None or self.dry is not None
+                or bool(self.logit_bias) or self.mirostat is not None)
 
     def apply(self, history: Sequence[int], logits: npt.NDArray[np.floating],
               drafted: Sequence[int] = ()) -> npt.NDArray[np.float32]:
@@ -147,14 +189,30 @@ class LogitsProcessor:
         drafted = [int(t) for t in drafted]
         text = [*history, *drafted[:first]]
         grammar = self._grammar_after(drafted[:first]) if self.grammar is not None else None
+        mu = self.mirostat.mu if self.mirostat is not None else 0.0
+        if first == 0:
+            self._miro_rows = []
         for r in range(len(out)):
+            if len(self._bias[0]):
+                out[r, self._bias[0]] += self._bias[1]
             if self.penalties is not None:
                 self.penalties.apply(text, out[r])
+            if self.dry is not None:
+                self.dry.apply(text, out[r])
             if grammar is not None:
                 out[r] = grammar.mask_top(out[r]) if self.greedy else grammar.mask(out[r])
                 if not np.isfinite(out[r]).any():
                     raise InvalidRequestError("the grammar allows no token at this point of the output")
             i = first + r
+            if self.mirostat is not None:
+                ids, q = self.mirostat.candidates(out[r], mu)
+                masked = np.full_like(out[r], -np.inf)
+                masked[ids] = out[r][ids]
+                out[r] = masked
+                if first == 0:
+                    self._miro_rows.append((ids, q))
+                if i < len(drafted):  # the mu the next row sees if this draft is kept
+                    mu = self.mirostat.update(mu, ids, q, drafted[i])
             if i < len(drafted):
                 if grammar is not None and not self._advance(grammar, drafted[: i + 1]):
                     break
@@ -167,6 +225,12 @@ class LogitsProcessor:
             self.logprobs.extend(token_logprob(int(t), raw[i], self.top_logprobs) for i, t in enumerate(emitted))
         if self.grammar is not None:
             self.grammar.accept_all([int(t) for t in emitted if not self.is_eog(int(t))])
+        if self.mirostat is not None:
+            if len(self._miro_rows) < len(emitted):
+                raise ValueError("mirostat: accept() without the verify rows of these tokens")
+            for (ids, q), t in zip(self._miro_rows, emitted):
+                self.mirostat.mu = self.mirostat.update(self.mirostat.mu, ids, q, int(t))
+            self._miro_rows = []
         if self._committed >= 0:
             self._committed += len(emitted)
         self._scratch = None

@@ -44,6 +44,7 @@ from sdfp_edge.runtime.drafters.base import Proposal
 from sdfp_edge.runtime.drafters.prompt_lookup import PromptLookupDrafter, drafts_judged_by
 from sdfp_edge.runtime.engine import LOOKUP_MAX, PositionUniforms, verdict_on
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
+from sdfp_edge.runtime.logits_processors import LogitsProcessor
 from sdfp_edge.runtime.sampling import SamplingParams
 from sdfp_edge.runtime.verify import Verdict
 
@@ -58,6 +59,7 @@ class Request:
     sampling: SamplingParams = SamplingParams()
     stops: Sequence[str] = ()
     cuts: frozenset[int] = frozenset()  # prefill_cuts over every request of the run
+    processor: LogitsProcessor | None = None  # its text-dependent samplers (penalties, DRY, mirostat, bias)
 
 
 @dataclass
@@ -272,7 +274,10 @@ class ParallelDecoder:
         slot.rng = np.random.default_rng(req.sampling.seed)
         slot.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sent = 0
-        if not self._emit(slot, [self._verdict(slot, Proposal.empty(), last).next_token]):
+        first = self._verdict(slot, Proposal.empty(), last).next_token
+        if req.processor is not None:
+            req.processor.accept([first], last)
+        if not self._emit(slot, [first]):
             return None
         result, slot.req, slot.result = slot.result, None, None
         return result
@@ -323,7 +328,7 @@ class ParallelDecoder:
         """Whose statistics judge each of the slot's drafts (drafts_judged_by)."""
         assert slot.req is not None
         greedy = slot.req.sampling.greedy
-        return drafts_judged_by(p, regime="" if greedy else "~sampled", greedy=greedy)
+        return drafts_judged_by(p, regime=slot.req.sampling.regime, greedy=greedy)
 
     def _cycle(self, active: list[_Slot]) -> Iterator[Result]:
         props = self._drafts(active)
@@ -363,12 +368,15 @@ class ParallelDecoder:
             self.controller.observe_chain([src for src, _ in self._chain(s, p)], verdict.n_accepted)
             s.result.drafted += p.k
             s.result.accepted += verdict.n_accepted
-        return [*kept[1:], verdict.next_token]
+        emitted = [*kept[1:], verdict.next_token]
+        if s.req.processor is not None:
+            s.req.processor.accept(emitted, rows)
+        return emitted
 
     @staticmethod
     def _verdict(s: _Slot, p: Proposal, rows: np.ndarray) -> Verdict:
         assert s.req is not None and s.positions is not None and s.rng is not None
-        return verdict_on(s.tokens, rows, p, s.req.sampling, s.rng, s.positions)
+        return verdict_on(s.tokens, rows, p, s.req.sampling, s.rng, s.positions, s.req.processor)
 
     def _emit(self, s: _Slot, emitted: list[int]) -> bool:
         """Append the tokens to the slot's text; whether its request is finished."""

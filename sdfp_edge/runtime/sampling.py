@@ -1,5 +1,10 @@
 """Turning logits into the distribution a user asked for (pure numpy, no llama.cpp).
 
+SamplingParams' own defaults are neutral (greedy, no truncation): the engine's. What a user
+gets when they give nothing (the GGUF's recommended settings, else llama.cpp's) is resolved
+above it (sampling_defaults.py). The samplers beyond temperature/top-k/top-p/min-p and their
+order are sampler_chain.py's.
+
 The same transform is applied to the target's logits (p) and to the draft's (q): that is
 what makes speculative sampling exact for the *transformed* target distribution, which is
 what plain sampling with these settings would draw from. The order follows llama.cpp's
@@ -18,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sdfp_edge.errors import InvalidRequestError
+from sdfp_edge.runtime.sampler_chain import DEFAULT_ORDER, chain_draw, chain_probs, check_order, xtc_active
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,14 @@ class SamplingParams:
     top_p: float = 1.0  # 1: off
     min_p: float = 0.0  # 0: off
     seed: int = 0
+    typical_p: float = 1.0  # 1: off
+    top_n_sigma: float = -1.0  # <= 0: off
+    xtc_probability: float = 0.0  # 0: off
+    xtc_threshold: float = 0.1  # > 0.5: off
+    mirostat: int = 0  # 0: off, 1 or 2 (then only temperature and mirostat apply, as in llama.cpp)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    samplers: tuple[str, ...] = DEFAULT_ORDER  # the row samplers' order (sampler_chain.py)
 
     def __post_init__(self) -> None:
         t, p, m = self.temperature, self.top_p, self.min_p
@@ -40,10 +54,48 @@ class SamplingParams:
             raise InvalidRequestError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise InvalidRequestError(f"top_k must be an integer >= 0, got {self.top_k!r}")
+        for name, lo, hi in (("typical_p", 0.0, 1.0), ("top_n_sigma", -1e9, 1e9), ("xtc_probability", 0.0, 1.0),
+                             ("xtc_threshold", 0.0, 1.0), ("mirostat_tau", 0.0, 1e4), ("mirostat_eta", 0.0, 1.0)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+                raise InvalidRequestError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        if self.typical_p <= 0:
+            raise InvalidRequestError(f"typical_p must be in (0, 1], got {self.typical_p!r}")
+        if self.mirostat not in (0, 1, 2) or isinstance(self.mirostat, bool):
+            raise InvalidRequestError(f"mirostat must be 0, 1 or 2, got {self.mirostat!r}")
+        if not isinstance(self.samplers, tuple):
+            object.__setattr__(self, "samplers", tuple(self.samplers))
+        check_order(self.samplers)
 
     @property
     def greedy(self) -> bool:
+        """Temperature 0 is greedy: one token, whatever else is set (XTC included)."""
         return self.temperature == 0
+
+    @property
+    def regime(self) -> str:
+        """The suffix of the controller's acceptance keys: a one-hot draft is accepted with the
+        target's probability of it, so each sampling setting keeps its own statistics (a
+        temperature-0.6 acceptance is not a temperature-1.0 one); "" when greedy."""
+        if self.greedy:
+            return ""
+        if self.mirostat:
+            return f"~sampled:t{self.temperature:.2g},mirostat{self.mirostat},tau{self.mirostat_tau:.2g}"
+        parts = [f"t{self.temperature:.2g}"]
+        for name, off in (("top_k", 0), ("top_p", 1.0), ("min_p", 0.0), ("typical_p", 1.0), ("top_n_sigma", -1.0),
+                          ("xtc_probability", 0.0)):
+            v = getattr(self, name)
+            if v != off and not (name == "top_n_sigma" and v <= 0):
+                parts.append(f"{name}{v:.2g}")
+        if self.samplers != DEFAULT_ORDER:
+            parts.append("order:" + "".join(s[0] for s in self.samplers))
+        return "~sampled:" + ",".join(parts)
+
+    @property
+    def plain(self) -> bool:
+        """Only temperature/top-k/top-p/min-p, in llama.cpp's default order (the fast paths)."""
+        return (self.samplers == DEFAULT_ORDER and self.typical_p >= 1.0 and self.top_n_sigma <= 0
+                and not xtc_active(self))
 
 
 def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -68,26 +120,11 @@ def probs_from_logits(logits: npt.NDArray[np.floating], params: SamplingParams) 
         out = np.zeros((n, v))
         out[np.arange(n), np.argmax(x, axis=-1)] = 1.0
         return out
-    if not (0 < params.top_k < v or params.top_p < 1.0 or params.min_p > 0.0):  # temperature only
+    if params.mirostat:  # the rows come truncated by the LogitsProcessor: temperature only
         return _softmax_in_place(np.divide(x, params.temperature))
-    keep = np.ones_like(x, dtype=bool)
-    if 0 < params.top_k < v:
-        kth = np.partition(x, v - params.top_k, axis=-1)[:, v - params.top_k][:, None]
-        keep &= x >= kth
-    if params.top_p < 1.0 or params.min_p > 0.0:
-        base = softmax(np.where(keep, x, -np.inf))
-        if params.top_p < 1.0:
-            order = np.argsort(-base, axis=-1, kind="stable")
-            sorted_p = np.take_along_axis(base, order, axis=-1)
-            # keep the smallest prefix whose mass reaches top_p (always at least one token)
-            before = np.cumsum(sorted_p, axis=-1) - sorted_p
-            keep_sorted = before < params.top_p
-            nucleus = np.zeros_like(keep)
-            np.put_along_axis(nucleus, order, keep_sorted, axis=-1)
-            keep &= nucleus
-        if params.min_p > 0.0:
-            keep &= base >= params.min_p * np.max(base, axis=-1, keepdims=True)
-    return softmax(np.where(keep, x / params.temperature, -np.inf))
+    if params.plain and not (0 < params.top_k < v or params.top_p < 1.0 or params.min_p > 0.0):
+        return _softmax_in_place(np.divide(x, params.temperature))  # temperature only
+    return np.stack([chain_probs(row, params) for row in x])
 
 
 def draw(logits: npt.NDArray[np.floating], params: SamplingParams, u: float) -> int:
@@ -97,8 +134,9 @@ def draw(logits: npt.NDArray[np.floating], params: SamplingParams, u: float) -> 
     token's draw (0.55 -> 0.26 ms on 49,152 logits, 1.8 -> 0.8 ms on 151,936, EPYC VM)."""
     if params.greedy:
         return int(np.argmax(logits))
-    if 0 < params.top_k < len(logits) or params.top_p < 1.0 or params.min_p > 0.0:
-        return sample_at(probs_from_logits(logits, params)[0], u)
+    if not params.mirostat and (not params.plain or 0 < params.top_k < len(logits) or params.top_p < 1.0
+                                or params.min_p > 0.0):
+        return chain_draw(logits, params, u)
     w = np.divide(logits, params.temperature, dtype=np.float64)
     w -= np.max(w)
     np.exp(w, out=w)

@@ -21,9 +21,19 @@ from typing import Any, Literal, cast
 
 from sdfp_edge.api import Chunk, Model
 from sdfp_edge.errors import SdfpError
+from sdfp_edge.runtime.sampler_chain import FROM_GGUF
 from sdfp_edge.server.responses import logprob_entries
 
 log = logging.getLogger("sdfp_edge.server")
+
+
+def sampling_summary(used: dict[str, Any]) -> str:
+    """The request's sampler chain, and which settings were the model's defaults (from where)."""
+    if not used:
+        return "-"
+    src = used.get("source", {})
+    gguf = sorted(k for k, v in src.items() if v == FROM_GGUF)
+    return f"{used.get('summary', '')} (defaults: {'GGUF ' + ','.join(gguf) + ', ' if gguf else ''}llama.cpp)"
 
 PromptBuilder = Callable[[Model], list[int]]  # runs on the worker: tokenize a prompt or chat
 
@@ -172,7 +182,8 @@ class Runner:
             stats["finish_reason"] = "cancelled"
         job.emit(Event("done", prompt_tokens=len(prompt), stats=stats))
         log.info("%s: %d prompt tokens (%d reused), %d tokens, finish %s, %.1f tok/s, mode %s, "
-                 "acceptance %.0f%% of %d drafted, %.2f tokens/verify", job.label, len(prompt),
+                 "acceptance %.0f%% of %d drafted, %.2f tokens/verify, sampling %s", job.label, len(prompt),
                  stats.get("reused_prompt_tokens", 0), stats.get("tokens", 0), stats.get("finish_reason"),
                  stats.get("tokens_per_second", 0.0), stats.get("mode"), 100 * stats.get("acceptance_rate", 0.0),
-                 stats.get("drafted", 0), stats.get("tokens_per_verify", 0.0))
+                 stats.get("drafted", 0), stats.get("tokens_per_verify", 0.0),
+                 sampling_summary(stats.get("sampling") or {}))

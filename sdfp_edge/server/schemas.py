@@ -1,11 +1,14 @@
 """Request bodies of /v1/completions and /v1/chat/completions, validated by pydantic.
 
 Validation is strict (no "0.5" for a number, no true for an integer) and follows OpenAI's
-ranges and defaults (temperature 1, top_p 1, n 1, completions max_tokens 16). Extensions,
-as llama.cpp's server has them: `top_k`, `min_p`, `repeat_penalty`, `repeat_last_n`, `grammar`
-(GBNF), and `sdfp_mode` to force one speculation mode for a request. Fields this server cannot honour
-(logit_bias, echo, suffix...) are refused when set, rather than silently ignored; unknown
-fields are ignored.
+ranges (n 1, completions max_tokens 16). A sampling field the request leaves out takes the
+model's default, as llama-server does: the GGUF's general.sampling.* value, else llama.cpp's
+(temperature 0.8, top_k 40, top_p 0.95, min_p 0.05...), not OpenAI's temperature 1 / top_p 1.
+Extensions, under llama-server's names: `top_k`, `min_p`, `typical_p`, `top_n_sigma`,
+`xtc_probability`, `xtc_threshold`, `mirostat`, `mirostat_tau`, `mirostat_eta`, `samplers`,
+`repeat_penalty`, `repeat_last_n`, `dry_*`, `grammar` (GBNF), and `sdfp_mode` to force one
+speculation mode for a request. Fields this server cannot honour (echo, suffix...) are
+refused when set, rather than silently ignored; unknown fields are ignored.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from pydantic import (
 from sdfp_edge.api import MAX_TOKENS_LIMIT
 from sdfp_edge.runtime.engine import MODES
 from sdfp_edge.errors import InvalidRequestError
+from sdfp_edge.runtime.batchio import SAMPLING_FIELDS
 from sdfp_edge.runtime.logits_processors import MAX_TOP_LOGPROBS
+from sdfp_edge.runtime.sampler_chain import parse_samplers
 from sdfp_edge.server.formats import ResponseFormat
 from sdfp_edge.server.tools import (
     TAGS,
@@ -87,10 +92,24 @@ class StreamOptions(_Strict):
 class GenerationRequest(_Strict):
     model: str | None = None  # must be the served model's id when given
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
-    temperature: float = Field(1.0, ge=0, le=2)  # 0: greedy, exactly the model's own output
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # extension; 0 = off
-    min_p: float = Field(0.0, ge=0, le=1)  # extension; 0 = off
+    # sampling: None (left out) = the model's default (the GGUF's, else llama.cpp's)
+    temperature: float | None = Field(None, ge=0, le=2)  # 0: greedy, exactly the model's own output
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # extension; 0 = off
+    min_p: float | None = Field(None, ge=0, le=1)  # extension; 0 = off
+    typical_p: float | None = Field(None, gt=0, le=1)  # extension; 1 = off
+    top_n_sigma: float | None = Field(None)  # extension; <= 0 = off
+    xtc_probability: float | None = Field(None, ge=0, le=1)  # extension; 0 = off
+    xtc_threshold: float | None = Field(None, ge=0, le=1)  # extension; > 0.5 = off
+    mirostat: int | None = Field(None, ge=0, le=2)  # extension; 0 = off
+    mirostat_tau: float | None = Field(None, ge=0)
+    mirostat_eta: float | None = Field(None, ge=0, le=1)
+    samplers: list[str] | str | None = None  # extension: the sampler order (names, or llama.cpp's letters)
+    dry_multiplier: float | None = Field(None, ge=0)  # extension; 0 = off
+    dry_base: float | None = Field(None, ge=0)
+    dry_allowed_length: int | None = Field(None, ge=0)
+    dry_penalty_last_n: int | None = Field(None, ge=-1)
+    dry_sequence_breakers: list[str] | None = None
     seed: int | None = Field(None, ge=0)
     stop: str | list[str] | None = Field(None)
     stream: bool = False
@@ -99,13 +118,13 @@ class GenerationRequest(_Strict):
     user: str | None = None
     sdfp_mode: Mode | None = None  # extension: auto, off, lookup, layerskip, draft-model
 
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    repeat_penalty: float = Field(1.0, gt=0, le=10)  # extension; 1 = off
-    repeat_last_n: int = Field(64, ge=-1)  # extension: tokens the penalties look back on; -1: all
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repeat_penalty: float | None = Field(None, gt=0, le=10)  # extension; 1 = off
+    repeat_last_n: int | None = Field(None, ge=-1)  # extension: tokens the penalties look back on; -1: all
     grammar: str | None = Field(None, min_length=1)  # extension: GBNF the output must follow
 
-    logit_bias: Any = None  # accepted only at its "off" value
+    logit_bias: dict[str, float | bool] | list[list[Any]] | None = None  # token id -> bias (false: never)
 
     @field_validator("stop")
     @classmethod
@@ -117,11 +136,14 @@ class GenerationRequest(_Strict):
             raise ValueError("at most 16 stop strings")
         return stops
 
-    @field_validator("logit_bias")
+    @field_validator("samplers")
     @classmethod
-    def _off_only(cls, v: Any, info: ValidationInfo) -> Any:
-        if v:
-            raise ValueError(f"{info.field_name} is not supported by this server")
+    def _samplers(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if v is not None:
+            try:
+                parse_samplers(v)
+            except InvalidRequestError as e:
+                raise ValueError(str(e)) from None
         return v
 
     @property
@@ -145,11 +167,9 @@ class GenerationRequest(_Strict):
     def sampling(self, *, default_seed: int | None) -> dict[str, Any]:
         """Keyword arguments for `Model.stream_tokens` (max_tokens and mode are added later)."""
         seed = self.seed if self.seed is not None else default_seed
-        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                    seed=seed if seed is not None else secrets.randbits(63), stop=self.stop,
-                    presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                    repeat_penalty=self.repeat_penalty, repeat_last_n=self.repeat_last_n, logprobs=self.n_logprobs,
-                    grammar=self.gbnf())
+        given = {k: getattr(self, k) for k in SAMPLING_FIELDS if getattr(self, k) is not None}
+        return dict(seed=seed if seed is not None else secrets.randbits(63), stop=self.stop,
+                    logprobs=self.n_logprobs, grammar=self.gbnf(), **given)
 
 
 class ChatCompletionRequest(GenerationRequest):

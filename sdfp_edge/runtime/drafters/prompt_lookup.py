@@ -133,7 +133,7 @@ def drafts_judged_by(p: Proposal, *, regime: str = "", greedy: bool = True) -> t
     first rate expected 9.7 tokens of a 32-token draft after a fresh 8-token match, not
     12.1. Drafts after the first count as agreeing: the longer n-gram's other occurrences
     are not looked up.
-    `regime`: the suffix of the statistics' keys ("~sampled" when sampling)."""
+    `regime`: the suffix of the statistics' keys (SamplingParams.regime: "" when greedy)."""
     if not p.k:
         return ()
     sources = [p.source, *(match_source(min(p.match + i, LONG_MATCH)) for i in range(1, p.k))]

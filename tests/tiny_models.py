@@ -68,6 +68,8 @@ SPECS: dict[str, Spec] = {
                         rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.25,
                                              mrope_section=[11, 11, 10], mrope_interleaved=True)),
                    converter_args=("--no-mtp",)),
+    # an attention model whose graph builder has no layer-skip check
+    "starcoder2": Spec("starcoder2", "Starcoder2Config", "Starcoder2ForCausalLM"),
     "mamba": Spec("mamba", "MambaConfig", "MambaForCausalLM",
                   dict(hidden_size=64, state_size=8, num_hidden_layers=N_LAYER)),
 }

@@ -400,10 +400,17 @@ def check_gguf_matches(gguf_path: str | os.PathLike[str], config: dict[str, Any]
 def hf_gguf_architecture(config: dict[str, Any]) -> str:
     """llama.cpp's architecture name for an HF config (e.g. "llama" for mistral)."""
     model_type = str(config.get("model_type", ""))
-    archs = config.get("architectures") or []
-    if archs:
+    # the class transformers loads for this model_type (what convert scores), else the config's
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        hf_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    except ImportError:
+        hf_class = None
+    hf_class = hf_class or next(iter(config.get("architectures") or []), None)
+    if hf_class:
         try:  # llama.cpp's converter knows what it writes for each HF class
-            return _converter_arch(str(archs[0]))
+            return _converter_arch(str(hf_class))
         except Exception:  # an older source tree, or a class it does not convert
             pass
     return _GGUF_ARCH.get(model_type, model_type.replace("_", ""))

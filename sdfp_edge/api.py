@@ -26,7 +26,7 @@ from typing import Any
 
 import jinja2
 
-from sdfp_edge.runtime.backend import LlamaBackend, check_skip_supported
+from sdfp_edge.runtime.backend import SKIP_ARCHITECTURES, LlamaBackend, check_skip_supported
 from sdfp_edge.runtime.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
 from sdfp_edge.runtime.drafters.skip_layers import layer_skip_candidates
 from sdfp_edge.runtime.drafters.base import Drafter
@@ -148,15 +148,24 @@ def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> SkipCh
         validate_skip_layers(list(layers), n_layer)
     else:
         meta = skip_metadata(kv, path)
+        if meta is None and arch not in SKIP_ARCHITECTURES:
+            return SkipChoice((), "none", unsupported_note(arch), arch, n_layer)
         if meta is None:
             return SkipChoice((), "none", (f"note: {path.name} has no sdfp.* skip list: layer-skip drafts are off "
                                            "(prompt lookup and plain decoding remain); add one with "
                                            "`sdfp-edge convert` or pass --skip-layers"), arch, n_layer)
         meta.check(architecture=arch, n_layer=n_layer)
         layers, source = meta.skip_layers, f"GGUF metadata ({meta.score_method or 'unknown method'})"
+        if layers and arch not in SKIP_ARCHITECTURES:  # the file's list, a runtime without the arch
+            return SkipChoice((), "none", unsupported_note(arch), arch, n_layer, meta)
     if layers:
         check_skip_supported(arch)
     return SkipChoice(tuple(sorted(layers)), source, None, arch, n_layer, meta)
+
+
+def unsupported_note(arch: str) -> str:
+    return (f"note: layer-skip is not available for architecture '{arch}' in this runtime: layer-skip "
+            "drafts are off (prompt lookup and plain decoding remain)")
 
 
 class Model:
@@ -194,6 +203,9 @@ class Model:
                                     verbose=verbose, info=(choice.architecture, choice.n_layer),
                                     n_seq_max=n_seq_max)
         self.path = self.backend.path
+        if not self.backend.can_rollback:
+            self.notes = [f"note: {choice.architecture} keeps a recurrent state that cannot be cut back after a "
+                          "rejected draft: decoding is plain (mode off) whatever the mode asked"]
         self._draft_backend: LlamaBackend | None = None
         try:
             drafters = self._build_drafters(draft_model, threshold, n_threads, n_gpu_layers, verbose)

@@ -52,21 +52,21 @@ def smollm2_plain(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="session")
 def foreign_arch_gguf(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2's weights relabelled as IBM Granite: an architecture llama.cpp loads and runs,
-    whose graph builder does not honour layer masks (so llama_set_layer_skip must refuse it)."""
+    """SmolLM2's weights relabelled as EXAONE (llama's tensors and hyperparameters): an
+    architecture llama.cpp loads and runs, whose graph builder does not honour layer masks
+    (so llama_set_layer_skip must refuse it)."""
     import gguf
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
     reader = gguf.GGUFReader(smollm2, "r")
-    out = tmp_path_factory.mktemp("foreign") / "smollm2-as-granite.gguf"
-    writer = gguf.GGUFWriter(out, arch="granite")
+    out = tmp_path_factory.mktemp("foreign") / "smollm2-as-exaone.gguf"
+    writer = gguf.GGUFWriter(out, arch="exaone")
     renamed = {}
     for name, field in reader.fields.items():
         if name.startswith("llama."):
             t = field.types[0]
             sub = field.types[-1] if t == gguf.GGUFValueType.ARRAY else None
-            renamed["granite." + name[len("llama."):]] = MetadataDetails(t, field.contents(), sub_type=sub)
-    renamed["granite.logit_scale"] = MetadataDetails(gguf.GGUFValueType.FLOAT32, 1.0)
+            renamed["exaone." + name[len("llama."):]] = MetadataDetails(t, field.contents(), sub_type=sub)
     drop = [n for n in reader.fields if n.startswith(("llama.", "sdfp."))]
     copy_with_new_metadata(reader, writer, renamed, drop)
     return out

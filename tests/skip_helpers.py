@@ -52,3 +52,85 @@ def shared_cache_check(path: Path, mask: DraftMask) -> None:
     finally:
         drafted.close()
         plain.close()
+
+
+def block_checks(b: LlamaBackend, layers: tuple[int, ...]) -> None:
+    """Both blocks = the whole layer (bitwise); one block alone differs from none and from the other."""
+    plain = prompt_logits(b, None)
+    whole = prompt_logits(b, DraftMask.layers(layers))
+    b.reset()
+    b.set_raw_mask([1 if i in layers else 0 for i in range(b.n_layer)])
+    try:
+        via_layer_api = b.decode(b.tokenize(PROMPT), logits="all")
+    finally:
+        b.set_raw_mask(None)
+    assert np.array_equal(whole, via_layer_api)
+    attn = prompt_logits(b, DraftMask(attn=layers))
+    ffn = prompt_logits(b, DraftMask(ffn=layers))
+    for x in (attn, ffn, whole):
+        assert np.isfinite(x).all() and np.abs(x - plain).max() > 1e-2
+    assert np.abs(attn - ffn).max() > 1e-2 and np.abs(attn - whole).max() > 1e-2
+    assert np.array_equal(prompt_logits(b, None), plain)  # cleared: the full graph again
+
+
+def fresh_context_check(path: Path, a: list[int], b_: list[int]) -> None:
+    """None, A, None, B, A on one context: each step equals a fresh context with that mask.
+
+    Single-token decodes at the same position have the same graph shape, so llama.cpp
+    would reuse the previous graph if the mask did not take part in the reuse check.
+    """
+    schedule = [None, a, None, b_, a]
+    ctx = open_backend(path)
+    prompt = ctx.tokenize(PROMPT)
+    ctx.decode(prompt[:-1], logits="last")
+    got = []
+    for mask in schedule:
+        ctx.truncate(len(prompt) - 1)
+        ctx.set_raw_mask(mask)
+        got.append(ctx.decode(prompt[-1:], logits="all")[0])
+    ctx.close()
+
+    expected = {}
+    for key, mask in (("none", None), ("a", a), ("b", b_)):
+        fresh = open_backend(path)
+        fresh.decode(prompt[:-1], logits="last")
+        fresh.set_raw_mask(mask)
+        expected[key] = fresh.decode(prompt[-1:], logits="all")[0]
+        fresh.close()
+    for mask, logits in zip(schedule, got):
+        key = "none" if mask is None else ("a" if mask is a else "b")
+        assert np.array_equal(logits, expected[key]), f"step with mask {key} reused a stale graph"
+    assert not np.array_equal(expected["a"], expected["none"])
+    assert not np.array_equal(expected["b"], expected["a"])
+
+
+def graph_reuse_check(b: LlamaBackend, draft: DraftMask) -> None:
+    """Alternating masked and full decodes (draft, verify, draft...) reuse both graphs.
+
+    With one graph per context each change of mask rebuilds and reallocates it (about 1 ms
+    a switch on SmolLM2 here).
+    """
+    prompt = b.tokenize(PROMPT)
+    b.reset()
+    b.decode(prompt[:-1], logits="last")
+    start = b.n_past
+
+    def reused(masks: list[DraftMask | None]) -> int:
+        before = b.graphs_reused
+        try:
+            for mask in masks:
+                b.set_mask(mask)
+                b.decode(prompt[-1:], logits="last")
+                b.truncate(start)
+        finally:
+            b.set_mask(None)
+        return b.graphs_reused - before
+
+    # llama.cpp itself rebuilds every graph of a model whose inputs cannot be reused (llama4's
+    # and mistral3's attention temperature): there the masks must not change that either
+    alternating = reused([draft if i % 2 == 0 else None for i in range(10)])
+    plain = reused([None] * 10)  # its graph is built by now
+    if plain == 10:
+        assert alternating == 8  # all but the first decode of each mask
+    else:
+        assert plain == alternating == 0

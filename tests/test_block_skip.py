@@ -12,32 +12,13 @@ from sdfp_edge.runtime import draft_vocab, layer_skip
 from sdfp_edge.runtime.backend import LlamaBackend
 from sdfp_edge.errors import ModelFileError, SkipListError, UnsupportedArchitectureError
 from sdfp_edge.runtime.layer_skip import ATTN, FFN, DraftMask
-from skip_helpers import PROMPT, open_backend, prompt_logits, shared_cache_check
+from skip_helpers import PROMPT, block_checks, open_backend, prompt_logits, shared_cache_check
 
 @pytest.fixture(scope="module")
 def smol(smollm2: Path):
     b = open_backend(smollm2)
     yield b
     b.close()
-
-
-def block_checks(b: LlamaBackend, layers: tuple[int, ...]) -> None:
-    """Both blocks = the whole layer (bitwise); one block alone differs from none and from the other."""
-    plain = prompt_logits(b, None)
-    whole = prompt_logits(b, DraftMask.layers(layers))
-    b.reset()
-    b.set_raw_mask([1 if i in layers else 0 for i in range(b.n_layer)])
-    try:
-        via_layer_api = b.decode(b.tokenize(PROMPT), logits="all")
-    finally:
-        b.set_raw_mask(None)
-    assert np.array_equal(whole, via_layer_api)
-    attn = prompt_logits(b, DraftMask(attn=layers))
-    ffn = prompt_logits(b, DraftMask(ffn=layers))
-    for x in (attn, ffn, whole):
-        assert np.isfinite(x).all() and np.abs(x - plain).max() > 1e-2
-    assert np.abs(attn - ffn).max() > 1e-2 and np.abs(attn - whole).max() > 1e-2
-    assert np.array_equal(prompt_logits(b, None), plain)  # cleared: the full graph again
 
 
 def test_blocks_llama_arch(smol: LlamaBackend, smollm2: Path) -> None:

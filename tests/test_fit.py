@@ -248,11 +248,19 @@ def test_block_parameters_split_every_parameter_once(arch: str) -> None:
         assert len(attn) + len(ffn) == len(list(layer.parameters()))
 
 
-def test_block_parameters_refuses_an_unknown_layout() -> None:
+def test_block_parameters_leave_a_third_branch_out_and_refuse_a_shared_parameter() -> None:
     layer = torch.nn.Module()
     layer.self_attn, layer.mlp, layer.extra = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    with pytest.raises(ValueError, match="extra"):
+    attn, ffn = block_parameters(layer)  # like Gemma 4's per-layer input: in neither block
+    assert {id(p) for p in attn} == {id(p) for p in layer.self_attn.parameters()}
+    assert {id(p) for p in ffn} == {id(p) for p in layer.mlp.parameters()}
+    layer.mlp = layer.self_attn
+    with pytest.raises(ValueError, match="shared by both"):
         block_parameters(layer)
+    bare = torch.nn.Module()
+    bare.linear = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="cannot find the attention and MLP"):
+        block_parameters(bare)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])

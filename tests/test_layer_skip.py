@@ -16,7 +16,8 @@ from sdfp_edge.runtime.backend import LlamaBackend
 from sdfp_edge.bench.runner import thp_mode
 from sdfp_edge.errors import RuntimeBuildError, SkipListError, UnsupportedArchitectureError
 from sdfp_edge.runtime.layer_skip import DraftMask
-from skip_helpers import PROMPT, open_backend, prompt_logits, shared_cache_check
+from skip_helpers import (PROMPT, fresh_context_check, graph_reuse_check, open_backend, prompt_logits,
+                          shared_cache_check)
 
 @pytest.fixture(scope="module")
 def smol(smollm2: Path):
@@ -38,59 +39,13 @@ def test_zero_mask_is_bitwise_no_mask_and_a_real_mask_changes_logits(smol: Llama
 
 
 def test_switching_masks_matches_a_fresh_context_per_mask(smollm2: Path) -> None:
-    """None, A, None, B, A on one context: each step equals a fresh context with that mask.
-
-    Single-token decodes at the same position have the same graph shape, so llama.cpp
-    would reuse the previous graph if the mask did not take part in the reuse check.
-    """
     n = 30
-    a = [1 if i in (2, 5, 8) else 0 for i in range(n)]
-    b_ = [1 if i in (12, 20) else 0 for i in range(n)]
-    schedule = [None, a, None, b_, a]
-    ctx = open_backend(smollm2)
-    prompt = ctx.tokenize(PROMPT)
-    ctx.decode(prompt[:-1], logits="last")
-    got = []
-    for mask in schedule:
-        ctx.truncate(len(prompt) - 1)
-        ctx.set_raw_mask(mask)
-        got.append(ctx.decode(prompt[-1:], logits="all")[0])
-    ctx.close()
-
-    expected = {}
-    for key, mask in (("none", None), ("a", a), ("b", b_)):
-        fresh = open_backend(smollm2)
-        fresh.decode(prompt[:-1], logits="last")
-        fresh.set_raw_mask(mask)
-        expected[key] = fresh.decode(prompt[-1:], logits="all")[0]
-        fresh.close()
-    for mask, logits in zip(schedule, got):
-        key = "none" if mask is None else ("a" if mask is a else "b")
-        assert np.array_equal(logits, expected[key]), f"step with mask {key} reused a stale graph"
-    assert not np.array_equal(expected["a"], expected["none"])
-    assert not np.array_equal(expected["b"], expected["a"])
+    fresh_context_check(smollm2, [1 if i in (2, 5, 8) else 0 for i in range(n)],
+                        [1 if i in (12, 20) else 0 for i in range(n)])
 
 
 def test_a_draft_and_its_target_each_keep_their_graph(smol: LlamaBackend) -> None:
-    """Alternating masked and full decodes (draft, verify, draft...) reuse both graphs.
-
-    With one graph per context each change of mask rebuilds and reallocates it (about 1 ms
-    a switch on SmolLM2 here).
-    """
-    prompt = smol.tokenize(PROMPT)
-    smol.reset()
-    smol.decode(prompt[:-1], logits="last")
-    start = smol.n_past
-    draft = DraftMask.layers((2, 5, 9))
-    before = smol.graphs_reused
-    try:
-        for i in range(10):
-            smol.set_mask(draft if i % 2 == 0 else None)
-            smol.decode(prompt[-1:], logits="last")
-            smol.truncate(start)
-    finally:
-        smol.set_mask(None)
-    assert smol.graphs_reused - before == 8  # all but the first decode of each mask
+    graph_reuse_check(smol, DraftMask.layers((2, 5, 9)))
 
 
 def test_more_masks_than_kept_graphs_stay_exact(smol: LlamaBackend) -> None:

@@ -77,30 +77,26 @@ BLOCK_METHODS = ("fit", "gate_fisher")  # the methods that also score attention 
 _ATTN_NORMS = ("input_layernorm", "ln_1")
 _FFN_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm", "ln_2")
 
-# Where the decoder layers live, most common first.
-_LAYER_PATHS = (
-    "model.layers",  # llama, mistral, qwen2, qwen3, gemma2/3 (text), phi3, smollm3
-    "model.language_model.layers",  # multimodal wrappers (gemma3 conditional generation)
-    "model.decoder.layers",  # opt
-    "transformer.h",  # gpt2, falcon
-    "gpt_neox.layers",
-)
-
-
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's decoder layers, in order (e.g. `model.model.layers` for llama/qwen/gemma)."""
-    for path in _LAYER_PATHS:
-        obj: Any = model
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise ValueError(
-        f"cannot find the decoder layers of {type(model).__name__}: "
-        f"none of {', '.join(_LAYER_PATHS)} is a ModuleList"
-    )
+    """The model's decoder layers, in order (e.g. `model.model.layers` for llama/qwen/gemma).
+
+    Found from the model's structure, whatever its attribute names: a ModuleList of as many
+    modules of one class as the (text) config has hidden layers; where several qualify (a
+    vision tower of the same depth), the one holding the most parameters.
+    """
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    n_layer = getattr(text, "num_hidden_layers", None)
+    found: list[nn.ModuleList] = []
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1:
+            if n_layer is None or len(module) == n_layer:
+                found.append(module)
+    if not found:
+        raise ValueError(
+            f"cannot find the decoder layers of {type(model).__name__}: no list of {n_layer} layers of one kind"
+        )
+    return max(found, key=lambda m: sum(p.numel() for p in m.parameters()))
 
 
 def residual_branches(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -129,26 +125,40 @@ def block_parameters(layer: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     `post_attention_layernorm` in sandwich-norm layers); MLP: the MLP module and its norms
     (`post_attention_layernorm` in pre-norm layers, `pre_/post_feedforward_layernorm`).
 
+    Parameters of a third residual branch (Gemma 4's per-layer input) are in neither: the
+    runtime's block masks leave that branch in place, and only a whole-layer skip removes it.
+    The modules are found by name (`self_attn`/`attn`, `mlp`/`feed_forward`), else by
+    transformers' class naming (a child whose class name ends in Attention, and one that
+    is an MLP, MoE block or feed-forward).
+
     Raises:
-        ValueError: a parameter that belongs to neither (an unknown layer layout).
+        ValueError: no attention or no MLP module, or a parameter shared by both.
     """
-    attn_mod = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
-    mlp_mod = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
-    if attn_mod is None or mlp_mod is None:
-        raise ValueError(f"cannot find the attention and MLP modules of {type(layer).__name__}")
+    attn_mod, mlp_mod = _branch_modules(layer)
     sandwich = hasattr(layer, "post_feedforward_layernorm")
     attn_names = (*_ATTN_NORMS, "post_attention_layernorm") if sandwich else _ATTN_NORMS
     ffn_names = _FFN_NORMS if sandwich else (*_FFN_NORMS, "post_attention_layernorm")
     attn = list(attn_mod.parameters()) + _norm_params(layer, attn_names)
     ffn = list(mlp_mod.parameters()) + _norm_params(layer, ffn_names)
     placed = {id(p) for p in attn + ffn}
-    stray = [name for name, p in layer.named_parameters() if id(p) not in placed]
-    if stray or len(placed) != len(attn) + len(ffn):
-        raise ValueError(
-            f"cannot split {type(layer).__name__} into attention and MLP blocks: "
-            f"{', '.join(stray) or 'a parameter shared by both'}"
-        )
+    if len(placed) != len(attn) + len(ffn):
+        raise ValueError(f"cannot split {type(layer).__name__} into attention and MLP blocks: "
+                         "a parameter shared by both")
     return attn, ffn
+
+
+def _branch_modules(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    attn_mod = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
+    mlp_mod = getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
+    for child in layer.children():
+        kind = type(child).__name__.lower()
+        if attn_mod is None and kind.endswith("attention"):
+            attn_mod = child
+        elif mlp_mod is None and any(k in kind for k in ("mlp", "moe", "feedforward", "experts")):
+            mlp_mod = child
+    if attn_mod is None or mlp_mod is None:
+        raise ValueError(f"cannot find the attention and MLP modules of {type(layer).__name__}")
+    return attn_mod, mlp_mod
 
 
 def score_blocks(

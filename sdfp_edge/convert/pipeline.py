@@ -400,7 +400,31 @@ def check_gguf_matches(gguf_path: str | os.PathLike[str], config: dict[str, Any]
 def hf_gguf_architecture(config: dict[str, Any]) -> str:
     """llama.cpp's architecture name for an HF config (e.g. "llama" for mistral)."""
     model_type = str(config.get("model_type", ""))
+    # the class transformers loads for this model_type (what convert scores), else the config's
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        hf_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    except ImportError:
+        hf_class = None
+    hf_class = hf_class or next(iter(config.get("architectures") or []), None)
+    if hf_class:
+        try:  # llama.cpp's converter knows what it writes for each HF class
+            return _converter_arch(str(hf_class))
+        except Exception:  # an older source tree, or a class it does not convert
+            pass
     return _GGUF_ARCH.get(model_type, model_type.replace("_", ""))
+
+
+def _converter_arch(hf_class: str) -> str:
+    """The GGUF architecture llama.cpp's pinned converter writes for an HF model class (asked
+    in a subprocess: the converter needs its own gguf-py, which may be newer than the installed one)."""
+    root = llama_cpp_source() / "vendor" / "llama.cpp"
+    code = ("import sys; sys.path[0:0] = sys.argv[1:3]; import gguf; from conversion import get_model_class; "
+            "print(gguf.MODEL_ARCH_NAMES[get_model_class(sys.argv[3]).model_arch])")
+    proc = subprocess.run([sys.executable, "-c", code, str(root), str(root / "gguf-py"), hf_class],
+                          capture_output=True, text=True, check=True)
+    return proc.stdout.strip().splitlines()[-1]
 
 
 # --- inspect -------------------------------------------------------------------------

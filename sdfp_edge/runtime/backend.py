@@ -30,7 +30,10 @@ from sdfp_edge.errors import (
 )
 from sdfp_edge.metadata import check_gguf_file, read_model_info
 
-SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+# GGUF architectures whose graph builders honour layer/block masks and the small head
+# (llm_arch_supports_layer_skip in tools/llama-layer-skip.patch; docs/architectures.md)
+SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen3moe", "gemma2", "phi3", "mistral3", "smollm3",
+                      "granite", "olmo2", "gpt-oss", "llama4", "gemma4")
 GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on two machines (README, "Threads")
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
@@ -204,6 +207,11 @@ class LlamaBackend:
         self.n_gpu_layers = n_gpu_layers
         self.n_vocab = self._model.n_vocab()
         self.n_seq_max = n_seq_max
+        m = self._model.model
+        # recurrent layers (mamba, rwkv) and hybrids of them with attention (qwen35, jamba,
+        # granitehybrid...) keep a state per sequence that llama_memory_seq_rm cannot cut back:
+        # no draft can be rejected, and a prompt that leaves the cached one starts over
+        self.can_rollback = not (llama_cpp.llama_model_is_recurrent(m) or llama_cpp.llama_model_is_hybrid(m))
         self.mask = layer_skip.DraftMask()  # what later decodes leave out
         self.draft_vocab: tuple[int, ...] = ()  # the small head's tokens (draft_vocab.py); () none
         self.kv_tokens: list[int] = []  # the tokens at positions 0.. of sequence 0 in the KV cache
@@ -473,8 +481,7 @@ class LlamaBackend:
 
         Returns how many tokens were reused (a chat turn reuses the whole earlier history).
         """
-        keep = common_prefix_len(self.kv_tokens, context)
-        self.truncate(keep)
+        keep = self._rewind(common_prefix_len(self.kv_tokens, context))
         if len(context) > keep:
             self.decode(list(context[keep:]), logits="last")
         return keep
@@ -489,9 +496,17 @@ class LlamaBackend:
         """
         if not prompt:
             raise ValueError("prefill needs at least one token")
-        keep = min(common_prefix_len(self.kv_tokens, prompt), len(prompt) - 1)
-        self.truncate(keep)
+        keep = self._rewind(min(common_prefix_len(self.kv_tokens, prompt), len(prompt) - 1))
         return keep, self.decode(list(prompt[keep:]), logits="last")[-1]
+
+    def _rewind(self, keep: int) -> int:
+        """Cut the cache back to its first `keep` tokens; returns how many it still holds
+        (0 where the memory cannot be cut back: a recurrent state is cleared and rebuilt)."""
+        if keep < self.n_past and not self.can_rollback:
+            self.reset()
+            return 0
+        self.truncate(keep)
+        return keep
 
     def reset(self) -> None:
         self._ctx.kv_cache_clear()

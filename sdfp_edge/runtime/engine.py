@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sdfp_edge.runtime.backend import LlamaBackend
+from sdfp_edge.runtime.backend import SKIP_ARCHITECTURES, LlamaBackend
 from sdfp_edge.runtime.controller import Candidate, Controller, Stopwatch
 from sdfp_edge.runtime.cost_store import CostStore
 from sdfp_edge.runtime.drafters.base import Drafter, Proposal
@@ -167,10 +167,15 @@ class SpeculativeDecoder:
             raise InvalidRequestError(f"mode '{mode}' is not available for this model ({self.why_missing(mode)})")
 
     def set_mode(self, mode: str) -> None:
+        """`mode`, or plain decoding where the model's memory cannot drop a rejected draft
+        (backend.can_rollback: recurrent and hybrid models; api.Model says so once)."""
         self.check_mode(mode)
-        self.mode = mode
+        self.mode = mode if self.backend.can_rollback else "off"
 
     def why_missing(self, mode: str) -> str:
+        if mode == "layerskip" and self.backend.arch not in SKIP_ARCHITECTURES:
+            return (f"architecture '{self.backend.arch}' does not support layer skipping "
+                    f"(supported: {', '.join(SKIP_ARCHITECTURES)}); use --mode lookup or --mode off")
         return {
             "layerskip": "no skip list: the GGUF has no sdfp.* metadata and no --skip-layers was given",
             "draft-model": "no --draft-model was given",

@@ -206,7 +206,8 @@ class ParallelDecoder:
         backend.use_reuse_grid()  # reuse ends at a multiple of prefill_chunk (_reusable)
         self.backend = backend
         self.seq_ctx = seq_ctx
-        self.mode = mode
+        # no draft can be rejected where the memory cannot be cut back (recurrent layers)
+        self.mode = mode if backend.can_rollback else "off"
         self.lookup_max = lookup_max
         self.controller = controller or Controller()
         self.slots = [_Slot(i) for i in range(backend.n_seq_max)]
@@ -289,7 +290,10 @@ class ParallelDecoder:
         REUSE_GRID_CPU). Reusing a prefix only up to a multiple of prefill_chunk or one
         of the prompt's cuts (prefill_cuts), and prefilling the rest with the same cuts,
         gives every prompt the KV of its prefill from an empty cache, bit for bit: its
-        prefill does not depend on what ran before it (a resumed run needs this)."""
+        prefill does not depend on what ran before it (a resumed run needs this).
+        Nothing where the memory cannot be cut back (a recurrent state holds no prefix)."""
+        if not self.backend.can_rollback:
+            return 0
         n = min(common_prefix_len(slot.kv, context), slot.prefilled)
         n = min(n, min(cuts ^ slot.cuts, default=n))  # past a cut that only one has, the prefills part
         return max([n - n % self.backend.prefill_chunk, *(c for c in cuts & slot.cuts if c <= n)])

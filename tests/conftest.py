@@ -10,12 +10,29 @@ from pathlib import Path
 # setting, for this process and the ones it starts; the product sets nothing.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Backend selection (docs/gpu-backends.md): SDFP_EDGE_RUNTIME_DIR names a folder holding
+# another build of the patched runtime (`tools/build_runtime.py --target DIR`, e.g. the
+# Vulkan one), used instead of the one installed in this Python, by these tests and the
+# processes they start; SDFP_EDGE_TEST_NGL is the number of layers the tests offload to
+# that backend (unset: llama.cpp's default of all layers where a GPU backend is built).
+RUNTIME_DIR = os.environ.get("SDFP_EDGE_RUNTIME_DIR")
+if RUNTIME_DIR:
+    import sys
+
+    sys.path.insert(0, RUNTIME_DIR)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [RUNTIME_DIR, os.environ.get("PYTHONPATH")]))
+
 import pytest
 
 from sdfp_edge import models
 
 
 def _fetch(name: str) -> Path:
+    # SDFP_EDGE_TEST_MODEL_DIR/<name>.gguf stands in for a catalogue model where nothing can be
+    # downloaded (tools/gpu_check.py on a lent GPU machine sends a re-quantized SmolLM2)
+    override = Path(os.environ.get("SDFP_EDGE_TEST_MODEL_DIR") or "/nonexistent") / f"{name}.gguf"
+    if override.is_file():
+        return override
     return models.fetch(name, log=lambda m: None)
 
 

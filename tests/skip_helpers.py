@@ -3,6 +3,7 @@ that a draft's scratch KV leaves no trace once it is cut."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,14 @@ from sdfp_edge.runtime.layer_skip import DraftMask
 PROMPT = "The quick brown fox jumps over the lazy dog. Then it"
 
 
+def offload_layers() -> int | None:
+    """Layers to offload in the tests (SDFP_EDGE_TEST_NGL; conftest.py): None is llama.cpp's default."""
+    value = os.environ.get("SDFP_EDGE_TEST_NGL")
+    return int(value) if value else None
+
+
 def open_backend(path: Path) -> LlamaBackend:
-    return LlamaBackend(path, n_ctx=256, n_threads=2)
+    return LlamaBackend(path, n_ctx=256, n_threads=2, n_gpu_layers=offload_layers())
 
 
 def prompt_logits(b: LlamaBackend, mask: DraftMask | list[int] | None) -> np.ndarray:

@@ -17,6 +17,7 @@ from sdfp_edge.runtime.engine import GenerationStats
 from sdfp_edge.runtime.layer_skip import DraftMask
 from sdfp_edge.runtime.sampling import SamplingParams, draw, probs_from_logits
 from sdfp_edge.runtime.verify import Verdict
+from skip_helpers import offload_layers
 
 SMOL_SKIP = [4, 9, 14, 19, 24]
 
@@ -30,7 +31,8 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def smol(smollm2_plain: Path, smollm2: Path):
     # smollm2 itself serves as its own draft model: every draft must then be accepted
-    m = Model(smollm2_plain, n_ctx=1024, n_threads=2, skip_layers=SMOL_SKIP, draft_model=smollm2)
+    m = Model(smollm2_plain, n_ctx=1024, n_threads=2, skip_layers=SMOL_SKIP, draft_model=smollm2,
+              n_gpu_layers=offload_layers())
     yield m
     m.close()
 
@@ -56,7 +58,7 @@ def test_greedy_every_mode_matches_plain_decoding_smollm2(smol: Model, prompt: s
 def test_greedy_with_block_masks_and_the_small_head_matches_plain_decoding_smollm2(smollm2_plain: Path) -> None:
     """Sub-layer drafts over the small head change only what is drafted, never the output."""
     mask = DraftMask(attn=(2, 5, 9, 14), ffn=(4, 9, 20, 24), small_head=True)
-    with Model(smollm2_plain, n_ctx=1024, n_threads=2, skip_layers=SMOL_SKIP) as m:
+    with Model(smollm2_plain, n_ctx=1024, n_threads=2, skip_layers=SMOL_SKIP, n_gpu_layers=offload_layers()) as m:
         assert m.backend.draft_vocab == ()  # built on first use, not at start-up
         m.decoder.drafters["layerskip"] = SkipLayersDrafter(m.backend, mask, threshold=0.0)
         for prompt in PROMPTS:

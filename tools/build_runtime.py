@@ -157,9 +157,39 @@ def build_wheel(src: Path, out_dir: Path, cmake_args: list[str]) -> Path:
     return final
 
 
+def install_target(wheel: Path, key: str, target: Path, rebuild: bool) -> None:
+    """pip install --target into a fresh folder beside `target`, then swap it in whole."""
+    marker = target / ".sdfp-edge-runtime"
+    if marker.exists() and marker.read_text() == wheel.name + key and not rebuild:
+        print(f"runtime: already installed in {target}")
+        return
+    target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--target", str(tmp), str(wheel)],
+            check=True,
+        )
+        (tmp / ".sdfp-edge-runtime").write_text(wheel.name + key)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}-old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        print(f"runtime: installed {wheel.name} into {target}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--install", action="store_true", help="pip install the wheel into this Python")
+    ap.add_argument("--target", type=Path, metavar="DIR",
+                    help="install the wheel into folder DIR instead (a second runtime beside this Python's, "
+                         "e.g. a Vulkan build: put DIR first on PYTHONPATH, or SDFP_EDGE_RUNTIME_DIR for the tests)")
     ap.add_argument("--rebuild", action="store_true", help="ignore a cached wheel")
     ap.add_argument("--print-source", action="store_true", help="print the patched source dir and exit")
     args = ap.parse_args()
@@ -185,6 +215,8 @@ def main() -> None:
         print(f"runtime: building {PACKAGE} {VERSION} + layer-skip patch, CMAKE_ARGS={shlex.join(cmake_args)}")
         wheel = build_wheel(src, wheel_dir, cmake_args)
         print(f"runtime: built {wheel}")
+    if args.target:
+        install_target(wheel, key, args.target, args.rebuild)
     if args.install:
         marker = Path(sys.prefix) / ".sdfp-edge-runtime"  # which cached wheel this env holds
         if marker.exists() and marker.read_text() == wheel.name + key and not args.rebuild:

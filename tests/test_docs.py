@@ -6,6 +6,7 @@ temporary copy to check that the pasted bench figures are exactly what the tool 
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -123,3 +124,14 @@ def test_pasted_bench_figures_are_what_the_tool_writes(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "tools" / "update_readme_results.py"), record,
                     "--root", str(tmp_path)], check=True, capture_output=True, timeout=60)
     assert (tmp_path / "README.md").read_text() == readme
+
+
+@pytest.mark.parametrize("tool", sorted((ROOT / "tools").glob("*.py")), ids=lambda p: p.name)
+def test_each_tool_says_which_figures_it_produces(tool: Path) -> None:
+    doc = ast.get_docstring(ast.parse(tool.read_text())) or ""
+    named = re.findall(r"(?:docs/[\w.-]+\.md|README\.md)", doc)
+    # a figure kept beside the code it decided (a comment) is named by its module
+    named += re.findall(r"Figures: [^\n]*\n?[^\n]*?(sdfp_edge/[\w/]+\.py)", doc)
+    assert named, f"{tool.name}: its docstring names no README.md, docs/*.md or module figure"
+    assert [n for n in named if not (ROOT / n).exists()] == []
+    assert [p for p in REPO_PATH.findall(doc) if not (ROOT / p.rstrip(".")).exists()] == []

@@ -135,3 +135,15 @@ def test_each_tool_says_which_figures_it_produces(tool: Path) -> None:
     assert named, f"{tool.name}: its docstring names no README.md, docs/*.md or module figure"
     assert [n for n in named if not (ROOT / n).exists()] == []
     assert [p for p in REPO_PATH.findall(doc) if not (ROOT / p.rstrip(".")).exists()] == []
+
+
+def test_the_tool_writes_nothing_when_a_file_lacks_its_markers(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("# no markers here\n")
+    results = (ROOT / "docs" / "results.md").read_text().replace("| `auto` |", "| `auto` | edited |", 1)
+    (tmp_path / "docs" / "results.md").write_text(results)
+    shutil.copytree(ROOT / "models" / "bench" / "smollm2-135m", tmp_path / "models" / "bench" / "smollm2-135m")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "update_readme_results.py"), "models/bench/smollm2-135m",
+                        "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "headline:start" in r.stderr, r.stderr
+    assert (tmp_path / "docs" / "results.md").read_text() == results

@@ -85,16 +85,26 @@ def headline(md: str, run: Path) -> str:
     return "\n".join([*caption, "", *out])
 
 
-def paste(path: Path, markers: tuple[str, str], body: str) -> None:
+def fail(message: str) -> None:
+    """One line on stderr and exit code 2, as the CLI does for a user's mistake; nothing is written."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+def pasted(path: Path, markers: tuple[str, str], body: str) -> str:
+    """The text of `path` with `body` between its two markers."""
     text = path.read_text()
     start, end = markers
     if start not in text or end not in text:
-        sys.exit(f"error: {path} has no {start} ... {end} section")
+        fail(f"error: {path} has no {start} ... {end} section")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    new = head + f"{start}\n{body}\n{end}" + tail
+    return head + f"{start}\n{body}\n{end}" + tail
+
+
+def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -108,19 +118,22 @@ def main(argv: list[str] | None = None) -> None:
     if not run.is_absolute() and (root / run / "bench.md").is_file():
         run = root / run  # a record path is relative to the checkout being updated
     if not (run / "bench.md").is_file():
-        sys.exit(f"error: {run} has no bench.md")
+        fail(f"error: {run} has no bench.md")
     md = (run / "bench.md").read_text().strip()
     try:
         rel_run = run.resolve().relative_to(root)
     except ValueError:
-        sys.exit(f"error: {run} is not inside {root}: a pasted record must be committed with it")
+        fail(f"error: {run} is not inside {root}: a pasted record must be committed with it")
     chart = os.path.relpath(root / rel_run / "bench.png", (root / RESULTS).parent)
     try:
         table = headline(md, rel_run)
     except ValueError as e:
-        sys.exit(f"error: {run}/bench.md: {e}")
-    paste(root / RESULTS, RESULTS_MARKERS, f"{md}\n\n![speedup by category and system]({Path(chart).as_posix()})")
-    paste(root / README, HEADLINE_MARKERS, table)
+        fail(f"error: {run}/bench.md: {e}")
+    results = pasted(root / RESULTS, RESULTS_MARKERS,
+                     f"{md}\n\n![speedup by category and system]({Path(chart).as_posix()})")
+    readme = pasted(root / README, HEADLINE_MARKERS, table)  # both checked before either is written
+    write_atomically(root / RESULTS, results)
+    write_atomically(root / README, readme)
     print(f"updated {root / RESULTS} and {root / README} from {rel_run}")
 
 

@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         table = headline(md, rel_run)
     except ValueError as e:
         fail(f"error: {run}/bench.md: {e}")
+    # bench.md's headings go two levels down, under docs/results.md's "## The headline run"
+    report = re.sub(r"^#", "###", md, flags=re.M)
     results = pasted(root / RESULTS, RESULTS_MARKERS,
-                     f"{md}\n\n![speedup by category and system]({Path(chart).as_posix()})")
+                     f"{report}\n\n![speedup by category and system]({Path(chart).as_posix()})")
     readme = pasted(root / README, HEADLINE_MARKERS, table)  # both checked before either is written
     write_atomically(root / RESULTS, results)
     write_atomically(root / README, readme)

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Tokens per second of many prompts: sdfp-edge's batch mode against plain llama.cpp.
 
+Figures: docs/batch.md: the throughput table against plain llama.cpp and `llama-server -np N`,
+the sweep over N and the README's 'up to 1.31x' (records in models/bench/batch/).
+
 The same chat prompts (MT-Bench first turns and HumanEval, sdfp_edge/bench/data.py),
 greedy, `-n` tokens each, every system in a fresh process, model load excluded:
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Build (or take from the cache) llama.cpp's own `llama-server`, the bench's strongest peer.
 
+Figures: Builds the `llama-server` peers of docs/results.md and docs/batch.md; its build time is
+quoted in docs/results.md ('How the bench measures'). Measures nothing itself.
+
 It is built from the UNPATCHED llama.cpp vendored in the very llama-cpp-python sdist the
 runtime pins (same sha256 check, same cache directory as tools/build_runtime.py), so the
 peer runs the same kernels as sdfp-edge, with llama.cpp's own speculative decoding

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Build (or take from the cache) the patched llama-cpp-python wheel, and install it.
 
+Figures: The cold build times in README.md's Quick start and docs/testing.md are of this tool
+(`tools/build_runtime.py --install`). Measures nothing itself.
+
 The runtime is llama-cpp-python 0.3.36 from its PyPI sdist, checked by sha256, with
 tools/llama-layer-skip.patch applied to its vendored llama.cpp. Building takes 6-9
 minutes on 2 cores, so the wheel is cached under a key made of the sdist hash, the

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Which layers should the draft skip? Each way of choosing them, measured through the runtime.
 
+Figures: docs/layer-skip.md, 'Known limits': acceptance of FIT against block influence, gate
+Fisher and random lists (tables in models/bench/layer-choices/).
+
 Why this exists: `sdfp-edge convert` ranks layers by their Fisher Information Trace (FIT),
 and the project's claim (issue 4, "Evidence") is that this choice beats the obvious ones.
 This tool checks it on a given model, at the same skip counts, for:

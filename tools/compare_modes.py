@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Paired end-to-end tokens/s of sdfp-edge's modes and of the peers against plain llama.cpp, per prompt.
 
+Figures: docs/results.md, 'auto against plain decoding, per prompt': the per-prompt ratios to `off`
+with the A/A control (tables in models/bench/compare-modes/).
+
     .venv/bin/python tools/compare_modes.py --model smollm2-135m --repeats 5
     .venv/bin/python tools/compare_modes.py --modes llama-cpp,off,auto,llama-server,llama-server-ngram-simple
 

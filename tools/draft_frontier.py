@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """The layer-skip draft's frontier: acceptance against measured cost, for every way of cutting.
 
+Figures: docs/layer-skip.md: what each cut buys (acceptance at measured c, SmolLM2 and the Qwen
+table; records in models/bench/frontier/).
+
 Why this exists: a layer-skip draft pays only if it is cheap (c, its step's cost relative
 to one target token) AND accepted. Issue 13 asks which cut gives the most acceptance at a
 given c. For each skip count n this measures, through llama.cpp on the quantized GGUF:

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """What a layer-skip draft step costs: c for each cut, with and without the small head.
 
+Figures: docs/layer-skip.md: the table of c per cut and the switching-masks table (records in
+models/bench/draft-cost/).
+
 Why this exists: a layer-skip draft pays only when its step is cheap against a target token
 (c) -- issue 13. Timing-only (no acceptance; see tools/draft_frontier.py for that): single-
 token decodes at one position with 200 tokens in the KV cache, the median of --repeats

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Does speculation still pay under a JSON schema? Plain vs auto on an extraction prompt.
 
+Figures: docs/server.md: 'speculation still pays under a schema' (auto 1.22x of off on
+Qwen2.5-Coder-0.5B).
+
 Each mode runs in its own process (sdfp-edge `Model`, the user's environment), greedy, the
 schema's grammar constraining every verified position; rounds alternate the order. Prints
 end-to-end tokens/s per run, the median ratio auto / off, and whether every output parses

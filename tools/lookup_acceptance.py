@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """How often prompt-lookup drafts would be accepted, by source (match length, agreement).
 
+Figures: docs/prompt-lookup.md: first-draft acceptance per lookup source and the `--history`
+figures (tables in models/bench/lookup/).
+
     .venv/bin/python tools/lookup_acceptance.py [--model NAME] [--limit 2] [--max-tokens 160] [--k 4]
                                                 [--history] [--answers FILE]
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """How much of what prompt lookup could buy does auto take? A replay without timing noise.
 
+Figures: docs/prompt-lookup.md, 'A replay without timing noise': the replay table and the
+`--lookup-max 48` figures (records in models/bench/replay/).
+
     .venv/bin/python tools/lookup_replay.py --answers ANSWERS.json \\
         --verify-cost models/bench/verify-cost/qwen2.5-coder-1.5b.json [--lookup-max 32] [--out R.md]
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Commit a model's skip list: copy the sdfp.* metadata of a converted GGUF to models/NAME.skip.json.
 
+Figures: The committed skip lists of docs/models.md and the default model's list in docs/convert.md
+(models/NAME.skip.json). Measures nothing itself.
+
     sdfp-edge convert HF_DIR --gguf $(sdfp-edge models path NAME) -o /tmp/annotated.gguf
     python tools/pin_skip_list.py NAME /tmp/annotated.gguf
 

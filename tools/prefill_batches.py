@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Prefill time of one prompt cut into batches of different sizes (backend.REUSE_GRID_CPU).
 
+Figures: The figures in the REUSE_GRID_CPU comment of sdfp_edge/runtime/backend.py (the cost of
+64-token prefill batches); no README or docs figure.
+
     .venv/bin/python tools/prefill_batches.py --model qwen2.5-coder-1.5b --tokens 396 --sizes 64,128,256,512
 
 Each batch reads every weight once, so on a CPU small batches cost prefill time; the

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Decode speed of identical `off` processes by the order they were started in.
 
+Figures: docs/results.md, 'How the bench measures' (speed by start order) and
+docs/threads-and-memory.md, 'Huge pages' (A, B, C, then D).
+
     .venv/bin/python tools/start_order_speed.py --model qwen2.5-coder-1.5b --rounds 3
 
 Starts processes A, B, C one after another (the bench's own workers, sdfp_edge/bench/

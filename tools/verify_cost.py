@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """V(n): what verifying n tokens in one batch costs, relative to decoding one token.
 
+Figures: docs/how-it-works.md (the controller's V(n) on the EPYC VM) and docs/prompt-lookup.md (the
+third VM's curve); records in models/bench/verify-cost/, read by tools/lookup_replay.py.
+
 Why this exists: the controller prices a draft of k tokens by V(k + 1) (controller.py), and
 on a CPU the curve is neither flat nor smooth (llama.cpp switches matrix kernels with the
 batch size), so a size it never measured can be priced far off. This times the curve the

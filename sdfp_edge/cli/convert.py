@@ -20,7 +20,7 @@ from sdfp_edge.convert.pipeline import METHODS, QUANT_TYPES
               help="llama.cpp quantization of the converted file (ignored with --gguf).")
 @click.option("--method", type=click.Choice(METHODS), default="fit", show_default=True,
               help="Layer score: FIT (SDFP), gate Fisher, or ShortGPT's block influence.")
-@click.option("--skip", "n_skip", type=int, default=None, help="Layers to skip (default: measured, see README).")
+@click.option("--skip", "n_skip", type=int, default=None, help="Layers to skip (default: measured, see docs/convert.md).")
 @click.option("--skip-ratio", type=float, default=None, help="Fraction of the layers to skip.")
 @click.option("--samples", "n_samples", type=int, default=8, show_default=True, help="Calibration sequences.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per calibration sequence.")

@@ -147,6 +147,9 @@ def open_model(model: str | None, threads: int | None, ctx_size: int, n_gpu_laye
 @sampling_options
 @speculation_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: text, tokens, stats.")
+@click.option("--compare-plain", is_flag=True,
+              help="Decode the prompt twice, plainly (--mode off) and then in --mode, and print both speeds, "
+                   "how much of the answer came from accepted drafts and whether the two texts are the same.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
               help="Batch mode: a JSONL file of prompts (see README, 'Many prompts from a file').")
 @click.option("--output", "output_path", type=click.Path(path_type=Path), default=None,
@@ -158,12 +161,15 @@ def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers
              verbose: bool, prompt: str | None, chat: bool, system: str | None, max_tokens: int,
              sampling: dict[str, Any], stop: tuple[str, ...], mode: str,
              draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
-             as_json: bool, input_path: Path | None, output_path: Path | None, parallel: int) -> None:
+             as_json: bool, compare_plain: bool, input_path: Path | None, output_path: Path | None,
+             parallel: int) -> None:
     """Generate text from a prompt, speculatively, with exactly the model's own output."""
     if input_path is not None or output_path is not None:
         if input_path is None or output_path is None or prompt is not None:
             raise click.UsageError("batch mode takes --input and --output together, without --prompt")
         check_sampling(max_tokens, sampling, seed)
+        if compare_plain:
+            raise click.UsageError("--compare-plain decodes one prompt; batch mode (--input/--output) takes none")
         batch.run(model, threads, ctx_size, n_gpu_layers, verbose, input_path, output_path, parallel, mode,
                   batch.Defaults(max_tokens, sampling, seed, stop))
         return
@@ -184,6 +190,9 @@ def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers
             prompt_tokens = m.tokenize_chat(messages)
         else:
             prompt_tokens = m.tokenize_prompt(prompt)
+        if compare_plain:
+            compare_with_plain(m, prompt_tokens, mode, as_json, kwargs)
+            return
         chunks = m.stream_tokens(prompt_tokens, **kwargs)
         if as_json:
             text, tokens = [], []
@@ -216,3 +225,68 @@ def sampling_line(used: dict[str, Any]) -> str:
              for where, what in ((GIVEN, "given"), (FROM_GGUF, "from the GGUF"))
              if where in src.values()]
     return f"sampling: {used['summary']} ({'; '.join(parts + ['the rest: llama.cpp defaults'])})"
+
+
+WARM_UP_TOKENS = 4
+COMPARE_ROUNDS = 3  # plain and speculative alternate; the median of each is printed
+
+
+def compare_with_plain(m: Model, prompt_tokens: list[int], mode: str, as_json: bool, kwargs: dict[str, Any]) -> None:
+    """Decode the same prompt plainly and in `mode`, alternating, COMPARE_ROUNDS times each, in this process.
+
+    An untimed warm-up of a few plain tokens comes first, so that every timed run finds the
+    prompt's KV cached and llama.cpp's threads and graphs ready. The runs alternate and the
+    median of each side is printed, because one run of each on a shared VM can differ by 10-20%
+    for reasons that have nothing to do with drafts (which run went first, a neighbour's load).
+    Speeds are decode rates (the prompt's prefill left out), as `generate` prints. The text of
+    each side's first run is shown; "same text" compares every run's text.
+    """
+    for _ in m.stream_tokens(prompt_tokens, **{**kwargs, "max_tokens": WARM_UP_TOKENS}, mode="off"):
+        pass
+    texts: dict[str, list[str]] = {"plain": [], mode: []}
+    stats: dict[str, list[dict[str, Any]]] = {"plain": [], mode: []}
+    for r in range(COMPARE_ROUNDS):
+        for label, run_mode in (("plain", "off"), (mode, mode)):
+            show = r == 0 and not as_json
+            if show:
+                click.echo(f"--- {label} (--mode {run_mode}) ---", err=True)
+            parts = []
+            for c in m.stream_tokens(prompt_tokens, **kwargs, mode=run_mode):
+                parts.append(c.text)
+                if show:
+                    click.echo(c.text, nl=False)
+            if show:
+                click.echo()
+            texts[label].append("".join(parts))
+            stats[label].append(m.last_stats)
+    same = len(set(texts["plain"] + texts[mode])) == 1
+    if as_json:
+        click.echo(json.dumps({label: {"text": texts[label][0], "runs": stats[label]} for label in texts}
+                              | {"same_text": same}))
+        return
+    for line in comparison_lines(median_run(stats["plain"]), median_run(stats[mode]), mode, same=same):
+        click.echo(line, err=True)
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median decode speed (its own counts go with it), and how many runs there were."""
+    ordered = sorted(runs, key=lambda s: s["tokens_per_second"])
+    return {**ordered[len(ordered) // 2], "runs": len(runs)}
+
+
+def comparison_lines(plain: dict[str, Any], spec: dict[str, Any], mode: str, *, same: bool) -> list[str]:
+    """`plain: 31.2 tok/s` / `auto:  52.0 tok/s (1.67x plain), 51% of the answer from accepted drafts (...)`.
+
+    `plain`, `spec`: the median run of each side (median_run); `same`: every run gave one text.
+    """
+    p, s = plain, spec
+    width = max(len("plain"), len(mode)) + 1
+    ratio = f" ({s['tokens_per_second'] / p['tokens_per_second']:.2f}x plain)" if p["tokens_per_second"] else ""
+    from_drafts = s["accepted"] / s["tokens"] if s["tokens"] else 0.0
+    same_note = ("same text as plain" if same else
+                 "NOT the same text as plain: see 'Exactness' in docs/how-it-works.md")
+    runs = f"median of {p['runs']} alternating runs each" if p.get("runs", 1) > 1 else "one run each"
+    return [f"{'plain:':<{width}} {p['tokens_per_second']:.1f} tok/s, {p['tokens']} tokens ({runs})",
+            f"{mode + ':':<{width}} {s['tokens_per_second']:.1f} tok/s{ratio}, {s['tokens']} tokens, "
+            f"{from_drafts:.0%} of the answer from accepted drafts "
+            f"({s['accepted']} of {s['drafted']} drafted tokens accepted; {same_note})"]

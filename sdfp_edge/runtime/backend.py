@@ -34,7 +34,7 @@ from sdfp_edge.metadata import check_gguf_file, read_model_info
 # (llm_arch_supports_layer_skip in tools/llama-layer-skip.patch; docs/architectures.md)
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen3moe", "gemma2", "phi3", "mistral3", "smollm3",
                       "granite", "olmo2", "gpt-oss", "llama4", "gemma4")
-GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on two machines (README, "Threads")
+GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on two machines (docs/threads-and-memory.md)
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
 # SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches
@@ -66,7 +66,7 @@ def _import_llama_cpp() -> tuple[Any, Any]:
     # cores (Qwen 1.5B, 2 threads: 64 ms/token idle, 260-430 with one core busy or a second
     # model decoding); PASSIVE sleeps at once and costs 1.4x idle. A bounded spin is as fast
     # as the default idle and 1.4-2.2x faster under contention (tools/thread_matrix.py,
-    # README "Threads"). Set before libgomp loads; any setting of the user's wins.
+    # docs/threads-and-memory.md). Set before libgomp loads; any setting of the user's wins.
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
     try:
@@ -84,7 +84,7 @@ def huge_pages_wanted() -> bool:
     Qwen2.5-Coder-1.5B decoded 4% faster with them. But beside other model processes the
     advised ones slowed down when another process started (the bench: `off` 0.89x of plain,
     per prompt 9.8-17.2 tok/s against plain's steady 14-16.6), so it is not the default
-    (README, "Threads"). The system's THP setting still decides."""
+    (docs/threads-and-memory.md). The system's THP setting still decides."""
     return os.environ.get("SDFP_EDGE_HUGE_PAGES") == "1"
 
 

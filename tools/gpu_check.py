@@ -24,6 +24,9 @@ there: decode costs do not depend on the weights' values) V(n) for n = 1..64
 small head and the mask-switch time (tools/draft_step_cost.py), the Python time per cycle,
 and V(n) on the machine's CPU. Every measurement runs in a fresh process.
 
+Figures: docs/gpu-backends.md (the CPU rehearsal's record in models/bench/gpu-rehearsal/; a GPU
+run's table goes there too, under its own date and machine).
+
 --cpu-rehearsal runs the same steps with a CPU build, the same shapes' smaller sibling
 (Qwen2.5-0.5B) and fewer sizes, on this machine; its output is labelled so.
 """

@@ -64,6 +64,7 @@ class FakeHub:
         self.requests: list[Request] = []
         self.drops: dict[tuple[str, str], int] = {}  # (repo, file) -> connections still to drop
         self.wrong_sha: set[tuple[str, str]] = set()
+        self.gated: set[str] = set()  # repositories that answer 403 GatedRepo (no accepted terms)
         self._lock = threading.Lock()
         hub = self
 
@@ -125,6 +126,9 @@ class FakeHub:
         repo = self.repos.get(name)
         if repo is None:
             self._error(h, 404, "RepoNotFound")
+            return None
+        if name in self.gated:
+            self._error(h, 403, "GatedRepo")
             return None
         if rev not in (None, "main", repo.sha):
             self._error(h, 404, "RevisionNotFound")

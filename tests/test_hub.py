@@ -139,6 +139,8 @@ def fake_hub() -> Iterator[FakeHub]:
                                  "t-Q6_K.gguf": tiny_gguf(5, 4000)})
     h.add("test/safetensors", {"config.json": b"{}", "model.safetensors": b"\0" * 64})
     h.add("test/html-GGUF", {"page-Q4_K_M.gguf": b"<!doctype html><p>rate limited</p>"})
+    h.add("test/gated-GGUF", {"g-Q4_K_M.gguf": tiny_gguf(7, 10)})
+    h.gated.add("test/gated-GGUF")
     yield h
     h.close()
 
@@ -256,6 +258,7 @@ def test_without_q4_k_m_the_smallest_of_four_bits_or_more_and_it_says_so(fake_hu
     ("test/safetensors", ["test/safetensors has no GGUF model files", "config.json, model.safetensors"]),
     ("test/tiny-GGUF:Q3_K_S", ["test/tiny-GGUF has no Q3_K_S GGUF; it has Q4_K_M (1 MB), Q8_0 (2 MB)"]),
     ("test/html-GGUF", ["test/html-GGUF: page-Q4_K_M.gguf is not a GGUF file", "<!do"]),
+    ("test/gated-GGUF", ["test/gated-GGUF is gated: accept its conditions at", "HF_TOKEN"]),
 ])
 def test_each_hub_error_is_one_line_and_exit_2(env: dict[str, str], ref: str, needles: list[str]) -> None:
     assert_error(sdfp(env, "models", "pull", ref), *needles)

@@ -2,7 +2,7 @@
 
     from sdfp_edge import Model
 
-    with Model() as m:                       # the default model; or Model("path/to/model.gguf")
+    with Model() as m:  # the default model; or Model("path/to/model.gguf"), Model("owner/repo:Q4_K_M")
         for chunk in m.stream_chat([{"role": "user", "content": "Hi!"}], max_tokens=64):
             print(chunk.text, end="", flush=True)
         print(m.last_stats["tokens_per_second"])
@@ -193,12 +193,21 @@ class Model:
         `n_seq_max`: sequences the context holds (parallel.py; each gets n_ctx / n_seq_max).
         `cost_cache`: reuse (and keep) the controller's measurements across processes, so a
         one-shot run starts warm (cost_store.py); False: learn from scratch in this process."""
-        path = resolve_model(None if model is None else str(model))
+        self.notes: list[str] = []  # things the user should know once
+
+        def hub_note(msg: str) -> None:  # a Hub model's choice and download: said as they happen
+            self.notes.append(msg)
+            if log is not None:
+                log(msg)
+
+        self._hub_note = hub_note
+        path = resolve_model(None if model is None else str(model), log=hub_note)
         # everything that can be checked from the file's metadata is checked before loading
         choice = resolve_skip_layers(path, skip_layers)
         self.skip_layers, self.skip_source = choice.layers, choice.source
         self._skip_choice = choice
-        self.notes: list[str] = [choice.note] if choice.note else []  # things the user should know once
+        if choice.note:
+            self.notes.append(choice.note)
         self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                     verbose=verbose, info=(choice.architecture, choice.n_layer),
                                     n_seq_max=n_seq_max)
@@ -215,9 +224,8 @@ class Model:
         except BaseException:
             self.close()
             raise
-        if log is not None:
-            for note in self.notes:
-                log(note)
+        if log is not None and choice.note:
+            log(choice.note)
         self._formatter: Any = None
         self.last_stats: dict[str, Any] = {}
         self._sampling_used: dict[str, Any] = {}
@@ -253,7 +261,7 @@ class Model:
             for name, mask in layer_skip_candidates(self.skip_layers, meta, small_head=True).items():
                 drafters.append(SkipLayersDrafter(b, mask, threshold=threshold, name=name, recorded_vocab=recorded))
         if draft_model is not None:
-            self._draft_backend = LlamaBackend(resolve_model(str(draft_model)), n_ctx=b.n_ctx,
+            self._draft_backend = LlamaBackend(resolve_model(str(draft_model), log=self._hub_note), n_ctx=b.n_ctx,
                                                n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                                verbose=verbose)
             size_ratio = Path(self._draft_backend.path).stat().st_size / Path(b.path).stat().st_size

@@ -47,3 +47,7 @@ class ContextSizeError(SdfpError, ValueError):
 
 class BackendError(SdfpError):
     """llama.cpp failed on valid input (decode, tokenize, KV cache bookkeeping): says where."""
+
+
+class HubConnectionError(SdfpError):
+    """The Hugging Face Hub could not be reached, or a download broke off (a rerun resumes it)."""

@@ -10,6 +10,9 @@ or absent.
 When models/<name>.skip.json exists (a skip list computed by `sdfp-edge convert`), the
 fetched file is annotated with it, so the default model arrives ready for layer-skip
 drafts without torch.
+
+Any other model comes by name from the Hugging Face Hub (`owner/repo[:QUANT]`, hub.py):
+`resolve_model` takes a path, a catalogue name or such a reference.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdfp_edge import hub
 from sdfp_edge.errors import ModelFileError, ModelNotFoundError
 from sdfp_edge.paths import cache_dir
 
@@ -164,12 +168,21 @@ def _annotate(name: str, src: Path, final: Path, log: Any) -> bool:
     return True
 
 
-def resolve_model(model: str | None) -> Path:
-    """A path for a --model value: a file path, a catalogue name, or None for the default."""
+def resolve_model(model: str | None, *, log: Any = None) -> Path:
+    """A path for a --model value: a file path, a catalogue name, owner/repo[:QUANT] on the
+    Hugging Face Hub (hub.py; downloaded once into its cache), or None for the default.
+
+    An existing path is a path, even when it reads like owner/repo (hf.co/owner/repo is
+    always the Hub)."""
     if model is None:
         model = default_model_name()
     p = Path(model)
-    if p.suffix == ".gguf" or os.sep in model or p.exists():
+    if p.exists() and not hub.is_explicit(model):
+        return p
+    ref = hub.parse_ref(model)
+    if ref is not None:
+        return hub.resolve(ref, log=log)
+    if p.suffix == ".gguf" or os.sep in model:
         return p
     path = model_path(model)  # raises for an unknown name
     if not path.exists():
@@ -177,7 +190,8 @@ def resolve_model(model: str | None) -> Path:
     return path
 
 
-def list_models() -> list[dict[str, Any]]:
+def list_models(*, hub_cache: bool = True) -> list[dict[str, Any]]:
+    """The catalogue (source "catalogue"), then the GGUFs the Hugging Face cache holds (source "hub")."""
     default, specs = load_manifest()
     rows = []
     for name, s in specs.items():
@@ -186,8 +200,10 @@ def list_models() -> list[dict[str, Any]]:
             "name": name, "default": name == default, "description": s.description,
             "size_mb": round(s.size / 1e6), "architecture": s.architecture, "n_layer": s.n_layer,
             "fetched": path.exists(), "path": str(path), "skip_list": skip_list_file(name).exists(),
-            "license": s.license,
+            "license": s.license, "source": "catalogue",
         })
+    if hub_cache:
+        rows += [{**r, "source": "hub", "default": False, "fetched": True} for r in hub.cached_models()]
     return rows
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from sdfp_edge.cli import batch
 model, src, out, n, parallel, threads, ctx = sys.argv[1:8]
 stats = batch.run(model, int(threads), int(ctx), None, False, Path(src), Path(out), int(parallel), "auto",
-                  batch.Defaults(int(n), 0.0, 0, 1.0, 0.0, 0, ()))
+                  batch.Defaults(int(n), {"temperature": 0.0}, 0, ()))
 texts = {}
 for line in Path(out).read_text().splitlines():
     a = json.loads(line)

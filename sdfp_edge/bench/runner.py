@@ -181,7 +181,7 @@ def _setup(cfg: BenchConfig, model: Path, log: Callable[[str], object]) -> Setup
         server, missing = llama_server.build_binary(), ""
     return Setup(fit=choice.layers, fit_source="--skip-layers on the command line" if cfg.skip_layers is not None
                  else choice.source, fit_from_cli=cfg.skip_layers is not None, n_layer=choice.n_layer,
-                 draft_model=None if cfg.draft_model is None else resolve_model(cfg.draft_model),
+                 draft_model=None if cfg.draft_model is None else resolve_model(cfg.draft_model, log=log),
                  server=server, server_missing=missing, seed=cfg.seed)
 
 
@@ -407,7 +407,7 @@ def run(
     t_start = time.perf_counter()
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     notes: list[str] = []
-    model = resolve_model(cfg.model)
+    model = resolve_model(cfg.model, log=log)
     threads = cfg.threads or default_threads()
     machine = machine_info(threads)
     load_avg, cpus = machine["load_average_start"][0], machine["usable_cpus"] or 1

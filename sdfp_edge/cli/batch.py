@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,9 +102,33 @@ def to_request(m: Model, decoder: ParallelDecoder, line: batchio.Line, d: Defaul
     return req
 
 
+@contextmanager
+def open_decoder(m: Model, parallel: int, mode: str) -> Iterator[ParallelDecoder]:
+    """The model's ParallelDecoder, its controller warm from the cost store (saved again after)."""
+    store = CostStore({**m.backend.identity(), "n_seq_max": parallel, "drafters": ["lookup"]})
+    controller = Controller()
+    controller.load_state(store.load() or {})
+    try:
+        yield ParallelDecoder(m.backend, seq_ctx=m.backend.n_ctx // parallel, mode=mode, controller=controller)
+    finally:
+        if controller.cost.t_verify:
+            store.save(controller.state())
+
+
 def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, verbose: bool,
         input_path: Path, output_path: Path, parallel: int, mode: str, defaults: Defaults) -> dict[str, Any]:
     """Answer every line of the input not yet in the output; returns what this run did."""
+    todo, lines = pending(input_path, output_path, mode)
+    if not todo:
+        return {"answers": 0, "errors": 0, "tokens": 0, "seconds": 0.0}
+    with Model(model, n_ctx=ctx_size * parallel, n_threads=threads, n_gpu_layers=n_gpu_layers, mode="off",
+               n_seq_max=parallel, verbose=verbose, log=lambda msg: click.echo(msg, err=True)) as m, \
+            batchio.AnswerWriter(output_path) as out, open_decoder(m, parallel, mode) as decoder:
+        return _generate(decoder, answers(m, decoder, todo, Prompts.of(m, lines), defaults), len(todo), out)
+
+
+def pending(input_path: Path, output_path: Path, mode: str) -> tuple[list[batchio.Line], list[batchio.Line]]:
+    """The lines not answered yet, and all lines; says so when resuming or when nothing is left."""
     check_paths(input_path, output_path, mode)
     lines = batchio.read_input(input_path)
     done = batchio.answered_ids(output_path)
@@ -112,48 +137,45 @@ def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int
         click.echo(f"resuming: {len(lines) - len(todo)} of {len(lines)} lines already in {output_path}", err=True)
     if not todo:
         click.echo("nothing to do", err=True)
-        return {"answers": 0, "errors": 0, "tokens": 0, "seconds": 0.0}
-    with Model(model, n_ctx=ctx_size * parallel, n_threads=threads, n_gpu_layers=n_gpu_layers, mode="off",
-               n_seq_max=parallel, verbose=verbose, log=lambda msg: click.echo(msg, err=True)) as m, \
-            batchio.AnswerWriter(output_path) as out:
-        store = CostStore({**m.backend.identity(), "n_seq_max": parallel, "drafters": ["lookup"]})
-        controller = Controller()
-        controller.load_state(store.load() or {})
-        decoder = ParallelDecoder(m.backend, seq_ctx=m.backend.n_ctx // parallel, mode=mode, controller=controller)
-        try:
-            return _generate(m, decoder, todo, Prompts.of(m, lines), defaults, out)
-        finally:
-            if controller.cost.t_verify:
-                store.save(controller.state())
+    return todo, lines
 
 
-def _generate(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line],
-              prompts: Prompts, d: Defaults, out: batchio.AnswerWriter) -> dict[str, Any]:
-    counts = {"answers": 0, "errors": 0}
+def answers(m: Model, decoder: ParallelDecoder, todo: list[batchio.Line], prompts: Prompts,
+            d: Defaults) -> Iterator[dict[str, Any]]:
+    """Each line's output object (an answer, or an error naming the line), as they finish."""
+    errors: list[dict[str, Any]] = []
 
     def requests() -> Iterator[Request]:
         for line in todo:
             if line.error is not None:
-                out.write(batchio.failed(line))
-            else:
-                try:
-                    yield to_request(m, decoder, line, d, prompts)
-                    continue
-                except ContextOverflowError as e:
-                    out.write(batchio.failed(line, str(e), "context_length_exceeded"))
-                except SdfpError as e:
-                    out.write(batchio.failed(line, str(e)))
-            counts["errors"] += 1
-            bar.update(1)
+                errors.append(batchio.failed(line))
+                continue
+            try:
+                yield to_request(m, decoder, line, d, prompts)
+            except ContextOverflowError as e:
+                errors.append(batchio.failed(line, str(e), "context_length_exceeded"))
+            except SdfpError as e:
+                errors.append(batchio.failed(line, str(e)))
 
+    for r in decoder.run(requests()):
+        yield from errors
+        errors.clear()
+        line: Any = r.key
+        yield batchio.answer(line.id, r.text, r.finish_reason, r.prompt_tokens, len(r.tokens))
+    yield from errors
+
+
+def _generate(decoder: ParallelDecoder, objs: Iterator[dict[str, Any]], total: int,
+              out: batchio.AnswerWriter) -> dict[str, Any]:
+    counts = {"answers": 0, "errors": 0}
     t0 = time.perf_counter()
-    with tqdm(total=len(todo), unit="prompt", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
-        for r in decoder.run(requests()):
-            line: Any = r.key
-            out.write(batchio.answer(line.id, r.text, r.finish_reason, r.prompt_tokens, len(r.tokens)))
-            counts["answers"] += 1
+    with tqdm(total=total, unit="prompt", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+        for obj in objs:
+            out.write(obj)
+            counts["errors" if "error" in obj else "answers"] += 1
             bar.update(1)
-            bar.set_postfix_str(f"{decoder.generated / (time.perf_counter() - t0):.1f} tok/s")
+            if "error" not in obj:
+                bar.set_postfix_str(f"{decoder.generated / (time.perf_counter() - t0):.1f} tok/s")
     seconds = time.perf_counter() - t0
     click.echo(f"[{counts['answers']} answers, {counts['errors']} errors, {decoder.generated} tokens, "
                f"{decoder.generated / seconds if seconds > 0 else 0.0:.1f} tok/s, "

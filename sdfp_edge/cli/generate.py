@@ -155,14 +155,22 @@ def open_model(model: str | None, threads: int | None, ctx_size: int, n_gpu_laye
 @click.option("--output", "output_path", type=click.Path(path_type=Path), default=None,
               help="Batch mode: the JSONL file of answers (appended to; a rerun resumes).")
 @click.option("--parallel", type=click.IntRange(1, 64), default=batch.DEFAULT_PARALLEL, show_default=True,
-              help="Batch mode: sequences decoded together in one context.")
+              help="Batch mode: sequences decoded together in one context (per Ray actor with --ray).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Batch mode on a Ray cluster (pip install 'sdfp-edge[ray]'): ADDRESS as ray.init takes it "
+                   "(auto, ray://host:10001); alone: this machine's cluster, else a local one. -t, -ngl and "
+                   "--parallel are per actor.")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: model replicas, one Ray actor each (default: one per node).")
+@click.option("--ray-gpus", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --ray: GPUs each actor reserves.")
 @user_errors
 def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
              verbose: bool, prompt: str | None, chat: bool, system: str | None, max_tokens: int,
              sampling: dict[str, Any], stop: tuple[str, ...], mode: str,
              draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
              as_json: bool, compare_plain: bool, input_path: Path | None, output_path: Path | None,
-             parallel: int) -> None:
+             parallel: int, ray_address: str | None, ray_actors: int | None, ray_gpus: float) -> None:
     """Generate text from a prompt, speculatively, with exactly the model's own output."""
     if input_path is not None or output_path is not None:
         if input_path is None or output_path is None or prompt is not None:
@@ -170,9 +178,18 @@ def generate(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers
         check_sampling(max_tokens, sampling, seed)
         if compare_plain:
             raise click.UsageError("--compare-plain decodes one prompt; batch mode (--input/--output) takes none")
+        defaults = batch.Defaults(max_tokens, sampling, seed, stop)
+        if ray_address is not None:
+            from sdfp_edge.cli import ray_batch  # Ray itself is imported only there, only now
+
+            ray_batch.run(model, threads, ctx_size, n_gpu_layers, verbose, input_path, output_path, parallel,
+                          mode, defaults, address=ray_address, actors=ray_actors, gpus=ray_gpus)
+            return
         batch.run(model, threads, ctx_size, n_gpu_layers, verbose, input_path, output_path, parallel, mode,
-                  batch.Defaults(max_tokens, sampling, seed, stop))
+                  defaults)
         return
+    if ray_address is not None or ray_actors is not None:
+        raise click.UsageError("--ray runs batch mode: give --input and --output")
     if prompt is None:
         if sys.stdin.isatty():
             raise click.UsageError("give --prompt TEXT or pipe the prompt on stdin")

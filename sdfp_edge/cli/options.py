@@ -10,15 +10,44 @@ from typing import Any
 
 import click
 
+from sdfp_edge import hub
 from sdfp_edge.runtime.backend import MAX_THREADS
 from sdfp_edge.errors import SdfpError
+
+
+_HF_REPO = "sdfp_hf_repo"  # where -hf leaves its value for -m (ctx.meta)
+
+
+def _model_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """-m's value, or -hf's (never both)."""
+    hf = ctx.meta.get(_HF_REPO)
+    if hf is not None and value is not None:
+        raise click.UsageError("give -m or -hf, not both")
+    return hf if value is None else value
+
+
+def _hf_repo_value(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """-hf owner/repo[:QUANT]: always the Hub, as llama.cpp's -hf (handed to -m as hf.co/owner/repo)."""
+    if value is None:
+        return
+    if hub.parse_ref(value) is None:
+        raise click.BadParameter(f"{value!r} is not owner/repo[:QUANT]", ctx=ctx, param=param)
+    if ctx.params.get("model") is not None:
+        raise click.UsageError("give -m or -hf, not both")
+    ref = value if hub.is_explicit(value) else "hf.co/" + value
+    ctx.meta[_HF_REPO] = ref
+    if "model" in ctx.params:  # -m was processed first (given after -hf, or not given)
+        ctx.params["model"] = ref
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options llama.cpp users expect on every command that loads a model."""
     options = [
-        click.option("-m", "--model", default=None, metavar="PATH|NAME",
-                     help="GGUF file, or a name from `sdfp-edge models list` (default: the default model)."),
+        click.option("-m", "--model", default=None, metavar="PATH|NAME|OWNER/REPO[:QUANT]", callback=_model_value,
+                     help="GGUF file, a name from `sdfp-edge models list`, or a Hugging Face repository "
+                          "(downloaded once; its Q4_K_M unless :QUANT says) (default: the default model)."),
+        click.option("-hf", "--hf-repo", default=None, metavar="OWNER/REPO[:QUANT]", callback=_hf_repo_value,
+                     expose_value=False, help="A Hugging Face repository, as llama.cpp's -hf (same as -m)."),
         click.option("-t", "--threads", type=click.IntRange(1, MAX_THREADS), default=None,
                      help="CPU threads (default: all available cores)."),
         click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=4096, show_default=True,

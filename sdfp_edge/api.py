@@ -56,6 +56,24 @@ class Completion:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class GenerationArgs:
+    """One generation's arguments, checked (Model.prepare)."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    stops: list[str]
+    mode: str | None  # None: the model's own mode
+    processor: LogitsProcessor | None  # penalties, grammar, logprobs; None when none is asked for
+    kept: set[int]  # special tokens whose text the output keeps
+
+    def close(self) -> None:
+        """Free the grammar, if any (llama.cpp memory)."""
+        if self.processor is not None and self.processor.grammar is not None:
+            self.processor.grammar.close()
+
+
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     """Role and text content of each message, and the tool-call fields chat templates use
     (an assistant's `tool_calls`, whose content may be null; a tool result's `tool_call_id`)."""
@@ -269,6 +287,35 @@ class Model:
         (a template's tool-call tags). Arguments are checked here, before the first chunk, so
         a bad request fails early.
         """
+        a = self.prepare(prompt_tokens, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         min_p=min_p, seed=seed, stop=stop, mode=mode, presence_penalty=presence_penalty,
+                         frequency_penalty=frequency_penalty, repeat_penalty=repeat_penalty,
+                         repeat_last_n=repeat_last_n, grammar=grammar, logprobs=logprobs, keep_special=keep_special)
+        return self._stream(a.prompt, a.max_tokens, a.sampling, a.stops, a.mode, a.processor, a.kept)
+
+    def prepare(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] | str | None = None,
+        mode: str | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+        keep_special: Sequence[str] = (),
+    ) -> GenerationArgs:
+        """`stream_tokens`' arguments checked and built (sampling, stop strings, the logits
+        processor), without generating: the server's parallel slots run them (server/slots.py).
+        A grammar it builds must be closed by whoever runs it (GenerationArgs.close)."""
         check_max_tokens(max_tokens)
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed)
         penalties = Penalties(presence_penalty, frequency_penalty, repeat_penalty, repeat_last_n)
@@ -294,7 +341,7 @@ class Model:
                                         is_eog=self.backend.is_eog)
         kept = {ids[0] for ids in (self.backend.tokenize(t, add_special=False, parse_special=True) for t in keep_special)
                 if len(ids) == 1}
-        return self._stream(list(prompt_tokens), max_tokens, sampling, stops, mode, processor, kept)
+        return GenerationArgs(list(prompt_tokens), max_tokens, sampling, stops, mode, processor, kept)
 
     def _stream(self, prompt_tokens: list[int], max_tokens: int, sampling: SamplingParams,
                 stops: list[str], mode: str | None,

@@ -158,7 +158,7 @@ def test_prefill_cuts_equal_every_common_length_with_another(seed: int) -> None:
 def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int], cuts: frozenset[int] = frozenset()) -> np.ndarray:
     """The target's logits after the prompt, from the KV the slot's prefill left: its last
     position decoded again alone, on the KV of all the others."""
-    assert dec._start(dec.slots[slot], Request(slot, prompt, 1, cuts=cuts)) is not None  # one token: done
+    assert dec.admit(Request(slot, prompt, 1, cuts=cuts), dec.slots[slot]).result is not None  # one token: done
     dec.backend.seq_remove(slot, len(prompt) - 1)
     return dec.backend.decode_seqs(prompt[-1:], [len(prompt) - 1], [slot])[0]
 
@@ -195,7 +195,7 @@ def test_a_short_shared_prefix_is_reused_at_the_cut_where_prompts_part(par: Mode
     assert dec.slots[1].kv[:shared] == b[:shared]
     no_cuts = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")  # requests without cuts: no reuse
     first_logits(no_cuts, 0, a)
-    r = no_cuts._start(no_cuts.slots[1], Request(1, b, 1))
+    r = no_cuts.admit(Request(1, b, 1), no_cuts.slots[1]).result
     assert r is not None and r.reused_tokens == 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -71,7 +72,7 @@ def together(calls: list[Any]) -> list[Any]:
 
 
 def idle(server: Server) -> dict[str, Any]:
-    for _ in range(100):
+    for _ in range(600):
         health = httpx.get(f"{server.url}/health", timeout=10).json()
         if not health["busy"] and not health["queued"]:
             return health
@@ -109,7 +110,10 @@ def stream_completion(server: Server, body: dict[str, Any], events: list[tuple[s
             if line == "data: [DONE]":
                 events.append(("end", name))
                 return "".join(text)
-            choice = json.loads(line[6:])["choices"]
+            data = json.loads(line[6:])
+            if not text:
+                events.append(("id", data["id"]))
+            choice = data["choices"]
             if choice and choice[0]["text"]:
                 if not text:
                     events.append(("first", name))
@@ -148,13 +152,19 @@ def test_cancelling_one_of_three_streams_leaves_the_others_complete_and_correct(
               ("Once upon a time", "The recipe for pancakes:", "def fibonacci(n):")]
     alone = [httpx.post(f"{server.url}/v1/completions", json=b, timeout=300).json()["choices"][0]["text"]
              for b in bodies]
-    events: list[tuple[str, str]] = []
-    texts = together([lambda i=i: stream_completion(server, bodies[i], events, str(i),
+    events: list[Any] = []
+    leaving = {**bodies[1], "max_tokens": 400}  # would run long after the others if not stopped
+    texts = together([lambda i=i: stream_completion(server, leaving if i == 1 else bodies[i], events, str(i),
                                                     leave_after=2 if i == 1 else None) for i in range(3)])
     assert ("left", "1") in events and ("end", "1") not in events
     assert texts[0] == alone[0] and texts[2] == alone[2]
     assert alone[1].startswith(texts[1])  # what it got before leaving was right too
-    idle(server)  # the cancelled request freed its slot
+    idle(server)
+    ids = {e[1] for e in events if e[0] == "id"}
+    assert len(ids) == 3
+    ended = re.findall(r"(cmpl-\w+): \d+ prompt tokens \(\d+ reused\), (\d+) tokens, finish (\w+)", server.log_text())
+    cancelled = [(rid, int(n)) for rid, n, finish in ended if rid in ids and finish == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0][1] < 400, ended  # stopped when its client left
     again = httpx.post(f"{server.url}/v1/completions", json=bodies[1], timeout=300).json()["choices"][0]["text"]
     assert again == alone[1]
 
@@ -245,3 +255,15 @@ def test_a_shared_prefix_is_copied_from_a_busy_slot(server: Server) -> None:
     # alone, into the slots' current KV: reused again (from the first's slot) and the same text
     alone = httpx.post(f"{server.url}/v1/completions", json=second, timeout=300).json()
     assert alone["choices"][0]["text"] == r["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("args", [["--mode", "layerskip"], ["--mode", "draft-model"], ["--skip-layers", "3,5"],
+                                  ["--draft-model", "x.gguf"], ["-c", "2"]])
+def test_what_parallel_slots_cannot_do_is_refused_before_loading(args: list[str]) -> None:
+    from click.testing import CliRunner
+
+    from sdfp_edge.cli.main import main
+
+    r = CliRunner().invoke(main, ["serve", "--parallel", "2", "--model", "/nonexistent.gguf", *args])
+    assert r.exit_code == 2, r.output
+    assert "--parallel 2" in r.output or "slots" in r.output

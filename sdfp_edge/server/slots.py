@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,8 @@ class SlotRunner(Runner):
         if self._store is not None:
             controller.load_state(self._store.load() or {})
         self.decoder = ParallelDecoder(b, seq_ctx=b.n_ctx // n_slots, mode=mode, controller=controller)
-        self._live: dict[Job, _Live] = {}
+        self._live: dict[Job, _Live] = {}  # touched on the worker thread only
+        self._stopping = threading.Event()
 
     @property
     def busy(self) -> bool:
@@ -80,14 +82,16 @@ class SlotRunner(Runner):
         return len(self._live)
 
     def stop(self, timeout: float = 10.0) -> bool:
-        for live in list(self._live.values()):
-            live.job.cancel()
+        self._stopping.set()  # the worker cancels its running jobs at the next step
         return super().stop(timeout)
 
     # --- the worker thread -------------------------------------------------------------------
     def _work(self) -> None:
         try:
             while True:
+                if self._stopping.is_set():
+                    for job in self._live:
+                        job.cancel()
                 for job in [j for j in self._live if j.cancelled]:
                     self._finish(job, self.decoder.release(job), cancelled=True)
                 while len(self._live) < self.n_slots:

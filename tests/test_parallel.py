@@ -268,3 +268,21 @@ def test_greedy_qwen_differs_from_decoding_alone_only_at_near_ties(qwen05: Path)
             single.backend.reset()
             top2 = np.sort(single.backend.decode(prompt + ref[:j], logits="last")[0])[-2:]
             assert top2[1] - top2[0] < 0.5, f"prompt {i} diverged at a margin of {top2[1] - top2[0]:.3f} logits"
+
+
+def test_a_new_request_goes_to_the_free_slot_holding_its_prefix(par: Model) -> None:
+    """A chat's next turn finds its conversation (the slot whose KV gives the most of it);
+    a prompt no slot knows takes the least recently used slot, keeping the others' caches."""
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+    a = par.tokenize_prompt("You are a careful assistant. " * 20 + "First question?")
+    b = par.tokenize_prompt("Notes from the lighthouse. " * 20 + "Second question?")
+    assert dec.admit(Request("a", a, 1)).result is not None  # one token: done, the slot is free again
+    assert dec.admit(Request("b", b, 1)).result is not None
+    slot_a, slot_b = (next(s for s in dec.slots if s.kv[:len(p) - 1] == p[:-1]) for p in (a, b))
+    assert slot_a is not slot_b
+    turn = b + b[1:30]  # b's conversation, continued
+    assert dec.pick(turn) is slot_b
+    stranger = par.tokenize_prompt("Something else.")
+    assert dec.pick(stranger) not in (slot_a, slot_b)  # the slot never used
+    done = dec.admit(Request("turn", turn, 1)).result
+    assert done is not None and done.reused_tokens >= 64 and done.reused_tokens % 64 == 0

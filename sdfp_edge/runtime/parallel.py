@@ -20,6 +20,14 @@ a stream per sequence each prompt's output equals decoding it alone, bit for bit
 tests. The price: llama.cpp splits a batch over streams into equal slices
 (stream_batch_seconds), so one sequence's drafts cost a pass of their own.
 
+Two ways in: `run(requests)` (batch mode) fills the slots in order and yields results as
+they finish; the server (server/slots.py) drives it step by step: `admit` a request into
+the free slot whose KV gives the most of its prompt (`pick`), `step` one batch over all
+active slots (each `Update` carries a slot's new text, held back while it could still be
+the start of a stop string, and its result when it ends), `release` one whose client left.
+Per request: sampling, seed, stop strings, a LogitsProcessor (penalties, grammar,
+logprobs), special tokens kept in the text, and a mode among PARALLEL_MODES.
+
 Drafts are prompt lookup only: free to propose, and a layer-skip draft would need its
 layer mask for the whole batch (every sequence would pay a draft step for one sequence's
 draft). The controller's CostModel prices the batch: t_verify(n) is learned from cycles

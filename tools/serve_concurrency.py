@@ -182,6 +182,25 @@ def measure(name: str, cmd: list[str], port: int, log: Path, prompts: list[str],
     return {"system": name, "command": cmd, "rows": rows, "mixed": mix}
 
 
+def markdown(record: dict[str, Any]) -> str:
+    """The results as docs/serving.md's table."""
+    lines = ["| server | clients | tok/s | TTFT median / p95 (ms) | inter-token median / p95 (ms) | chunk gap p95 (ms) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for run in record["runs"]:
+        for r in run["rows"]:
+            lines.append(f"| {run['system']} | {r['clients']} | {r['tokens_per_second']:.1f} | "
+                         f"{r['ttft_ms']['median']:.0f} / {r['ttft_ms']['p95']:.0f} | "
+                         f"{r['itl_ms']['median']:.1f} / {r['itl_ms']['p95']:.1f} | {r['chunk_gap_ms']['p95']:.0f} |")
+    mixed = [(run["system"], run["mixed"]) for run in record["runs"] if run.get("mixed")]
+    if mixed:
+        lines += ["", "| server | long request (tokens, s) | short requests ended before it | slowest short (s) |",
+                  "|---|---:|---:|---:|"]
+        for name, m in mixed:
+            lines.append(f"| {name} | {m['long_tokens']}, {m['long_seconds']:.1f} | "
+                         f"{m['shorts_before_long']} of {m['shorts']} | {m['short_seconds_max']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="catalogue name or GGUF path")
@@ -196,7 +215,11 @@ def main() -> None:
     ap.add_argument("--np", default="4", help="llama-server -np values")
     ap.add_argument("--mixed", action="store_true", help="also the 512-vs-16-token mixed load (4 clients)")
     ap.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
+    ap.add_argument("--table", type=Path, default=None, help="print the Markdown table of a results file and exit")
     a = ap.parse_args()
+    if a.table:
+        print(markdown(json.loads(a.table.read_text())))
+        return
     model = models.resolve_model(a.model)
     prompts = [p.text for p in interleave(load_mtbench())][: a.prompts]  # one per category first
     clients = [int(x) for x in a.clients.split(",")]
@@ -234,6 +257,7 @@ def main() -> None:
         tmp.write_text(text)
         tmp.replace(a.out)
     print(text)
+    print(markdown(record))
 
 
 if __name__ == "__main__":

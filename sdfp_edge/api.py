@@ -60,6 +60,24 @@ class Completion:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class GenerationArgs:
+    """One generation's arguments, checked (Model.prepare)."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams
+    stops: list[str]
+    mode: str | None  # None: the model's own mode
+    processor: LogitsProcessor | None  # penalties, grammar, logprobs; None when none is asked for
+    kept: set[int]  # special tokens whose text the output keeps
+
+    def close(self) -> None:
+        """Free the grammar, if any (llama.cpp memory)."""
+        if self.processor is not None and self.processor.grammar is not None:
+            self.processor.grammar.close()
+
+
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     """Role and text content of each message, and the tool-call fields chat templates use
     (an assistant's `tool_calls`, whose content may be null; a tool result's `tool_call_id`)."""
@@ -345,6 +363,26 @@ class Model:
         output keeps (a template's tool-call tags). Arguments are checked here, before the
         first chunk, so a bad request fails early.
         """
+        a = self.prepare(prompt_tokens, max_tokens=max_tokens, seed=seed, stop=stop, mode=mode, grammar=grammar,
+                         logprobs=logprobs, keep_special=keep_special, **sampling)
+        return self._stream(a.prompt, a.max_tokens, a.sampling, a.stops, a.mode, a.processor, a.kept)
+
+    def prepare(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        max_tokens: int = 256,
+        seed: int = 0,
+        stop: Sequence[str] | str | None = None,
+        mode: str | None = None,
+        grammar: str | None = None,
+        logprobs: int | None = None,
+        keep_special: Sequence[str] = (),
+        **sampling: Any,
+    ) -> GenerationArgs:
+        """`stream_tokens`' arguments checked and built (sampling, stop strings, the logits
+        processor), without generating: the server's parallel slots run them (server/slots.py).
+        A grammar it builds must be closed by whoever runs it (GenerationArgs.close)."""
         check_max_tokens(max_tokens)
         values, sources = self.resolve_sampling(sampling)
         params = sampling_params(values, seed)
@@ -370,7 +408,7 @@ class Model:
         self._sampling_used = {"settings": settings, "source": sources, "summary": describe(values)}
         kept = {ids[0] for ids in (self.backend.tokenize(t, add_special=False, parse_special=True) for t in keep_special)
                 if len(ids) == 1}
-        return self._stream(list(prompt_tokens), max_tokens, params, stops, mode, processor, kept)
+        return GenerationArgs(list(prompt_tokens), max_tokens, params, stops, mode, processor, kept)
 
     @property
     def sampling_used(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Load on loopback: 8 concurrent streaming clients x 20 requests, some disconnecting.
+"""Load on loopback: 8 concurrent streaming clients x 20 requests, one in five disconnecting.
 
+Against `serve` (one request at a time) and `serve --parallel 4` (four decoded together).
 Bounded in count and time; only 127.0.0.1. Reports requests served, failures and the
 server's RSS before and after (run with -s to see the figures).
 """
@@ -9,11 +10,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
+from server_process import running_server  # noqa: E402
 from test_server import API_KEY, Server, server  # noqa: E402,F401  (the module-scoped server fixture)
 
 pytestmark = pytest.mark.slow
@@ -52,7 +55,20 @@ def one_request(url: str, i: int, j: int, disconnect: bool) -> str:
     return "truncated"
 
 
-def test_eight_streaming_clients(server: Server) -> None:
+@pytest.fixture(params=[1, 4], ids=lambda n: f"parallel{n}")
+def load_server(request: pytest.FixtureRequest, smollm2: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if request.param == 1:
+        yield request.getfixturevalue("server")
+        return
+    log = tmp_path_factory.mktemp("serve-load") / "serve.log"
+    with running_server(smollm2, ["--api-key", API_KEY, "-c", str(1024 * request.param),
+                                  "--parallel", str(request.param)], log) as srv:
+        yield srv
+
+
+def test_eight_streaming_clients(load_server: Server) -> None:
+    server = load_server
     # warm up, then measure memory under load
     assert one_request(server.url, 0, 0, False) == "ok"
     before = rss_kb(server.proc.pid)

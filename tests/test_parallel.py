@@ -158,7 +158,7 @@ def test_prefill_cuts_equal_every_common_length_with_another(seed: int) -> None:
 def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int], cuts: frozenset[int] = frozenset()) -> np.ndarray:
     """The target's logits after the prompt, from the KV the slot's prefill left: its last
     position decoded again alone, on the KV of all the others."""
-    assert dec._start(dec.slots[slot], Request(slot, prompt, 1, cuts=cuts)) is not None  # one token: done
+    assert dec.admit(Request(slot, prompt, 1, cuts=cuts), dec.slots[slot]).result is not None  # one token: done
     dec.backend.seq_remove(slot, len(prompt) - 1)
     return dec.backend.decode_seqs(prompt[-1:], [len(prompt) - 1], [slot])[0]
 
@@ -195,7 +195,7 @@ def test_a_short_shared_prefix_is_reused_at_the_cut_where_prompts_part(par: Mode
     assert dec.slots[1].kv[:shared] == b[:shared]
     no_cuts = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")  # requests without cuts: no reuse
     first_logits(no_cuts, 0, a)
-    r = no_cuts._start(no_cuts.slots[1], Request(1, b, 1))
+    r = no_cuts.admit(Request(1, b, 1), no_cuts.slots[1]).result
     assert r is not None and r.reused_tokens == 0
 
 
@@ -268,3 +268,21 @@ def test_greedy_qwen_differs_from_decoding_alone_only_at_near_ties(qwen05: Path)
             single.backend.reset()
             top2 = np.sort(single.backend.decode(prompt + ref[:j], logits="last")[0])[-2:]
             assert top2[1] - top2[0] < 0.5, f"prompt {i} diverged at a margin of {top2[1] - top2[0]:.3f} logits"
+
+
+def test_a_new_request_goes_to_the_free_slot_holding_its_prefix(par: Model) -> None:
+    """A chat's next turn finds its conversation (the slot whose KV gives the most of it);
+    a prompt no slot knows takes the least recently used slot, keeping the others' caches."""
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+    a = par.tokenize_prompt("You are a careful assistant. " * 20 + "First question?")
+    b = par.tokenize_prompt("Notes from the lighthouse. " * 20 + "Second question?")
+    assert dec.admit(Request("a", a, 1)).result is not None  # one token: done, the slot is free again
+    assert dec.admit(Request("b", b, 1)).result is not None
+    slot_a, slot_b = (next(s for s in dec.slots if s.kv[:len(p) - 1] == p[:-1]) for p in (a, b))
+    assert slot_a is not slot_b
+    turn = b + b[1:30]  # b's conversation, continued
+    assert dec.pick(turn) is slot_b
+    stranger = par.tokenize_prompt("Something else.")
+    assert dec.pick(stranger) not in (slot_a, slot_b)  # the slot never used
+    done = dec.admit(Request("turn", turn, 1)).result
+    assert done is not None and done.reused_tokens >= 64 and done.reused_tokens % 64 == 0

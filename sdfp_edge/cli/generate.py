@@ -133,10 +133,11 @@ def speculation_options(f: Any) -> Any:
 
 def open_model(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None,
                verbose: bool, mode: str, draft_model: str | None, skip_layers: str | None,
-               draft_max: int, draft_p_min: float) -> Any:
+               draft_max: int, draft_p_min: float, n_seq_max: int = 1) -> Any:
     return Model(model, n_ctx=ctx_size, n_threads=threads, n_gpu_layers=n_gpu_layers, mode=mode,
                  skip_layers=parse_layer_list(skip_layers), draft_model=draft_model, k_max=draft_max,
-                 threshold=draft_p_min, verbose=verbose, log=lambda m: click.echo(m, err=True))
+                 threshold=draft_p_min, verbose=verbose, log=lambda m: click.echo(m, err=True),
+                 n_seq_max=n_seq_max)
 
 
 @click.command()

@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 from sdfp_edge.cli.options import model_options, user_errors
 from sdfp_edge.cli.generate import open_model, speculation_options
+from sdfp_edge.errors import InvalidRequestError
 from sdfp_edge.server.settings import API_KEY_ENV, Settings
 
 
@@ -32,6 +33,25 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
+def check_parallel(parallel: int, mode: str, draft_model: str | None, skip_layers: str | None,
+                   ctx_size: int) -> None:
+    """What --parallel N > 1 cannot do, refused before the model loads."""
+    if parallel == 1:
+        return
+    from sdfp_edge.runtime.parallel import PARALLEL_MODES
+
+    if mode not in PARALLEL_MODES:
+        raise InvalidRequestError(
+            f"--mode {mode} is not available with --parallel {parallel} (parallel slots draft with prompt lookup "
+            f"only: a layer-skip draft needs its layer mask for the whole batch); use {', '.join(PARALLEL_MODES)}")
+    for name, value in (("--draft-model", draft_model), ("--skip-layers", skip_layers)):
+        if value is not None:
+            raise InvalidRequestError(f"{name} is not available with --parallel {parallel} "
+                                      "(parallel slots draft with prompt lookup only)")
+    if ctx_size // parallel < 2:
+        raise InvalidRequestError(f"--ctx-size {ctx_size} leaves no room for {parallel} slots")
+
+
 @click.command()
 @model_options
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -46,13 +66,16 @@ def _log_to_stderr() -> None:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="A browser origin allowed to call the server, e.g. https://app.example "
                    "(repeatable; '*': any). Pages on localhost / 127.0.0.1 are always allowed.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Requests decoded together, in one batch per step (each gets --ctx-size / N tokens of "
+                   "context); more wait in arrival order. 1: one request at a time.")
 @speculation_options
 @user_errors
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None,
           seed: int, verbose: bool, host: str, port: int, api_key: str | None, alias: str | None,
           strict_model: bool, cors_origins: tuple[str, ...], mode: str, draft_model: str | None,
-          skip_layers: str | None, draft_max: int, draft_p_min: float) -> None:
+          skip_layers: str | None, draft_max: int, draft_p_min: float, parallel: int) -> None:
     """Serve the model with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models).
 
     Requests that send no `seed` get a random one, unless --seed is given."""
@@ -64,22 +87,24 @@ def serve(ctx: click.Context, model: str | None, threads: int | None, ctx_size: 
     except ImportError as e:
         raise click.ClickException(f"the server needs its extra dependencies ({e}): "
                                    "pip install 'sdfp-edge[server]'") from None
+    check_parallel(parallel, mode, draft_model, skip_layers, ctx_size)
     seed_given = ctx.get_parameter_source("seed") not in (ParameterSource.DEFAULT, None)
     settings = Settings(host=host, port=port, api_key=api_key or None, model=model, model_alias=alias,
                         strict_model=strict_model, cors_origins=check_origins(cors_origins), n_ctx=ctx_size,
                         threads=threads, n_gpu_layers=n_gpu_layers, mode=mode,
                         seed=seed if seed_given else None, draft_model=draft_model, skip_layers=skip_layers,
-                        draft_max=draft_max, draft_p_min=draft_p_min, verbose=verbose)
+                        draft_max=draft_max, draft_p_min=draft_p_min, verbose=verbose, parallel=parallel)
     if not is_loopback(host) and not settings.api_key:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach "
                    f"{socket.gethostname()}:{port} can use the model", err=True)
     m = open_model(settings.model, settings.threads, settings.n_ctx, settings.n_gpu_layers, verbose,
                    settings.mode, settings.draft_model, settings.skip_layers, settings.draft_max,
-                   settings.draft_p_min)
+                   settings.draft_p_min, n_seq_max=parallel)
     app = create_app(settings, m)
     _log_to_stderr()
     origins = ", ".join(("localhost", *settings.cors_origins))
-    click.echo(f"serving '{app.state.model_id}' at http://{host}:{port}/v1 (mode {mode}"
+    slots = f", {parallel} parallel slots of {m.backend.n_ctx // parallel} tokens" if parallel > 1 else ""
+    click.echo(f"serving '{app.state.model_id}' at http://{host}:{port}/v1 (mode {mode}{slots}"
                f"{', API key required' if settings.api_key else ''}; browser origins: {origins})", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info" if not verbose else "debug",

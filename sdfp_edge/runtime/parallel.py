@@ -20,6 +20,14 @@ a stream per sequence each prompt's output equals decoding it alone, bit for bit
 tests. The price: llama.cpp splits a batch over streams into equal slices
 (stream_batch_seconds), so one sequence's drafts cost a pass of their own.
 
+Two ways in: `run(requests)` (batch mode) fills the slots in order and yields results as
+they finish; the server (server/slots.py) drives it step by step: `admit` a request into
+the free slot whose KV gives the most of its prompt (`pick`), `step` one batch over all
+active slots (each `Update` carries a slot's new text, held back while it could still be
+the start of a stop string, and its result when it ends), `release` one whose client left.
+Per request: sampling, seed, stop strings, a LogitsProcessor (penalties, grammar,
+logprobs), special tokens kept in the text, and a mode among PARALLEL_MODES.
+
 Drafts are prompt lookup only: free to propose, and a layer-skip draft would need its
 layer mask for the whole batch (every sequence would pay a draft step for one sequence's
 draft). The controller's CostModel prices the batch: t_verify(n) is learned from cycles
@@ -59,7 +67,9 @@ class Request:
     sampling: SamplingParams = SamplingParams()
     stops: Sequence[str] = ()
     cuts: frozenset[int] = frozenset()  # prefill_cuts over every request of the run
-    processor: LogitsProcessor | None = None  # its text-dependent samplers (penalties, DRY, mirostat, bias)
+    processor: LogitsProcessor | None = None  # penalties, DRY, mirostat, bias, grammar, logprobs
+    keep_special: frozenset[int] = frozenset()  # special tokens whose text the output keeps
+    mode: str | None = None  # this request's speculation mode (PARALLEL_MODES); None: the decoder's
 
 
 @dataclass
@@ -72,6 +82,18 @@ class Result:
     reused_tokens: int  # prompt tokens whose KV a slot already held
     drafted: int = 0
     accepted: int = 0
+    verifies: int = 0  # cycles that decoded this request (its first token, from the prefill, counts as one)
+    t_prefill: float = 0.0  # seconds its prefill took (the other slots waited meanwhile)
+
+
+@dataclass
+class Update:
+    """What one request got from an admission or a cycle (the streaming interface)."""
+
+    key: Any
+    text: str  # new text; held back while it could still be the start of a stop string
+    tokens: list[int]  # the new tokens behind it (an end-of-generation token left out)
+    result: Result | None = None  # set when the request has finished (its slot is free again)
 
 
 @dataclass
@@ -90,6 +112,8 @@ class _Slot:
     rng: np.random.Generator | None = None
     text_decoder: Any = None
     sent: int = 0  # text length already checked for stop strings
+    out: int = 0  # text length already handed out in Updates
+    used: int = 0  # when the slot last took a request (a counter): the least recent is reused first
 
 
 def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: Callable[[int], float]) -> float:
@@ -211,6 +235,7 @@ class ParallelDecoder:
         self.lookup_max = lookup_max
         self.controller = controller or Controller()
         self.slots = [_Slot(i) for i in range(backend.n_seq_max)]
+        self._uses = 0  # requests admitted so far (_Slot.used)
         self.generated = 0  # tokens emitted across all requests (progress reporting)
 
     def check(self, req: Request) -> None:
@@ -223,6 +248,10 @@ class ParallelDecoder:
             raise ContextOverflowError(
                 f"the prompt has {len(req.prompt)} tokens but the context holds {self.seq_ctx}; "
                 "shorten the prompt or raise --ctx-size")
+        if req.mode is not None and req.mode not in PARALLEL_MODES:
+            raise InvalidRequestError(
+                f"mode '{req.mode}' is not available with parallel sequences (choose {', '.join(PARALLEL_MODES)}: "
+                "layer-skip drafts would need their layer mask for the whole batch)")
 
     def run(self, requests: Iterable[Request]) -> Iterator[Result]:
         """Yield each request's result as soon as it finishes (not in input order)."""
@@ -235,17 +264,58 @@ class ParallelDecoder:
                     if req is None:
                         exhausted = True
                     else:
-                        done = self._start(slot, req)
+                        done = self.admit(req, slot).result
                         if done is not None:  # its first token ended it: the slot takes the next
                             yield done
-            active = [s for s in self.slots if s.req is not None]
-            if not active:
+            if not self.active:
                 return
-            yield from self._cycle(active)
+            for update in self.step():
+                if update.result is not None:
+                    yield update.result
+
+    # --- the streaming interface (the server's slots): admit, step, release -------------------
+    @property
+    def active(self) -> list[_Slot]:
+        return [s for s in self.slots if s.req is not None]
+
+    def pick(self, prompt: Sequence[int]) -> _Slot | None:
+        """The free slot for this prompt: the one whose KV gives the most of it (a chat's next
+        turn finds its conversation), else the least recently used; None when all are busy."""
+        free = [s for s in self.slots if s.req is None]
+        head = list(prompt)[:-1]
+        return max(free, key=lambda s: (self._reusable(s, head, frozenset()), -s.used), default=None)
+
+    def admit(self, req: Request, slot: _Slot | None = None) -> Update:
+        """Prefill a request's prompt in a free slot (`pick`'s, by default) and emit its first
+        token. Raises ValueError when no slot is free."""
+        slot = slot if slot is not None else self.pick(req.prompt)
+        if slot is None or slot.req is not None:
+            raise ValueError("no free slot")
+        return self._start(slot, req)
+
+    def step(self) -> list[Update]:
+        """One cycle over every active slot: one batch, each slot's new text."""
+        active = self.active
+        return self._cycle(active) if active else []
+
+    def release(self, key: Any) -> Result | None:
+        """Stop the request `key` now (its client went away); its result so far, or None when it
+        is not running. The slot keeps the KV of what was emitted."""
+        for s in self.slots:
+            if s.req is not None and s.req.key == key:
+                result, s.req, s.result = s.result, None, None
+                return result
+        return None
+
+    def forget(self) -> None:
+        """Drop every slot's request and KV (after a failed decode, whose KV is unknown)."""
+        for s in self.slots:
+            s.req, s.result, s.kv, s.prefilled, s.cuts = None, None, [], 0, frozenset()
+            self.backend.seq_remove(s.seq_id, 0)
 
     # --- a new request ---------------------------------------------------------------------
-    def _start(self, slot: _Slot, req: Request) -> Result | None:
-        """Prefill the prompt and emit its first token; the result if that token ended it."""
+    def _start(self, slot: _Slot, req: Request) -> Update:
+        """Prefill the prompt and emit its first token."""
         self.check(req)
         b = self.backend
         context = list(req.prompt)
@@ -265,23 +335,24 @@ class ParallelDecoder:
             last = b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits="last",
                                  cuts=req.cuts)
         self.controller.cost.observe_batch(len(rest), sw.total)
+        self._uses += 1
+        slot.used = self._uses
         slot.kv = context
         slot.prefilled, slot.cuts = len(context), req.cuts
         slot.req = req
         slot.tokens = list(req.prompt)
-        slot.result = Result(req.key, "", [], "", len(req.prompt), keep)
+        slot.result = Result(req.key, "", [], "", len(req.prompt), keep, t_prefill=sw.total)
         slot.lookup = PromptLookupDrafter()
         slot.positions = PositionUniforms(req.sampling.seed)
         slot.rng = np.random.default_rng(req.sampling.seed)
         slot.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        slot.sent = 0
-        first = self._verdict(slot, Proposal.empty(), last).next_token
+        slot.sent = slot.out = 0
+        first, nothing = last, Proposal.empty()  # [1, V]
+        verdict = self._verdict(slot, nothing, first)
+        slot.result.verifies += 1
         if req.processor is not None:
-            req.processor.accept([first], last)
-        if not self._emit(slot, [first]):
-            return None
-        result, slot.req, slot.result = slot.result, None, None
-        return result
+            req.processor.accept([verdict.next_token], first)
+        return self._emit(slot, [verdict.next_token])
 
     def _reusable(self, slot: _Slot, context: Sequence[int], cuts: frozenset[int]) -> int:
         """How much of `context` the slot's KV can give: up to a place where both prefills cut.
@@ -305,19 +376,27 @@ class ParallelDecoder:
         free = self.seq_ctx - len(slot.kv)
         return max(0, min(free - 1, slot.req.max_tokens - len(slot.result.tokens) - 1))
 
+    def _mode(self, slot: _Slot) -> str:
+        assert slot.req is not None
+        return slot.req.mode or self.mode
+
     def _drafts(self, active: Sequence[_Slot]) -> list[Proposal]:
-        props = [Proposal.empty()] * len(active)
-        if self.mode == "off":
-            return props
-        props = [s.lookup.propose(s.tokens, min(self._room(s), self.lookup_max)) for s in active]
-        if self.mode == "lookup":
+        """Each slot's drafts: none (off), all that lookup found (lookup), or as many as raise
+        the batch's expected tokens per second (auto: allocate_drafts over the whole batch)."""
+        modes = [self._mode(s) for s in active]
+        props = [Proposal.empty() if m == "off" else s.lookup.propose(s.tokens, min(self._room(s), self.lookup_max))
+                 for s, m in zip(active, modes)]
+        if "auto" not in modes:
             return props
         cost = self.controller.cost
         if not cost.t_verify:  # the first batch measures; nothing to price drafts with yet
-            return [Proposal.empty()] * len(active)
+            return [Proposal.empty() if m == "auto" else p for p, m in zip(props, modes)]
         rates = []
-        for s, p in zip(active, props):
+        for s, p, m in zip(active, props, modes):
             assert s.result is not None and s.req is not None
+            if m == "off":
+                rates.append([])
+                continue
             cap = probe_cap(p.k, s.result.accepted, p.trusted)
             cand = Candidate("lookup", p.k, chain=self._chain(s, p))
             rates.append(self.controller.rates(cand, cap))
@@ -325,7 +404,7 @@ class ParallelDecoder:
         verify = functools.cache(cost.verify)  # the search prices the same sizes many times
         ks = allocate_drafts(rates, lambda counts: stream_batch_seconds(seq_ids, counts, verify),
                              max_batch=self.backend.n_batch, margin=self.controller.margin)
-        return [replace(p, tokens=p.tokens[:k]) for p, k in zip(props, ks)]
+        return [replace(p, tokens=p.tokens[:k]) if m == "auto" else p for p, k, m in zip(props, ks, modes)]
 
     @staticmethod
     def _chain(slot: _Slot, p: Proposal) -> tuple[tuple[str, float | None], ...]:
@@ -334,7 +413,7 @@ class ParallelDecoder:
         greedy = slot.req.sampling.greedy
         return drafts_judged_by(p, regime=slot.req.sampling.regime, greedy=greedy)
 
-    def _cycle(self, active: list[_Slot]) -> Iterator[Result]:
+    def _cycle(self, active: list[_Slot]) -> list[Update]:
         props = self._drafts(active)
         tokens: list[int] = []
         positions: list[int] = []
@@ -350,24 +429,23 @@ class ParallelDecoder:
         if len({p.k for p in props}) == 1 and seq_ids == list(range(seq_ids[0], seq_ids[0] + len(seq_ids))):
             self.controller.cost.observe_verify(len(tokens), sw.total)  # one pass: t_verify(n) itself
         row0 = 0
+        updates = []
         for s, p in zip(active, props):
             rows = logits[row0 : row0 + p.k + 1]
             row0 += p.k + 1
-            emitted = self._accept(s, p, rows)
-            if self._emit(s, emitted):
-                assert s.result is not None
-                result, s.req, s.result = s.result, None, None
-                yield result
+            updates.append(self._emit(s, self._accept(s, p, rows)))
+        return updates
 
     def _accept(self, s: _Slot, p: Proposal, rows: np.ndarray) -> list[int]:
         """The slot's verdict on its drafts; trims its rejected KV positions."""
-        assert s.result is not None
+        assert s.result is not None and s.req is not None
         verdict = self._verdict(s, p, rows)
         start = len(s.kv)
         kept = [s.tokens[-1], *p.tokens[: verdict.n_accepted].tolist()]
         if verdict.n_accepted < p.k:
             self.backend.seq_remove(s.seq_id, start + len(kept))
         s.kv.extend(kept)
+        s.result.verifies += 1
         if p.k:
             self.controller.observe_chain([src for src, _ in self._chain(s, p)], verdict.n_accepted)
             s.result.drafted += p.k
@@ -382,29 +460,42 @@ class ParallelDecoder:
         assert s.req is not None and s.positions is not None and s.rng is not None
         return verdict_on(s.tokens, rows, p, s.req.sampling, s.rng, s.positions, s.req.processor)
 
-    def _emit(self, s: _Slot, emitted: list[int]) -> bool:
-        """Append the tokens to the slot's text; whether its request is finished."""
+    def _emit(self, s: _Slot, emitted: list[int]) -> Update:
+        """Append the tokens to the slot's text; the new text, and the result if it is finished
+        (the slot is then free)."""
         assert s.req is not None and s.result is not None
-        r, b = s.result, self.backend
+        r, b, req = s.result, self.backend, s.req
+        new: list[int] = []
+        finished = False
         for t in emitted:
             s.tokens.append(t)
             r.tokens.append(t)
             self.generated += 1
             if b.is_eog(t):
-                r.finish_reason = "stop"
-                return True
-            r.text += s.text_decoder.decode(b.token_bytes(t))
-            cut = min((i for i in (r.text.find(x, max(0, s.sent - len(x))) for x in s.req.stops) if i >= 0),
+                r.finish_reason, finished = "stop", True
+                break
+            new.append(t)
+            r.text += s.text_decoder.decode(b.token_bytes(t, special=t in req.keep_special))
+            cut = min((i for i in (r.text.find(x, max(0, s.sent - len(x))) for x in req.stops) if i >= 0),
                       default=-1)
             s.sent = len(r.text)
             if cut >= 0:
                 r.text = r.text[:cut]
-                r.finish_reason = "stop"
-                return True
-            if len(r.tokens) >= s.req.max_tokens or len(s.kv) >= self.seq_ctx:
+                r.finish_reason, finished = "stop", True
                 break
-        if len(r.tokens) >= s.req.max_tokens or len(s.kv) >= self.seq_ctx:
-            r.finish_reason = "length"
+            if len(r.tokens) >= req.max_tokens or len(s.kv) >= self.seq_ctx:
+                break
+        if not finished and (len(r.tokens) >= req.max_tokens or len(s.kv) >= self.seq_ctx):
+            r.finish_reason, finished = "length", True
             r.text += s.text_decoder.decode(b"", final=True)
-            return True
-        return False
+        if finished:
+            safe = len(r.text)
+        else:  # hold back a tail that could still grow into a stop string
+            hold = max((j for x in req.stops for j in range(len(x) - 1, 0, -1) if r.text.endswith(x[:j])), default=0)
+            safe = len(r.text) - hold
+        text = r.text[s.out:safe] if safe > s.out else ""
+        s.out = max(s.out, safe)
+        update = Update(req.key, text, new)
+        if finished:
+            update.result, s.req, s.result = r, None, None
+        return update

@@ -14,5 +14,6 @@ them, so `settings` stays importable (the CLI reads it) without the extra instal
     auth.py       the API-key check
     cors.py       which browser origins may call the server
     runner.py     one model, one worker thread, a FIFO of jobs
+    slots.py      --parallel N: the same jobs, N of them decoded together (runtime/parallel.py)
     app.py        create_app(settings, model): the routes
 """

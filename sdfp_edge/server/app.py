@@ -7,7 +7,8 @@
 
 `stream: true` answers with server-sent events, `data: {...}` per chunk and `data: [DONE]`;
 the last chunk (and every non-streaming response) carries `usage` and the extension `sdfp`.
-Requests are served one at a time in arrival order (runner.py). Nothing in a request names
+Requests are served one at a time in arrival order (runner.py), or with `parallel` > 1
+that many at once, decoded together (slots.py). Nothing in a request names
 a file: the model is fixed when the server starts. A request naming another model is answered
 by the served one, whose id the response carries (as llama.cpp's server does; with
 `strict_model`, it is refused with 404). Browser pages on this machine may call the server,
@@ -46,6 +47,7 @@ from sdfp_edge.server.errors import (
 from sdfp_edge.server.runner import Event, Job, PromptBuilder, Runner
 from sdfp_edge.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from sdfp_edge.server.settings import Settings
+from sdfp_edge.server.slots import SlotRunner
 from sdfp_edge.server.streams import ChatStream, CompletionStream
 from sdfp_edge.server.tools import chat_prompt, split_all
 
@@ -101,7 +103,7 @@ async def _cancel_on_disconnect(request: Request, job: Job, every: float = 0.25)
 
 def create_app(settings: Settings, model: Model) -> FastAPI:
     """The app serving `model` (already open); the caller closes the model after the app stops."""
-    runner = Runner(model)
+    runner = Runner(model) if settings.parallel == 1 else SlotRunner(model, settings.parallel, mode=settings.mode)
     model_id = settings.model_id(model.path)
     created = int(Path(model.path).stat().st_mtime)
 
@@ -179,7 +181,8 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "busy": runner.busy, "queued": runner.queued}
+        return {"status": "ok", "model": model_id, "busy": runner.busy, "queued": runner.queued,
+                "slots": settings.parallel}
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

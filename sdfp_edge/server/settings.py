@@ -30,6 +30,7 @@ class Settings:
     draft_max: int = 4
     draft_p_min: float = 0.8
     verbose: bool = False
+    parallel: int = 1  # requests decoded together (server/slots.py); 1: one at a time (runner.py)
 
     def model_id(self, model_path: str | Path) -> str:
         """The one model id this server answers to."""

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Concurrent streaming clients against `sdfp-edge serve --parallel N` and llama.cpp's `llama-server -np N`.
+
+Produces the table of docs/serving.md ("Several clients at once"): for each server (each in
+its own process, started and stopped here, one at a time) and each number M of concurrent
+clients, M threads each send REQUESTS streaming chat requests one after the other (MT-Bench
+first turns from sdfp_edge/bench/data.py, greedy, --max-tokens each) and the script reports
+
+    tok/s      all completion tokens / the wall time of the M clients' run
+    TTFT       time to the first content chunk: median, 95th percentile (ms)
+    ITL        per request (last chunk - first chunk) / (tokens - 1): median, p95 (ms)
+    gap p95    95th percentile of the time between two content chunks (what a reader sees)
+
+and, with --mixed, a load where one client asks for 512 tokens while the others ask for 16
+each, three times: whether every short request ended before the long one.
+
+Run it alone on the machine (timings):
+    flock -x /tmp/sdfp-cpu.lock python tools/serve_concurrency.py --parallel 1,4 --clients 1,2,4 \\
+        --llama-server auto --out models/bench/serve/smollm2.json
+
+`--llama-server auto` takes the binary tools/build_llama_server.py built (skipped if none).
+Standard library + httpx (the server extra's test client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from sdfp_edge import models  # noqa: E402
+from sdfp_edge.bench.data import interleave, load_mtbench  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], port: int, log: Path) -> Iterator[str]:
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{cmd[0]} exited early; see {log}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{cmd[0]}: no /health after 300 s; see {log}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def stream_one(url: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    times: list[float] = []
+    tokens = None
+    with httpx.Client(timeout=600) as c, c.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                tokens = data["usage"]["completion_tokens"]
+            choices = data.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                times.append(time.perf_counter())
+    end = time.perf_counter()
+    n = tokens if tokens is not None else len(times)
+    return {"t_send": t0, "t_end": end, "ttft": times[0] - t0 if times else None, "tokens": n, "chunks": len(times),
+            "itl": (times[-1] - times[0]) / (n - 1) if len(times) > 1 and n > 1 else None,
+            "gaps": [b - a for a, b in zip(times, times[1:])]}
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+def run_clients(url: str, prompts: list[str], m: int, per_client: int, max_tokens: int) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(m)
+
+    def client(i: int) -> None:
+        barrier.wait()
+        for j in range(per_client):
+            r = stream_one(url, prompts[(i * per_client + j) % len(prompts)], max_tokens)
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(m)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttft = [r["ttft"] for r in results if r["ttft"] is not None]
+    itl = [r["itl"] for r in results if r["itl"] is not None]
+    gaps = [g for r in results for g in r["gaps"]]
+    tokens = sum(r["tokens"] for r in results)
+    return {"clients": m, "requests": len(results), "tokens": tokens, "seconds": round(wall, 2),
+            "tokens_per_second": round(tokens / wall, 2),
+            "ttft_ms": {"median": round(1e3 * statistics.median(ttft), 1), "p95": round(1e3 * pct(ttft, 0.95), 1)},
+            "itl_ms": {"median": round(1e3 * statistics.median(itl), 1), "p95": round(1e3 * pct(itl, 0.95), 1)},
+            "chunk_gap_ms": {"median": round(1e3 * statistics.median(gaps), 1), "p95": round(1e3 * pct(gaps, 0.95), 1)}}
+
+
+def run_mixed(url: str, prompts: list[str], m: int) -> dict[str, Any]:
+    """One client asks for 512 tokens; m - 1 others, started once it streams, ask for 16, three times each."""
+    out: dict[str, Any] = {}
+    long_started = threading.Event()
+
+    def long() -> None:
+        out["long"] = stream_one(url, "Write a long story about a lighthouse keeper.", 512)
+
+    def short(i: int) -> None:
+        long_started.wait()
+        out[f"short{i}"] = [stream_one(url, prompts[(3 * i + j) % len(prompts)], 16) for j in range(3)]
+
+    threads = [threading.Thread(target=long)] + [threading.Thread(target=short, args=(i,)) for i in range(m - 1)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the long one is admitted first
+    long_started.set()
+    for t in threads:
+        t.join()
+    shorts = [r for i in range(m - 1) for r in out[f"short{i}"]]
+    return {"clients": m, "long_tokens": out["long"]["tokens"], "long_seconds": round(out["long"]["t_end"] - out["long"]["t_send"], 2),
+            "short_seconds_max": round(max(r["t_end"] - r["t_send"] for r in shorts), 2),
+            "shorts_before_long": sum(r["t_end"] < out["long"]["t_end"] for r in shorts), "shorts": len(shorts)}
+
+
+def measure(name: str, cmd: list[str], port: int, log: Path, prompts: list[str], clients: list[int],
+            per_client: int, max_tokens: int, mixed: bool) -> dict[str, Any]:
+    print(f"== {name}: {' '.join(cmd)}", file=sys.stderr)
+    with started(cmd, port, log) as url:
+        stream_one(url, prompts[0], 16)  # warm-up: first-call graph building, caches
+        rows = []
+        for m in clients:
+            row = run_clients(url, prompts, m, per_client, max_tokens)
+            print(f"   M={m}: {row}", file=sys.stderr)
+            rows.append(row)
+        mix = run_mixed(url, prompts, 4) if mixed else None
+        if mix:
+            print(f"   mixed: {mix}", file=sys.stderr)
+    return {"system": name, "command": cmd, "rows": rows, "mixed": mix}
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The results as docs/serving.md's table."""
+    lines = ["| server | clients | tok/s | TTFT median / p95 (ms) | inter-token median / p95 (ms) | chunk gap p95 (ms) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for run in record["runs"]:
+        for r in run["rows"]:
+            lines.append(f"| {run['system']} | {r['clients']} | {r['tokens_per_second']:.1f} | "
+                         f"{r['ttft_ms']['median']:.0f} / {r['ttft_ms']['p95']:.0f} | "
+                         f"{r['itl_ms']['median']:.1f} / {r['itl_ms']['p95']:.1f} | {r['chunk_gap_ms']['p95']:.0f} |")
+    mixed = [(run["system"], run["mixed"]) for run in record["runs"] if run.get("mixed")]
+    if mixed:
+        lines += ["", "| server | long request (tokens, s) | short requests ended before it | slowest short (s) |",
+                  "|---|---:|---:|---:|"]
+        for name, m in mixed:
+            lines.append(f"| {name} | {m['long_tokens']}, {m['long_seconds']:.1f} | "
+                         f"{m['shorts_before_long']} of {m['shorts']} | {m['short_seconds_max']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="catalogue name or GGUF path")
+    ap.add_argument("--parallel", default="1,4", help="sdfp-edge serve --parallel values")
+    ap.add_argument("--clients", default="1,2,4", help="numbers of concurrent clients")
+    ap.add_argument("--per-client", type=int, default=2, help="requests each client sends, one after another")
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--prompts", type=int, default=8, help="MT-Bench first turns used")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--slot-ctx", type=int, default=1024, help="context per slot (n_ctx = N x this)")
+    ap.add_argument("--llama-server", default=None, help="binary, or 'auto' (tools/build_llama_server.py's)")
+    ap.add_argument("--np", default="4", help="llama-server -np values")
+    ap.add_argument("--mixed", action="store_true", help="also the 512-vs-16-token mixed load (4 clients)")
+    ap.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
+    ap.add_argument("--table", type=Path, default=None, help="print the Markdown table of a results file and exit")
+    a = ap.parse_args()
+    if a.table:
+        print(markdown(json.loads(a.table.read_text())))
+        return
+    model = models.resolve_model(a.model)
+    prompts = [p.text for p in interleave(load_mtbench())][: a.prompts]  # one per category first
+    clients = [int(x) for x in a.clients.split(",")]
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / "serve_concurrency"
+    logs.mkdir(exist_ok=True)
+    runs = []
+    sdfp = [str(Path(sys.executable).with_name("sdfp-edge"))]
+    for n in (int(x) for x in a.parallel.split(",")):
+        port = free_port()
+        cmd = sdfp + ["serve", "--model", str(model), "--threads", str(a.threads), "-c", str(a.slot_ctx * n),
+                      "--parallel", str(n), "--port", str(port)]
+        runs.append(measure(f"sdfp-edge --parallel {n}", cmd, port, logs / f"sdfp-{n}.log", prompts, clients,
+                            a.per_client, a.max_tokens, a.mixed))
+    binary = a.llama_server
+    if binary == "auto":
+        out = subprocess.run([sys.executable, str(ROOT / "tools" / "build_llama_server.py"), "--print-path"],
+                             capture_output=True, text=True)
+        binary = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else None
+        if binary is None:
+            print("llama-server is not built: skipped", file=sys.stderr)
+    if binary:
+        for n in (int(x) for x in a.np.split(",")):
+            port = free_port()
+            cmd = [binary, "-m", str(model), "-t", str(a.threads), "-c", str(a.slot_ctx * n), "-np", str(n),
+                   "--port", str(port), "--host", "127.0.0.1"]
+            runs.append(measure(f"llama-server -np {n}", cmd, port, logs / f"llama-{n}.log", prompts, clients,
+                                a.per_client, a.max_tokens, a.mixed))
+    record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+              "model": model.name, "max_tokens": a.max_tokens, "per_client": a.per_client, "runs": runs}
+    text = json.dumps(record, indent=1)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(a.out)
+    print(text)
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,7 @@ is measured not to pay. A greedy lookup source starts from its measured rate ins
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -290,11 +291,16 @@ class CostModel:
         one = self.t_verify.get(1)
         if one is None:
             return points
-        measured = list(points.items())
+        sizes = sorted(points)
+        times = [points[n][0] for n in sizes]
+        below = list(itertools.accumulate(times, max))  # the dearest size up to each
+        above = list(itertools.accumulate(reversed(times), min))[::-1]  # the cheapest from each on
         for n, v in self.stored.items():
-            t = v * one
-            if n in points or any((m >= n and tm < t) or (m <= n and tm > t) for m, (tm, _) in measured):
-                continue  # contradicted by a size timed here: the stored one is stale
+            if n in points:
+                continue
+            t, i = v * one, bisect.bisect_left(sizes, n)  # sizes[:i] < n < sizes[i:]
+            if (i < len(sizes) and above[i] < t) or (i > 0 and below[i - 1] > t):
+                continue  # contradicted by a size known here: the stored one is stale
             points[n] = (t, STORED_FIT_WEIGHT)
         return points
 
@@ -349,11 +355,11 @@ class CostModel:
         extra_small = max(0, min(n, SMALL_BATCH) - top)
         return fit[top] + small * extra_small + big * (n - top - extra_small)
 
-    def step(self, drafter: str, prior: float, *, fresh: bool = False) -> float:
-        """t_step of a drafter, or `prior` x t_verify(1) before it was ever measured (`fresh`:
-        measured in this process)."""
+    def step(self, drafter: str, prior: float, *, fresh: bool = False, one: float | None = None) -> float:
+        """t_step of a drafter, or `prior` x t_verify(1) (`one`, when the caller has it) before it
+        was ever measured (`fresh`: measured in this process)."""
         t = self.t_step.get(drafter) if drafter in self.steps_here or not fresh else None
-        return t if t is not None else prior * self.verify(1)
+        return t if t is not None else prior * (self.verify(1) if one is None else one)
 
     def state(self, now: float | None = None) -> dict[str, Any]:
         """What is worth keeping across processes (cost_store.py): the stored state this
@@ -498,6 +504,7 @@ class Decision:
     source: str = ""
     chain: tuple[str, ...] = ()  # the chosen candidate's Candidate.chain sources, k of them
     explore: bool = False  # a re-measurement: what a process without stored state would draft
+    plain_rate: float = 0.0  # tokens per second of plain decoding by the same figures
 
 
 NEAR = 1.1  # a best choice within this factor of plain decoding is "near break-even"
@@ -592,7 +599,7 @@ class Controller:
             return Decision(None, 0, 0.0)
         caps = [probe_cap(c.k_cap, accepted_in_text, c.trusted) for c in candidates]
         best = self._best(candidates, caps, fresh=False)
-        if explore and best.expected_rate <= NEAR * self.margin / self.cost.verify(1):
+        if explore and best.expected_rate <= NEAR * self.margin * best.plain_rate:
             shadow = self._best(candidates, caps, fresh=True)
             if (shadow.drafter is not None and (shadow.drafter, shadow.k) != (best.drafter, best.k)
                     and not self.cost.timed_recently(shadow.k + 1)):
@@ -601,19 +608,20 @@ class Controller:
 
     def _best(self, candidates: Sequence[Candidate], caps: Sequence[int], *, fresh: bool) -> Decision:
         verify = self.cost.curve(max(caps, default=0) + 1, fresh=fresh)
-        best = Decision(None, 0, 1.0 / verify[1])
+        plain = 1.0 / verify[1]
+        best = Decision(None, 0, plain, plain_rate=plain)
         for cand, k_top in zip(candidates, caps):
             if k_top <= 0:
                 continue
             rates = self.rates(cand, k_top, fresh=fresh)
-            step = self.cost.step(cand.drafter, cand.cost_prior, fresh=fresh)
+            step = self.cost.step(cand.drafter, cand.cost_prior, fresh=fresh, one=verify[1])
             expected, reach = 1.0, 1.0  # E(k), and the chance that all k drafts are accepted
             for k in range(1, k_top + 1):
                 reach *= rates[k - 1]
                 expected += reach
                 rate = expected / (k * step + verify[k + 1])
                 if rate > best.expected_rate * (self.margin if best.drafter is None else 1.0):
-                    best = Decision(cand.drafter, k, rate, cand.key, cand.chain_sources(k))
+                    best = Decision(cand.drafter, k, rate, cand.key, cand.chain_sources(k), plain_rate=plain)
         return best
 
 

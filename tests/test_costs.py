@@ -170,13 +170,16 @@ def test_costs_list_and_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         CostStore({"model": [f"/models/{name}", 1, 2], "cpu": "Test CPU", "n_threads": 2,
                    "n_gpu_layers": 0}).save(state.state())
     (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "old.json").write_text(json.dumps({"schema": "sdfp-edge-costs/2", "state": {},
+                                                   "identity": {"model": ["/models/gamma.gguf", 1, 2]}}))
     out = runner.invoke(main, ["costs", "list"])
     assert out.exit_code == 0, out.output
     assert "alpha.gguf" in out.output and "beta.gguf" in out.output and "Test CPU" in out.output
     assert "V(2) 1.25, V(8) 1.75" in out.output and "lookup:2+ 100% of 1" in out.output
-    assert "broken.json: unreadable" in out.output
+    assert "broken.json: unreadable" in out.output and "old.json: of an older version, for gamma.gguf" in out.output
     rows = json.loads(runner.invoke(main, ["costs", "list", "--json"]).output)
-    assert sorted(r.get("model") or "" for r in rows) == ["", "alpha.gguf", "beta.gguf"]
+    assert sorted(r.get("model") or "" for r in rows) == ["", "alpha.gguf", "beta.gguf", "gamma.gguf"]
+    assert "removed 1 cost file for gamma.gguf" in runner.invoke(main, ["costs", "clear", "-m", "gamma.gguf"]).output
     out = runner.invoke(main, ["costs", "clear", "--model", "alpha.gguf"])
     assert out.exit_code == 0 and "removed 1 cost file for alpha.gguf" in out.output
     left = json.loads(runner.invoke(main, ["costs", "list", "--json"]).output)

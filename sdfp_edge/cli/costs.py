@@ -13,7 +13,7 @@ from sdfp_edge import models as catalogue
 from sdfp_edge.cli.options import user_errors
 from sdfp_edge.errors import SdfpError
 from sdfp_edge.paths import cost_dir
-from sdfp_edge.runtime.cost_store import file_model, stored_files, summary
+from sdfp_edge.runtime.cost_store import SCHEMA, file_model, stored_files, summary
 
 
 @click.group()
@@ -41,7 +41,9 @@ def list_(as_json: bool) -> None:
     """List the stored cost files: model, machine, when, V(2), V(8), acceptance per source."""
     rows = []
     for path, doc in stored_files():
-        rows.append({"file": str(path), "readable": doc is not None, **(summary(doc) if doc else {})})
+        current = doc is not None and doc.get("schema") == SCHEMA
+        rows.append({"file": str(path), "readable": current, **(summary(doc) if current else {}),
+                     **({"model": Path(file_model(doc) or "?").name} if doc is not None and not current else {})})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -50,7 +52,8 @@ def list_(as_json: bool) -> None:
         return
     for r in rows:
         if not r["readable"]:
-            click.echo(f"{Path(r['file']).name}: unreadable or of another version (ignored; `costs clear` deletes it)")
+            what = f"of an older version, for {r['model']}" if r.get("model") else "unreadable"
+            click.echo(f"{Path(r['file']).name}: {what} (ignored; `costs clear` deletes it)")
             continue
         ms = f"{r['t_token_ms']:.1f} ms/token" if r["t_token_ms"] is not None else "?"
         click.echo(f"{r['model']}  [{r['machine']}]  saved {_when(r['saved_at'])}")

@@ -96,8 +96,8 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def stored_files(directory: Path | None = None) -> list[tuple[Path, dict[str, Any] | None]]:
-    """Every cost file in `directory` (default: paths.cost_dir()), with its document, or None
-    for one that cannot be read or is of another schema (listed so that it can be cleared)."""
+    """Every cost file in `directory` (default: paths.cost_dir()), with its document (of any
+    schema: check doc["schema"] == SCHEMA), or None for one that cannot be read."""
     root = directory or cost_dir()
     try:
         paths = sorted(p for p in root.iterdir() if p.suffix == ".json" and p.is_file())
@@ -109,7 +109,7 @@ def stored_files(directory: Path | None = None) -> list[tuple[Path, dict[str, An
             doc = json.loads(p.read_text())
         except (OSError, ValueError):
             doc = None
-        out.append((p, doc if isinstance(doc, dict) and doc.get("schema") == SCHEMA else None))
+        out.append((p, doc if isinstance(doc, dict) else None))
     return out
 
 

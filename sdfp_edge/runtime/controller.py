@@ -587,10 +587,11 @@ class Controller:
         probe-first rule kept auto from drafting a 110-token copy that llama-server's
         ngram-simple took whole.
 
-        `explore` (the caller's budget allows a re-measurement now): when the best choice is
-        plain decoding or near it (NEAR), and a process without stored state (this process's
-        own timings and acceptance only, priors elsewhere) would draft with a verify size this
-        process has not timed (recently), that draft is chosen instead (Decision.explore). A
+        `explore` (the caller's budget allows a re-measurement now): when a process without
+        stored state (this process's own timings and acceptance only, priors elsewhere) would
+        make a draft that the full state expects at or near plain decoding's rate (NEAR), with
+        a verify size this process has not timed (recently), that draft is chosen instead
+        (Decision.explore); a short draft that pays a little no longer hides a long one. A
         stored curve that prices drafts out therefore cannot keep them out: its sizes get
         timed, and a wrong one is replaced (CostModel). The cost is bounded by what a fresh
         process would have done at that cycle, once per size and per the caller's budget.
@@ -599,11 +600,17 @@ class Controller:
             return Decision(None, 0, 0.0)
         caps = [probe_cap(c.k_cap, accepted_in_text, c.trusted) for c in candidates]
         best = self._best(candidates, caps, fresh=False)
-        if explore and best.expected_rate <= NEAR * self.margin * best.plain_rate:
+        if explore:
             shadow = self._best(candidates, caps, fresh=True)
             if (shadow.drafter is not None and (shadow.drafter, shadow.k) != (best.drafter, best.k)
                     and not self.cost.timed_recently(shadow.k + 1)):
-                return replace(shadow, explore=True)
+                cand = next(c for c in candidates if c.drafter == shadow.drafter and c.key == shadow.source)
+                # what the stored state expects of that draft: near or below plain decoding
+                verify = self.cost.curve(shadow.k + 1)
+                expected = expected_tokens_from_rates(self.rates(cand, shadow.k))
+                seconds = shadow.k * self.cost.step(cand.drafter, cand.cost_prior, one=verify[1]) + verify[-1]
+                if expected / seconds <= NEAR * self.margin * best.plain_rate:
+                    return replace(shadow, explore=True)
         return best
 
     def _best(self, candidates: Sequence[Candidate], caps: Sequence[int], *, fresh: bool) -> Decision:

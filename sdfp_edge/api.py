@@ -40,6 +40,7 @@ from sdfp_edge.runtime.sampler_chain import GIVEN, LLAMA_DEFAULTS, describe, par
 from sdfp_edge.metadata import (SAMPLING_KEYS, SkipMetadata, model_info, read_kv, sampling_metadata, skip_metadata,
                                 validate_skip_layers)
 from sdfp_edge.models import resolve_model
+from sdfp_edge.paths import stored_costs_enabled
 from sdfp_edge.runtime.sampling import SamplingParams
 
 MAX_TOKENS_LIMIT = 1 << 20
@@ -203,6 +204,7 @@ class Model:
         lookup_max: int = LOOKUP_MAX,
         threshold: float = 0.8,
         cost_cache: bool = True,
+        cost_dir: str | os.PathLike[str] | None = None,
         verbose: bool = False,
         log: Any = None,
         n_seq_max: int = 1,
@@ -210,7 +212,8 @@ class Model:
         """`k_max`: longest model draft; `lookup_max`: longest prompt-lookup draft.
         `n_seq_max`: sequences the context holds (parallel.py; each gets n_ctx / n_seq_max).
         `cost_cache`: reuse (and keep) the controller's measurements across processes, so a
-        one-shot run starts warm (cost_store.py); False: learn from scratch in this process."""
+        one-shot run starts warm (cost_store.py); False, or SDFP_EDGE_NO_STORED_COSTS=1: learn
+        from scratch in this process. `cost_dir`: where (default: paths.cost_dir())."""
         self.notes: list[str] = []  # things the user should know once
 
         def hub_note(msg: str) -> None:  # a Hub model's choice and download: said as they happen
@@ -236,7 +239,8 @@ class Model:
         self._draft_backend: LlamaBackend | None = None
         try:
             drafters = self._build_drafters(draft_model, threshold, n_threads, n_gpu_layers, verbose)
-            store = CostStore(self._cost_identity(drafters)) if cost_cache else None
+            store = (CostStore(self._cost_identity(drafters), None if cost_dir is None else Path(cost_dir))
+                     if cost_cache and stored_costs_enabled() else None)
             self.decoder = SpeculativeDecoder(self.backend, drafters, mode=mode, k_max=k_max,
                                               lookup_max=lookup_max, cost_store=store)
         except BaseException:

@@ -15,3 +15,18 @@ def cache_dir() -> Path:
         return Path(os.environ["SDFP_EDGE_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(base) / "sdfp-edge"
+
+
+def cost_dir() -> Path:
+    """Where the controller keeps what it measured (runtime/cost_store.py): $SDFP_EDGE_COST_DIR,
+    else <cache_dir()>/costs. Its own variable, so that a test suite or a bench can keep its
+    cost files apart while models, data and the runtime build are still found in the cache."""
+    if os.environ.get("SDFP_EDGE_COST_DIR"):
+        return Path(os.environ["SDFP_EDGE_COST_DIR"])
+    return cache_dir() / "costs"
+
+
+def stored_costs_enabled() -> bool:
+    """False when SDFP_EDGE_NO_STORED_COSTS is set (to anything but "", "0"): runs then neither
+    read nor write stored costs, and learn from scratch as on a first run."""
+    return os.environ.get("SDFP_EDGE_NO_STORED_COSTS", "") in ("", "0")

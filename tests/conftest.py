@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # The suite runs several model processes at once on two cores (a test and the server it
@@ -25,6 +26,26 @@ if RUNTIME_DIR:
 import pytest
 
 from sdfp_edge import models
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cost_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The suite keeps the controller's cost files (runtime/cost_store.py) in a directory of its
+    own, never the user's cache (issue 36: `make test` left files there that later runs read);
+    models, data and the runtime build are still found in the cache (SDFP_EDGE_CACHE is left
+    alone). A user's SDFP_EDGE_NO_STORED_COSTS would turn off what the tests check: unset here."""
+    saved = {k: os.environ.get(k) for k in ("SDFP_EDGE_COST_DIR", "SDFP_EDGE_NO_STORED_COSTS")}
+    path = tmp_path_factory.mktemp("costs")
+    os.environ["SDFP_EDGE_COST_DIR"] = str(path)
+    os.environ.pop("SDFP_EDGE_NO_STORED_COSTS", None)
+    try:
+        yield path
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _fetch(name: str) -> Path:

@@ -531,6 +531,27 @@ def test_worker_answers_over_its_pipe_and_reports_errors(smollm2: Path, tmp_path
                       _load(smollm2), tmp_path)
 
 
+def test_a_bench_worker_keeps_its_costs_where_the_bench_says(smollm2: Path, tmp_path: Path) -> None:
+    """The bench's sdfp systems use a store of the bench's own (runner.run passes its temporary
+    directory): neither the user's stored costs nor the suite's are read or written."""
+    from dataclasses import replace
+
+    from sdfp_edge.bench.processes import WorkerProcess
+    from sdfp_edge.paths import cost_dir
+
+    before = sorted(cost_dir().glob("*.json")) if cost_dir().exists() else []
+    own = tmp_path / "bench-costs"
+    w = WorkerProcess(SystemSpec("auto", "sdfp", "sdfp", "test", {"mode": "auto"}),
+                      replace(_load(smollm2), cost_dir=str(own)), tmp_path)
+    try:
+        ids = w.tokenize_chat([{"role": "user", "content": "Count to five."}])
+        assert w.run(Request(ids=ids, max_tokens=6, temperature=0.0, seed=0)).tokens
+    finally:
+        w.close()
+    assert len(list(own.glob("*.json"))) == 1
+    assert (sorted(cost_dir().glob("*.json")) if cost_dir().exists() else []) == before
+
+
 def test_the_lookup_peer_runs_past_n_batch_tokens_of_context(smollm2: Path) -> None:
     """llama-cpp-python 0.3.36 sizes a draft model's score array by logits_all: without it a
     context past n_batch (512) fails, so the peer passes logits_all=True (worker.py)."""

@@ -368,14 +368,20 @@ def test_an_unmeasured_model_drafter_is_judged_by_its_cost_prior() -> None:
 
 
 def test_controller_state_round_trips_and_a_damaged_state_is_dropped() -> None:
-    c = Controller(cost=cost(CPU, {"layerskip": 0.017}))
+    c = Controller()
+    for n, t in [(1, 0.020), (1, 0.020), (2, 0.028), (4, 0.040), (1, 0.020)]:  # a quiet machine
+        c.cost.observe_verify(n, t)
+    c.cost.observe_step("layerskip", 1, 0.017)
     c.cost.observe_batch(64, 0.3)
     c.observe("lookup:2+", 3, 2)
     again = Controller()
     again.load_state(json.loads(json.dumps(c.state())))
-    assert again.cost.t_verify == c.cost.t_verify and again.cost.t_step == c.cost.t_step
-    assert again.cost.t_batch_token == c.cost.t_batch_token
-    assert again.acceptance["lookup:2+"].rates(3) == c.acceptance["lookup:2+"].rates(3)
+    # stored as ratios to one token: the sizes price drafts as before, at this process's t_verify(1)
+    assert again.cost.t_verify == {1: 0.020} and again.cost.stored == pytest.approx({2: 1.4, 4: 2.0})
+    assert [again.cost.verify(n) for n in (1, 2, 3, 4, 8)] == pytest.approx([c.cost.verify(n) for n in (1, 2, 3, 4, 8)])
+    assert again.cost.t_step == pytest.approx(c.cost.t_step)
+    assert again.cost.t_batch_token == pytest.approx(c.cost.t_batch_token)
+    assert again.acceptance["lookup:2+"].rates(3) == pytest.approx(c.acceptance["lookup:2+"].rates(3))
     broken = c.state()
     broken["acceptance"]["lookup:2+"] = {"reached": [1.0], "accepted": [5.0]}
     again = Controller()

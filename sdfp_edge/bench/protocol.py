@@ -47,6 +47,7 @@ class LoadConfig:
     threshold: float  # draft confidence stop
     verbose: bool = False
     cost_cache: bool | None = None  # sdfp: reuse persisted cost measurements; None: Model's default
+    cost_dir: str | None = None  # sdfp: where they are kept; None: the user's (paths.cost_dir())
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,7 +69,9 @@ class BenchConfig:
     draft_model: str | None = None
     k_max: int = 4
     threshold: float = 0.8
-    cost_cache: bool | None = None  # sdfp: reuse persisted cost measurements; None: Model's default
+    # sdfp: True: reuse (and update) the user's persisted cost measurements; None: a store of the
+    # bench's own, empty at the start (the first request learns, as on a first run); False: none
+    cost_cache: bool | None = None
     build_peers: bool = False  # build llama-server first if it is not cached
     data: Sequence[str] = DEFAULT_DATA
     categories: Sequence[str] | None = None
@@ -430,6 +432,8 @@ def run(
     orders = round_orders(names, cfg.repeats, cfg.seed)
     pairs = _pairs(cfg.compare, names)
     with tempfile.TemporaryDirectory(prefix="sdfp-bench-") as log_dir:
+        if cfg.cost_cache is None:  # the bench's own cost store, fresh: the user's is neither read nor written
+            load = replace(load, cost_dir=str(Path(log_dir) / "costs"))
         try:
             _start_all(names, setup, load, Path(log_dir), procs, log)
             off = procs[0]

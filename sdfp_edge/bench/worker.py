@@ -63,6 +63,8 @@ class SdfpSystem:
         o = spec.options
         # whether persisted cost measurements are reused (--cost-cache/--no-cost-cache); None: Model's default
         extra: dict[str, Any] = {} if load.cost_cache is None else {"cost_cache": load.cost_cache}
+        if load.cost_dir is not None:
+            extra["cost_dir"] = load.cost_dir
         self.model = Model(load.model, n_ctx=load.n_ctx, n_threads=load.threads, n_gpu_layers=load.n_gpu_layers,
                            mode=o["mode"], skip_layers=o.get("skip_layers"), draft_model=o.get("draft_model"),
                            k_max=load.k_max, threshold=load.threshold, verbose=load.verbose, **extra)

@@ -76,8 +76,8 @@ def _command_line(ctx: click.Context) -> str:
               help="Build llama.cpp's llama-server first if it is not cached (tools/build_llama_server.py, "
                    "4-5 minutes on 2 cores, once).")
 @click.option("--cost-cache/--no-cost-cache", default=None,
-              help="sdfp systems: reuse cost measurements persisted by earlier runs, or measure from scratch "
-                   "as on a first run (default: sdfp-edge's own default).")
+              help="sdfp systems: use (and update) the cost measurements your earlier runs stored, or keep "
+                   "none at all (default: a store of the bench's own, empty at the start; yours is untouched).")
 @click.option("--quick", is_flag=True,
               help=f"Preset: {QUICK['limit']} prompt per category, {QUICK['max_tokens']} new tokens.")
 @click.option("--out", "out_dir", default="bench-out", show_default=True, metavar="DIR",

@@ -31,10 +31,11 @@ is measured not to pay. A greedy lookup source starts from its measured rate ins
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 EMA = 0.2  # weight of a new timing sample
@@ -123,6 +124,36 @@ PRIOR_SMALL_SLOPE = 0.5  # before a size is measured: each of the first extra to
 SMALL_BATCH = 4  # ... up to this many tokens; beyond, a long batch's per-token cost applies
 MIN_PREFILL = 16  # a prompt this long is decoded at prompt-processing speed
 
+# What persists (cost_store.py) must not carry a busy moment into every later run (issue 36:
+# V(2) = 3.9 and V(8) = 10.3, stored while two other processes held both cores, kept auto
+# from ever drafting again on a quiet machine, and nothing re-measured them). Hence:
+CONTENTION = 1.5  # single-token times this far above their recent minimum: the machine is busy
+RATIO_WINDOW_S = 5.0  # a verify's ratio to one token counts only with a single-token time this recent
+MAX_RATIO = 1.25  # a batch of n above this x n single tokens: a busy moment, not the batch's cost
+HALF_LIFE_S = 3 * 86400.0  # stored evidence (sizes' ratios, acceptance counts) halves in weight
+FLOOR_MAX_AGE_S = 86400.0  # a stored quiet single-token time older than this defines "quiet" no more
+STORED_WEIGHT_CAP = 16.0  # the most samples' worth a stored ratio carries
+STORED_FIT_WEIGHT = 2.0  # ... and in the monotone fit, beside this process's own samples
+DISAGREE = 1.5  # a fresh quiet ratio this far from the stored one replaces it (no averaging)
+RECHECK_S = 300.0  # a size timed longer ago than this counts as untimed again (re-measured)
+
+
+def _median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def _decayed(weight: float, at: float, now: float) -> float:
+    return weight * 0.5 ** (max(0.0, now - at) / HALF_LIFE_S)
+
+
+def _positive(x: Any) -> float:
+    v = float(x)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"not a positive time or ratio: {x!r}")
+    return v
+
 
 @dataclass
 class CostModel:
@@ -137,31 +168,87 @@ class CostModel:
     from 16 to 64) and is conservative on a GPU until the real verifies correct it. A size
     between two measured ones is interpolated, but priced no higher than the smaller one's
     extrapolation: the optimistic guess gets it tried, and one verify measures it.
+
+    Across processes (state/load_state) only ratios to one token persist, V(n) =
+    t_verify(n) / t_verify(1), each from samples taken while the machine was quiet (a
+    single-token time of the last RATIO_WINDOW_S within CONTENTION of its recent minimum, and
+    the batch no dearer than MAX_RATIO x n single tokens), weighted by age (HALF_LIFE_S). A
+    stored size prices drafts at V(n) x this process's t_verify(1) until this process times
+    it; the first of its own samples below the stored price replaces it at once, and a stored
+    size that contradicts one timed here (dearer than a larger one, cheaper than a smaller
+    one) is left out. What a stored state alone says is never final: the controller
+    re-measures, now and then, what a fresh process would draft (Controller.choose, explore).
     """
 
-    t_verify: dict[int, float] = field(default_factory=dict)  # n -> seconds
+    t_verify: dict[int, float] = field(default_factory=dict)  # n -> seconds (timed or given here)
     t_step: dict[str, float] = field(default_factory=dict)  # drafter -> seconds per evaluation
     t_batch_token: float | None = None  # seconds per token of a long batch (a prompt's prefill)
     samples: dict[int, int] = field(default_factory=dict)  # n -> verifies observed
+    stored: dict[int, float] = field(default_factory=dict)  # n -> stored V(n), not yet timed here
+    here: dict[int, int] = field(default_factory=dict)  # n -> verifies timed in this process (recently)
+    timed_at: dict[int, float] = field(default_factory=dict)  # n -> monotonic time of the last one
+    steps_here: set[str] = field(default_factory=set)  # drafters whose step was timed here
+    batch_here: bool = False  # whether t_batch_token was measured here
+    quiet: dict[int, list[float]] = field(default_factory=dict)  # n -> quiet V(n) samples taken here
+    record: dict[str, Any] = field(default_factory=dict)  # the stored state this process started from
+    _ones: list[tuple[float, float]] = field(default_factory=list)  # recent (monotonic time, t_verify(1) sample)
+    _floor_here: float | None = None  # the lowest single-token time seen here
+    _floor_stored: float | None = None  # the stored one, while recent (FLOOR_MAX_AGE_S)
 
     def observe_verify(self, n: int, seconds: float) -> None:
+        now = time.monotonic()
+        if self.here.get(n, 0) and now - self.timed_at[n] > RECHECK_S:
+            self.here[n] = 0  # re-timed after a long while: its first samples may correct it at once
+        seen = self.here.get(n, 0)
         old = self.t_verify.get(n)
-        seen = self.samples.get(n, 0)
+        if old is None and n in self.stored and 1 in self.t_verify:
+            old = self.stored[n] * self.t_verify[1]
         if old is None:
             self.t_verify[n] = seconds
         elif seen < WARM_SAMPLES:
             self.t_verify[n] = min(old, seconds)
         else:
             self.t_verify[n] = (1 - EMA) * old + EMA * seconds
-        self.samples[n] = seen + 1
+        self.stored.pop(n, None)
+        self.samples[n] = self.samples.get(n, 0) + 1
+        self.here[n] = seen + 1
+        self.timed_at[n] = now
+        self._note_quiet(n, seconds, now)
+
+    def _note_quiet(self, n: int, seconds: float, now: float) -> None:
+        """Keep a sample for the store only if it was taken on a quiet machine."""
+        if n == 1:
+            self._ones = [*self._ones[-7:], (now, seconds)]
+            self._floor_here = seconds if self._floor_here is None else min(self._floor_here, seconds)
+            return
+        recent = [t for at, t in self._ones if now - at <= RATIO_WINDOW_S]
+        if not recent or self.contended():
+            return
+        ratio = seconds / _median(recent)
+        if ratio <= MAX_RATIO * n:
+            self.quiet[n] = [*self.quiet.get(n, [])[-31:], ratio]
+
+    def floor(self) -> float | None:
+        """The lowest single-token time seen recently: here, or stored from a quiet run."""
+        known = [t for t in (self._floor_here, self._floor_stored) if t is not None]
+        return min(known) if known else None
+
+    def contended(self) -> bool:
+        """Whether the recent single-token times run far above their recent minimum (another
+        process is using the cores): what is measured now is not this machine's cost."""
+        floor = self.floor()
+        if floor is None or not self._ones:
+            return False
+        return _median([t for _, t in self._ones]) > CONTENTION * floor
 
     def observe_batch(self, n: int, seconds: float) -> None:
         """A prefill of n new tokens (ignored below MIN_PREFILL: not a long batch)."""
         if n < MIN_PREFILL:
             return
         per = seconds / n
-        old = self.t_batch_token
+        old = self.t_batch_token if self.batch_here else None
         self.t_batch_token = per if old is None else (1 - EMA) * old + EMA * per
+        self.batch_here = True
 
     def observe_step(self, drafter: str, steps: int, seconds: float) -> None:
         if steps <= 0:
@@ -169,25 +256,56 @@ class CostModel:
         per = seconds / steps
         old = self.t_step.get(drafter)
         self.t_step[drafter] = per if old is None else (1 - EMA) * old + EMA * per
+        self.steps_here.add(drafter)
 
     @property
     def ready(self) -> bool:
         """Whether t_verify(1), the plain-decoding rate everything is weighed against, is known."""
         return 1 in self.t_verify
 
+    def timed_recently(self, n: int) -> bool:
+        """Whether this process timed a verify of n tokens in the last RECHECK_S."""
+        return self.here.get(n, 0) > 0 and time.monotonic() - self.timed_at[n] <= RECHECK_S
+
     def verify(self, n: int) -> float:
         """t_verify(n): from the monotone fit of the measured sizes, interpolated or extrapolated."""
-        fit = self._monotone_fit()
-        return self._verify_from(fit, sorted(fit), n)
+        fit = self._monotone_fit(self._points())
+        return self._verify_from(fit, sorted(fit), n, self.t_batch_token)
 
-    def curve(self, n_max: int) -> list[float]:
+    def curve(self, n_max: int, *, fresh: bool = False) -> list[float]:
         """[0, verify(1), ..., verify(n_max)], fitting once: the controller weighs every k of
-        every candidate each cycle."""
-        fit = self._monotone_fit()
+        every candidate each cycle. `fresh`: from what this process timed only (and t_verify(1)),
+        as a process with no stored state would price drafts."""
+        fit = self._monotone_fit(self._points(fresh))
         known = sorted(fit)
-        return [0.0] + [self._verify_from(fit, known, n) for n in range(1, n_max + 1)]
+        batch = self.t_batch_token if self.batch_here or not fresh else None
+        return [0.0] + [self._verify_from(fit, known, n, batch) for n in range(1, n_max + 1)]
 
-    def _monotone_fit(self) -> dict[int, float]:
+    def _points(self, fresh: bool = False) -> dict[int, tuple[float, float]]:
+        """n -> (seconds, weight) for the fit: the sizes known here, and the stored ones that
+        agree with them (none with `fresh`)."""
+        if fresh:
+            return {n: (t, float(max(1, self.here.get(n, 1)))) for n, t in self.t_verify.items()
+                    if n == 1 or self.here.get(n, 0)}
+        points = {n: (t, float(max(1, self.samples.get(n, 1)))) for n, t in self.t_verify.items()}
+        one = self.t_verify.get(1)
+        if one is None:
+            return points
+        sizes = sorted(points)
+        times = [points[n][0] for n in sizes]
+        below = list(itertools.accumulate(times, max))  # the dearest size up to each
+        above = list(itertools.accumulate(reversed(times), min))[::-1]  # the cheapest from each on
+        for n, v in self.stored.items():
+            if n in points:
+                continue
+            t, i = v * one, bisect.bisect_left(sizes, n)  # sizes[:i] < n < sizes[i:]
+            if (i < len(sizes) and above[i] < t) or (i > 0 and below[i - 1] > t):
+                continue  # contradicted by a size known here: the stored one is stale
+            points[n] = (t, STORED_FIT_WEIGHT)
+        return points
+
+    @staticmethod
+    def _monotone_fit(points: dict[int, tuple[float, float]]) -> dict[int, float]:
         """The measured t_verify made non-decreasing in n: the weighted least-squares monotone
         fit (pool adjacent violators, each size weighted by its samples).
 
@@ -197,22 +315,22 @@ class CostModel:
         4 samples beside V(4) = 3.0). Pooling lets the better-measured side decide.
         """
         blocks: list[tuple[float, float, list[int]]] = []  # (weight, weighted sum, sizes)
-        for n in sorted(self.t_verify):
-            w = float(max(1, self.samples.get(n, 1)))
-            block = (w, w * self.t_verify[n], [n])
+        for n in sorted(points):
+            t, w = points[n]
+            block = (w, w * t, [n])
             while blocks and blocks[-1][1] / blocks[-1][0] > block[1] / block[0]:
                 w0, s0, n0 = blocks.pop()
                 block = (w0 + block[0], s0 + block[1], n0 + block[2])
             blocks.append(block)
         return {n: total / w for w, total, sizes in blocks for n in sizes}
 
-    def _verify_from(self, fit: dict[int, float], known: list[int], n: int) -> float:
+    def _verify_from(self, fit: dict[int, float], known: list[int], n: int, batch: float | None) -> float:
         if n in fit:
             return fit[n]
         if not known:
             raise RuntimeError("cost model has no verify timings yet")
         if n > known[-1]:
-            return self._extrapolate(fit, known[-1], known[-2] if len(known) >= 2 else None, n)
+            return self._extrapolate(fit, known[-1], known[-2] if len(known) >= 2 else None, n, batch)
         i = bisect.bisect_left(known, n)  # known[i - 1] < n < known[i]
         hi = known[i]
         if i == 0:
@@ -223,45 +341,110 @@ class CostModel:
         # chosen, and a straight line to a far, costly size (V(8) = 7.3 where V(7) is 5.1 on
         # the EPYC VM, tools/verify_cost.py) would price the sizes between out of use before
         # one was ever tried
-        return min(between, self._extrapolate(fit, lo, known[i - 2] if i >= 2 else None, n))
+        return min(between, self._extrapolate(fit, lo, known[i - 2] if i >= 2 else None, n, batch))
 
-    def _extrapolate(self, fit: dict[int, float], top: int, prev: int | None, n: int) -> float:
+    @staticmethod
+    def _extrapolate(fit: dict[int, float], top: int, prev: int | None, n: int, batch: float | None) -> float:
         """Beyond measured size `top` (`prev`: the one below it): its small-batch slope up to
-        SMALL_BATCH tokens, a long batch's per-token cost after."""
+        SMALL_BATCH tokens, a long batch's per-token cost (`batch`) after."""
         if prev is not None:
             small = (fit[top] - fit[prev]) / (top - prev)
         else:
             small = PRIOR_SMALL_SLOPE * fit[top] / top
-        big = self.t_batch_token if self.t_batch_token is not None else small
+        big = batch if batch is not None else small
         extra_small = max(0, min(n, SMALL_BATCH) - top)
         return fit[top] + small * extra_small + big * (n - top - extra_small)
 
-    def step(self, drafter: str, prior: float) -> float:
-        """t_step of a drafter, or `prior` x t_verify(1) before it was ever measured."""
-        t = self.t_step.get(drafter)
-        return t if t is not None else prior * self.verify(1)
+    def step(self, drafter: str, prior: float, *, fresh: bool = False, one: float | None = None) -> float:
+        """t_step of a drafter, or `prior` x t_verify(1) (`one`, when the caller has it) before it
+        was ever measured (`fresh`: measured in this process)."""
+        t = self.t_step.get(drafter) if drafter in self.steps_here or not fresh else None
+        return t if t is not None else prior * (self.verify(1) if one is None else one)
 
-    def state(self) -> dict[str, Any]:
-        """What is worth keeping across processes (cost_store.py)."""
-        return {"t_verify": {str(n): t for n, t in sorted(self.t_verify.items())},
-                "samples": {str(n): c for n, c in sorted(self.samples.items())},
-                "t_step": dict(self.t_step), "t_batch_token": self.t_batch_token}
+    def state(self, now: float | None = None) -> dict[str, Any]:
+        """What is worth keeping across processes (cost_store.py): the stored state this
+        process started from, merged with what it measured on a quiet machine.
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.t_verify = {int(n): float(t) for n, t in state.get("t_verify", {}).items()}
-        self.samples = {int(n): int(c) for n, c in state.get("samples", {}).items()}
-        self.t_step = {str(d): float(t) for d, t in state.get("t_step", {}).items()}
-        tb = state.get("t_batch_token")
-        self.t_batch_token = None if tb is None else float(tb)
+        t_token      seconds per token of plain decoding on a quiet machine
+        floor, floor_at   the lowest single-token time and when (wall clock): "quiet" for later runs
+        V, weight, at     per size n: V(n), its samples' worth and when it was last measured
+        c            drafter -> its step relative to one token; batch_token: a long batch's token
+        """
+        now = time.time() if now is None else now
+        old = self.record
+        busy = self.contended()
+        one = self.t_verify.get(1)
+        quiet_one = one if one is not None and self.here.get(1, 0) and not busy else None
+        fallback = old.get("t_token") or self._floor_here or one  # a busy run's best guess of quiet
+        doc: dict[str, Any] = {"t_token": quiet_one if quiet_one is not None else fallback}
+        if self._floor_here is not None and not busy:
+            doc["floor"], doc["floor_at"] = self._floor_here, now
+        elif "floor" in old:
+            doc["floor"], doc["floor_at"] = old["floor"], old["floor_at"]
+        ratios, weights, ats = dict(old.get("V", {})), dict(old.get("weight", {})), dict(old.get("at", {}))
+        for n, xs in self.quiet.items():
+            key, r_new, w_new = str(n), _median(xs), float(min(len(xs), STORED_WEIGHT_CAP))
+            if key in ratios:
+                r_old, w_old = ratios[key], _decayed(weights[key], ats[key], now)
+                if abs(math.log(r_new / r_old)) <= math.log(DISAGREE):
+                    r_new = (w_old * r_old + w_new * r_new) / (w_old + w_new)
+                    w_new = min(STORED_WEIGHT_CAP, w_old + w_new)
+            ratios[key], weights[key], ats[key] = r_new, w_new, now
+        fresh = {int(n): ratios[str(n)] for n in self.quiet}
+        for key in [k for k in ratios if int(k) not in fresh]:  # older sizes that what was measured now contradicts
+            n, r = int(key), ratios[key]
+            if any((m >= n and v < r) or (m <= n and v > r) for m, v in fresh.items()):
+                del ratios[key], weights[key], ats[key]
+        doc["V"], doc["weight"], doc["at"] = ratios, weights, ats
+        c = dict(old.get("c", {}))
+        if quiet_one is not None:
+            c.update({d: self.t_step[d] / quiet_one for d in self.steps_here})
+        doc["c"] = c
+        doc["batch_token"] = (self.t_batch_token / quiet_one if quiet_one is not None and self.batch_here
+                              else old.get("batch_token"))
+        return doc
+
+    def load_state(self, state: dict[str, Any], now: float | None = None) -> None:
+        """Adopt a stored state (raises ValueError, TypeError or AttributeError if malformed).
+        Ratios a quiet machine cannot produce (a batch of n dearer than MAX_RATIO x n tokens)
+        are dropped."""
+        now = time.time() if now is None else now
+        one = _positive(state["t_token"])
+        ratios = {int(n): _positive(v) for n, v in state.get("V", {}).items()}
+        weights = {int(n): _positive(v) for n, v in state.get("weight", {}).items()}
+        ats = {int(n): float(v) for n, v in state.get("at", {}).items()}
+        if set(weights) != set(ratios) or set(ats) != set(ratios) or any(n < 2 for n in ratios):
+            raise ValueError("inconsistent stored sizes")
+        c = {str(d): float(v) for d, v in state.get("c", {}).items()}
+        if any(not math.isfinite(v) or v < 0 for v in c.values()):
+            raise ValueError("negative draft cost")
+        batch = state.get("batch_token")
+        batch = None if batch is None else _positive(batch)
+        floor = state.get("floor")
+        if floor is not None:
+            floor, floor_at = _positive(floor), float(state["floor_at"])
+        kept = [n for n, v in ratios.items() if v <= MAX_RATIO * n and _decayed(weights[n], ats[n], now) >= 0.01]
+        self.t_verify, self.samples = {1: one}, {1: int(STORED_FIT_WEIGHT)}
+        self.stored = {n: ratios[n] for n in kept}
+        self.t_step = {d: v * one for d, v in c.items()}
+        self.t_batch_token = None if batch is None else batch * one
+        self._floor_stored = floor if floor is not None and now - floor_at <= FLOOR_MAX_AGE_S else None
+        self.record = {"t_token": one, "V": {str(n): ratios[n] for n in kept},
+                       "weight": {str(n): weights[n] for n in kept},
+                       "at": {str(n): ats[n] for n in kept}, "c": c, "batch_token": batch}
+        if floor is not None:
+            self.record |= {"floor": floor, "floor_at": floor_at}
 
     def relative(self) -> dict[str, object]:
-        """c and V(n) relative to one target token, as the notes and the bench report them."""
+        """c and V(n) relative to one target token, as the notes and the bench report them
+        (sizes timed in this process, and the stored ones that agree with them)."""
         if 1 not in self.t_verify:
             return {}
         one = self.t_verify[1]
+        v = {n: t / one for n, (t, _) in self._points().items()}
         return {
             "t_token_ms": one * 1e3,
-            "V": {n: t / one for n, t in sorted(self.t_verify.items())},
+            "V": dict(sorted(v.items())),
             "c": {d: t / one for d, t in sorted(self.t_step.items())},
         }
 
@@ -275,9 +458,13 @@ class CostModel:
         for _ in range(repeats):
             for n in sizes:
                 samples[n].append(measure(n))
+                self._note_quiet(n, samples[n][-1], time.monotonic())
+        now = time.monotonic()
         for n, ts in samples.items():
             self.t_verify[n] = min(ts)
             self.samples[n] = max(self.samples.get(n, 0), len(ts))
+            self.stored.pop(n, None)
+            self.here[n], self.timed_at[n] = self.here.get(n, 0) + len(ts), now
 
 
 def probe_cap(k_cap: int, accepted_in_text: int | None, trusted: bool) -> int:
@@ -316,6 +503,11 @@ class Decision:
     expected_rate: float  # tokens per second the choice is expected to give
     source: str = ""
     chain: tuple[str, ...] = ()  # the chosen candidate's Candidate.chain sources, k of them
+    explore: bool = False  # a re-measurement: what a process without stored state would draft
+    plain_rate: float = 0.0  # tokens per second of plain decoding by the same figures
+
+
+NEAR = 1.1  # a best choice within this factor of plain decoding is "near break-even"
 
 
 @dataclass
@@ -323,18 +515,23 @@ class Controller:
     margin: float = 1.05  # speculation must beat plain decoding by this factor (timing noise)
     cost: CostModel = field(default_factory=CostModel)
     acceptance: dict[str, Acceptance] = field(default_factory=dict)
+    # what this process alone observed: how a process without stored state would judge sources
+    fresh: dict[str, Acceptance] = field(default_factory=dict)
 
     def observe(self, source: str, n_drafted: int, n_accepted: int) -> None:
-        self.acceptance.setdefault(source, Acceptance()).observe(n_drafted, n_accepted)
+        for table in (self.acceptance, self.fresh):
+            table.setdefault(source, Acceptance()).observe(n_drafted, n_accepted)
 
     def observe_chain(self, chain: Sequence[str], n_accepted: int) -> None:
         """A chained candidate's verdict: each draft reached counts as a first draft of its
         own source (Candidate.chain)."""
         for i, source in enumerate(chain[: n_accepted + 1]):
-            self.acceptance.setdefault(source, Acceptance()).observe(1, int(i < n_accepted))
+            for table in (self.acceptance, self.fresh):
+                table.setdefault(source, Acceptance()).observe(1, int(i < n_accepted))
 
-    def rates(self, cand: Candidate, k: int) -> list[float]:
-        """Conditional acceptance of the candidate's drafts 1..k.
+    def rates(self, cand: Candidate, k: int, *, fresh: bool = False) -> list[float]:
+        """Conditional acceptance of the candidate's drafts 1..k (`fresh`: from this process's
+        observations only).
 
         A source with no measured prior gets an exploration bonus on its first draft, so it
         is tried once and judged by what it does. One with a measured prior does not: the
@@ -345,30 +542,39 @@ class Controller:
         0.97-1.00 per MT-Bench category, and HumanEval from 1.23x to 1.28x (1.34x to 1.42x
         in a process that served the others first; level at the Xeon VM's flatter V(n)).
         """
+        table = self.fresh if fresh else self.acceptance
+
         def judged(source: str, n: int, prior: float | None, first: bool) -> list[float]:
-            return self.acceptance.setdefault(source, Acceptance()).rates(
+            return table.setdefault(source, Acceptance()).rates(
                 n, optimistic=first and prior is None, prior=UNKNOWN_PRIOR if prior is None else prior)
 
         if not cand.chain:
             return judged(cand.key, k, cand.prior, True)
         return [judged(source, 1, prior, i == 0)[0] for i, (source, prior) in enumerate(cand.chain[:k])]
 
-    def state(self) -> dict[str, Any]:
-        return {"cost": self.cost.state(),
+    def state(self, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        return {"cost": self.cost.state(now), "saved_at": now,
                 "acceptance": {s: a.state() for s, a in self.acceptance.items() if a.reached}}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Adopt what an earlier process measured; anything malformed is dropped whole."""
+    def load_state(self, state: dict[str, Any], now: float | None = None) -> None:
+        """Adopt what an earlier process measured, its acceptance counts weighted by age
+        (HALF_LIFE_S); anything malformed is dropped whole."""
+        now = time.time() if now is None else now
         cost, acceptance = CostModel(), {}
         try:
-            cost.load_state(state.get("cost", {}))
+            cost.load_state(state["cost"], now)
+            age = _decayed(1.0, float(state.get("saved_at", now)), now)
             for source, a in state.get("acceptance", {}).items():
-                acceptance[str(source)] = Acceptance.from_state(a)
-        except (AttributeError, TypeError, ValueError):
+                counts = Acceptance.from_state(a)
+                acceptance[str(source)] = Acceptance([r * age for r in counts.reached],
+                                                     [x * age for x in counts.accepted])
+        except (AttributeError, KeyError, TypeError, ValueError):
             return
         self.cost, self.acceptance = cost, acceptance
 
-    def choose(self, candidates: Sequence[Candidate], *, accepted_in_text: int | None = None) -> Decision:
+    def choose(self, candidates: Sequence[Candidate], *, accepted_in_text: int | None = None,
+               explore: bool = False) -> Decision:
         """The best drafter and k for the next cycle, or plain decoding.
 
         Plain decoding until t_verify(1) is measured (the first cycle of a cold start).
@@ -380,24 +586,49 @@ class Controller:
         (Qwen 1.5B on the EPYC VM) a one-token probe pays only at 94% acceptance, so a
         probe-first rule kept auto from drafting a 110-token copy that llama-server's
         ngram-simple took whole.
+
+        `explore` (the caller's budget allows a re-measurement now): when a process without
+        stored state (this process's own timings and acceptance only, priors elsewhere) would
+        make a draft that the full state expects at or near plain decoding's rate (NEAR), with
+        a verify size this process has not timed (recently), that draft is chosen instead
+        (Decision.explore); a short draft that pays a little no longer hides a long one. A
+        stored curve that prices drafts out therefore cannot keep them out: its sizes get
+        timed, and a wrong one is replaced (CostModel). The cost is bounded by what a fresh
+        process would have done at that cycle, once per size and per the caller's budget.
         """
         if not self.cost.ready:
             return Decision(None, 0, 0.0)
         caps = [probe_cap(c.k_cap, accepted_in_text, c.trusted) for c in candidates]
-        verify = self.cost.curve(max(caps, default=0) + 1)
-        best = Decision(None, 0, 1.0 / verify[1])
+        best = self._best(candidates, caps, fresh=False)
+        if explore:
+            shadow = self._best(candidates, caps, fresh=True)
+            if (shadow.drafter is not None and (shadow.drafter, shadow.k) != (best.drafter, best.k)
+                    and not self.cost.timed_recently(shadow.k + 1)):
+                cand = next(c for c in candidates if c.drafter == shadow.drafter and c.key == shadow.source)
+                # what the stored state expects of that draft: near or below plain decoding
+                verify = self.cost.curve(shadow.k + 1)
+                expected = expected_tokens_from_rates(self.rates(cand, shadow.k))
+                seconds = shadow.k * self.cost.step(cand.drafter, cand.cost_prior, one=verify[1]) + verify[-1]
+                if expected / seconds <= NEAR * self.margin * best.plain_rate:
+                    return replace(shadow, explore=True)
+        return best
+
+    def _best(self, candidates: Sequence[Candidate], caps: Sequence[int], *, fresh: bool) -> Decision:
+        verify = self.cost.curve(max(caps, default=0) + 1, fresh=fresh)
+        plain = 1.0 / verify[1]
+        best = Decision(None, 0, plain, plain_rate=plain)
         for cand, k_top in zip(candidates, caps):
             if k_top <= 0:
                 continue
-            rates = self.rates(cand, k_top)
-            step = self.cost.step(cand.drafter, cand.cost_prior)
+            rates = self.rates(cand, k_top, fresh=fresh)
+            step = self.cost.step(cand.drafter, cand.cost_prior, fresh=fresh, one=verify[1])
             expected, reach = 1.0, 1.0  # E(k), and the chance that all k drafts are accepted
             for k in range(1, k_top + 1):
                 reach *= rates[k - 1]
                 expected += reach
                 rate = expected / (k * step + verify[k + 1])
                 if rate > best.expected_rate * (self.margin if best.drafter is None else 1.0):
-                    best = Decision(cand.drafter, k, rate, cand.key, cand.chain_sources(k))
+                    best = Decision(cand.drafter, k, rate, cand.key, cand.chain_sources(k), plain_rate=plain)
         return best
 
 

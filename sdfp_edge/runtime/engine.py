@@ -35,6 +35,10 @@ MODES = ("auto", "layerskip", "lookup", "draft-model", "off")
 # the longest prompt-lookup draft: on this CPU a batch of 32 costs 6.7 single tokens, so a
 # fully accepted 32-token copy yields 4.9 tokens per token-time, where 4 drafts cap it at 2.2
 LOOKUP_MAX = 32
+# emitted tokens between two re-measurements (Controller.choose, explore): a stored curve that
+# prices drafts out is corrected within a few of them, and a text that gives nothing to draft
+# pays for at most one such draft per this many tokens (and per size: CostModel.RECHECK_S)
+EXPLORE_GAP = 24
 
 
 @dataclass
@@ -48,6 +52,7 @@ class GenerationStats:
     drafted: int = 0
     accepted: int = 0
     draft_steps: int = 0
+    explored: int = 0  # cycles that re-measured a draft the stored costs priced out (Decision.explore)
     t_prefill: float = 0.0
     t_draft: float = 0.0
     t_verify: float = 0.0
@@ -86,6 +91,7 @@ class GenerationStats:
             "tokens_per_verify": self.tokens / self.verifies if self.verifies else 0.0,
             "verifies": self.verifies,
             "draft_steps": self.draft_steps,
+            "explored": self.explored,
             "time_prefill_s": self.t_prefill,
             "time_draft_s": self.t_draft,
             "time_verify_s": self.t_verify,
@@ -152,6 +158,7 @@ class SpeculativeDecoder:
         self.cost_store = cost_store
         self.cost_source = "learned in this process"
         self._stepped: set[str] = set()  # model drafters that have drafted in this process
+        self._since_explore = EXPLORE_GAP  # tokens emitted since the last re-measurement
         if cost_store is not None:
             state = cost_store.load()
             if state is not None:
@@ -331,8 +338,12 @@ class SpeculativeDecoder:
         if self.mode != "off" and room > 0:
             cands, lookup = self._candidates(tokens, room, sampling, rng)
             if self.mode == "auto":
-                decision = self.controller.choose(cands, accepted_in_text=stats.accepted)
+                decision = self.controller.choose(cands, accepted_in_text=stats.accepted,
+                                                  explore=self._since_explore >= EXPLORE_GAP)
                 drafter_name, k, source, chain = decision.drafter, decision.k, decision.source, decision.chain
+                if decision.explore:
+                    stats.explored += 1
+                    self._since_explore = 0
             elif cands:  # forced: draft with the named drafter at the full cap
                 c = cands[0]
                 drafter_name, k, source, chain = c.drafter, c.k_cap, c.key, c.chain_sources()
@@ -368,7 +379,9 @@ class SpeculativeDecoder:
                 self.controller.observe_chain(chain[:spent], verdict.n_accepted)
             elif spent:
                 self.controller.observe(source, spent, verdict.n_accepted)
-        return self._emit(raw, proposal, verdict, drafter_name, stats, processor)
+        emitted = self._emit(raw, proposal, verdict, drafter_name, stats, processor)
+        self._since_explore += len(emitted)
+        return emitted
 
     @staticmethod
     def _emit(raw: np.ndarray, proposal: Proposal, verdict: Verdict, drafter_name: str | None,

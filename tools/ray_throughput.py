@@ -7,6 +7,8 @@ Runs, REPEATS times each and alternating: one process with 2 threads (--parallel
 command. 16 distinct prompts, 64 new tokens each, greedy. The figure is completion tokens
 over the command's wall time (model loads and Ray's start included: what a user waits for),
 and the tool's own tok/s line (from the first answer request: Ray's includes actor start).
+
+Figures: docs/models-and-ray.md (Ray against one process on this machine).
 """
 
 from __future__ import annotations

@@ -26,25 +26,10 @@ from sdfp_edge.convert import calibration as cal
 from sdfp_edge.convert import pipeline as cv
 from sdfp_edge.errors import ModelFileError, SdfpError, SkipListError
 from sdfp_edge.metadata import read_skip_metadata
+from tiny_models import tiny_tokenizer
 
 N_LAYER = 4
 FAST = {"n_samples": 2, "seq_len": 12, "progress": False}
-
-
-def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, normalizers
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
-    vocab.update({ch: len(vocab) + i for i, ch in enumerate("▁abcdefghijklmnopqrstuvwxyz")})
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
 
 
 def save_tiny_llama(out: Path) -> Path:

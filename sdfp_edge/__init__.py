@@ -6,7 +6,8 @@ and `convert` imports PyTorch lazily.
     convert/   the workstation half: FIT layer scores (PyTorch), skip list into the GGUF
     runtime/   the llama.cpp half: layer-skip context, speculative loop, drafters, samplers
     api.py     the Python API (`Model`), used by cli/, server/ and bench/
-    metadata.py, models.py, errors.py, paths.py   shared by both halves
+    metadata.py, models.py, hub.py, errors.py, paths.py   shared: sdfp.* keys, models (catalogue,
+                                                          Hugging Face Hub), errors, cache paths
 """
 
 __version__ = "0.1.0"

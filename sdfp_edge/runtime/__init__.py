@@ -8,5 +8,6 @@ Needs the patched llama-cpp-python build (tools/build_runtime.py), never PyTorch
     drafters/                    proposals: layer-skip, prompt lookup, a draft model
     controller.py, cost_store.py which draft pays on this machine, remembered across runs
     verify.py, sampling.py       exact acceptance, greedy and sampled
+    sampler_chain.py, dry.py     llama.cpp's sampler chain, its defaults and DRY
     grammar.py, logits_processors.py, draft_vocab.py, batchio.py
 """

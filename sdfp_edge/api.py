@@ -227,15 +227,15 @@ class Model:
         choice = resolve_skip_layers(path, skip_layers)
         self.skip_layers, self.skip_source = choice.layers, choice.source
         self._skip_choice = choice
-        if choice.note:
-            self.notes.append(choice.note)
+        load_notes = [choice.note] if choice.note else []  # the Hub's notes were said as they came
         self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
                                     verbose=verbose, info=(choice.architecture, choice.n_layer),
                                     n_seq_max=n_seq_max)
         self.path = self.backend.path
-        if not self.backend.can_rollback:
-            self.notes = [f"note: {choice.architecture} keeps a recurrent state that cannot be cut back after a "
+        if not self.backend.can_rollback:  # says all there is to say about drafts
+            load_notes = [f"note: {choice.architecture} keeps a recurrent state that cannot be cut back after a "
                           "rejected draft: decoding is plain (mode off) whatever the mode asked"]
+        self.notes += load_notes
         self._draft_backend: LlamaBackend | None = None
         try:
             drafters = self._build_drafters(draft_model, threshold, n_threads, n_gpu_layers, verbose)
@@ -246,8 +246,9 @@ class Model:
         except BaseException:
             self.close()
             raise
-        if log is not None and choice.note:
-            log(choice.note)
+        if log is not None:
+            for note in load_notes:
+                log(note)
         self._formatter: Any = None
         self.last_stats: dict[str, Any] = {}
         self._sampling_used: dict[str, Any] = {}

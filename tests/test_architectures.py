@@ -59,7 +59,7 @@ def tiny(name: str, converter_dir: Path) -> tuple[Path, Path]:
 
 
 def greedy(m: Model, mode: str, prompt: str = PROMPT, n: int = 24) -> tuple[list[int], dict]:
-    out = m.generate(prompt, max_tokens=n, mode=mode)
+    out = m.generate(prompt, max_tokens=n, mode=mode, temperature=0)
     return out.tokens, m.last_stats
 
 
@@ -101,19 +101,20 @@ def test_parallel_sequences_run_every_architecture(name: str, converter_dir: Pat
         got = {r.key: r.tokens for r in dec.run(Request(i, t, 12) for i, t in enumerate(toks))}
     with Model(path, n_ctx=256, n_threads=2, cost_cache=False) as m:
         for i, t in enumerate(toks):
-            assert got[i] == m._collect(m.stream_tokens(t, max_tokens=12, mode="off")).tokens
+            assert got[i] == m._collect(m.stream_tokens(t, max_tokens=12, mode="off", temperature=0)).tokens
 
 
 @pytest.mark.parametrize("name", ("starcoder2", "mamba"))
 def test_layerskip_mode_is_a_clear_error_where_unsupported(name: str, converter_dir: Path, tmp_path: Path) -> None:
     _, path = tiny(name, converter_dir)
     env = dict(os.environ, SDFP_EDGE_CACHE=str(tmp_path))  # the CLI's cost file goes here
-    r = subprocess.run([CLI, "generate", "-m", str(path), "-p", "the cat", "-n", "4", "-t", "2", "--mode",
-                        "layerskip"], capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run([CLI, "generate", "-m", str(path), "-p", "the cat", "-n", "4", "-t", "2", "--temperature", "0",
+                        "--mode", "layerskip"], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     assert "does not support layer skipping" in r.stderr
-    ok = subprocess.run([CLI, "generate", "-m", str(path), "-p", "the cat", "-n", "4", "-t", "2", "--mode", "auto"],
+    ok = subprocess.run([CLI, "generate", "-m", str(path), "-p", "the cat", "-n", "4", "-t", "2", "--temperature", "0",
+                         "--mode", "auto"],
                         capture_output=True, text=True, timeout=300, env=env)
     assert ok.returncode == 0, ok.stderr
     assert ok.stderr.count("note:") == 1, ok.stderr

@@ -74,6 +74,8 @@ def test_bad_penalties_are_refused(kwargs: dict) -> None:
 class BigramBackend:
     """Stands in for LlamaBackend: the next token's logits are table[last token]."""
 
+    can_rollback = True  # its KV is a list: any suffix can be cut
+
     def __init__(self, table: npt.NDArray[np.float32], n_ctx: int = 256) -> None:
         self.table, self.n_vocab, self.n_ctx = table, table.shape[1], n_ctx
         self.kv_tokens: list[int] = []

@@ -84,6 +84,8 @@ class ScriptedBackend:
     script: the current prompt and its answer), and each decode adds its true cost, V(n),
     to `spent`."""
 
+    can_rollback = True  # its KV is a list: any suffix can be cut
+
     def __init__(self, n_vocab: int, curve: Curve) -> None:
         self.n_vocab, self.n_ctx, self.bos_token = n_vocab, 0, 0
         self.curve = curve

@@ -262,7 +262,8 @@ def run(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int
         rows = driver_rows([ln for ln in todo if ln.error is None], prompts)
         failure = _on_cluster(ray, rows, write, predictor, size, n_actors, threads, gpus, dict(
             model=model, threads=threads, ctx_size=ctx_size, n_gpu_layers=n_gpu_layers, parallel=parallel,
-            mode=mode, verbose=verbose, **{**dataclasses.asdict(defaults), "stop": list(defaults.stop)})) if rows else None
+            mode=mode, verbose=verbose, max_tokens=defaults.max_tokens, seed=defaults.seed, stop=list(defaults.stop),
+            **defaults.sampling)) if rows else None
     if failure is not None:
         raise SdfpError(f"the Ray run stopped ({failure}); {len(written)} of {len(todo)} lines are in "
                         f"{output_path}: run the command again to answer the rest")

@@ -4,7 +4,8 @@
 Produces the table of docs/serving.md ("Several clients at once"): for each server (each in
 its own process, started and stopped here, one at a time) and each number M of concurrent
 clients, M threads each send REQUESTS streaming chat requests one after the other (MT-Bench
-first turns from sdfp_edge/bench/data.py, greedy, --max-tokens each) and the script reports
+first turns and HumanEval prompts, alternating, from sdfp_edge/bench/data.py, greedy,
+--max-tokens each) and the script reports
 
     tok/s      all completion tokens / the wall time of the M clients' run
     TTFT       time to the first content chunk: median, 95th percentile (ms)
@@ -12,11 +13,13 @@ first turns from sdfp_edge/bench/data.py, greedy, --max-tokens each) and the scr
     gap p95    95th percentile of the time between two content chunks (what a reader sees)
 
 and, with --mixed, a load where one client asks for 512 tokens while the others ask for 16
-each, three times: whether every short request ended before the long one.
+each, three times: whether every short request ended before the long one. With --repeats R
+the whole sequence of servers runs R times (the order rotated each repeat) and the table gives,
+per cell, the median over repeats (tok/s with its min-max).
 
 Run it alone on the machine (timings):
-    flock -x /tmp/sdfp-cpu.lock python tools/serve_concurrency.py --parallel 1,4 --clients 1,2,4 \\
-        --llama-server auto --out models/bench/serve/smollm2.json
+    flock -x /tmp/sdfp-cpu.lock python tools/serve_concurrency.py --parallel 1,4 --clients 1,2,4,8 \\
+        --llama-server auto --np 4 --mixed --repeats 3 --out models/bench/serve/smollm2.json
 
 `--llama-server auto` takes the binary tools/build_llama_server.py built (skipped if none).
 Standard library + httpx (the server extra's test client).
@@ -45,7 +48,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from sdfp_edge import models  # noqa: E402
-from sdfp_edge.bench.data import interleave, load_mtbench  # noqa: E402
+from sdfp_edge.bench.data import interleave, load_humaneval, load_mtbench  # noqa: E402
 
 
 def free_port() -> int:
@@ -182,22 +185,37 @@ def measure(name: str, cmd: list[str], port: int, log: Path, prompts: list[str],
     return {"system": name, "command": cmd, "rows": rows, "mixed": mix}
 
 
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
 def markdown(record: dict[str, Any]) -> str:
-    """The results as docs/serving.md's table."""
-    lines = ["| server | clients | tok/s | TTFT median / p95 (ms) | inter-token median / p95 (ms) | chunk gap p95 (ms) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """The results as docs/serving.md's tables: per server and M, the median over repeats."""
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    mixes: dict[str, list[dict[str, Any]]] = {}
     for run in record["runs"]:
         for r in run["rows"]:
-            lines.append(f"| {run['system']} | {r['clients']} | {r['tokens_per_second']:.1f} | "
-                         f"{r['ttft_ms']['median']:.0f} / {r['ttft_ms']['p95']:.0f} | "
-                         f"{r['itl_ms']['median']:.1f} / {r['itl_ms']['p95']:.1f} | {r['chunk_gap_ms']['p95']:.0f} |")
-    mixed = [(run["system"], run["mixed"]) for run in record["runs"] if run.get("mixed")]
-    if mixed:
-        lines += ["", "| server | long request (tokens, s) | short requests ended before it | slowest short (s) |",
-                  "|---|---:|---:|---:|"]
-        for name, m in mixed:
-            lines.append(f"| {name} | {m['long_tokens']}, {m['long_seconds']:.1f} | "
-                         f"{m['shorts_before_long']} of {m['shorts']} | {m['short_seconds_max']:.1f} |")
+            cells.setdefault((run["system"], r["clients"]), []).append(r)
+        if run.get("mixed"):
+            mixes.setdefault(run["system"], []).append(run["mixed"])
+    repeats = max(len(v) for v in cells.values()) if cells else 0
+    lines = [f"| server | clients | tok/s, median (min-max) of {repeats} | TTFT median / p95 (ms) | "
+             "inter-token median / p95 (ms) | chunk gap p95 (ms) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for (system, m), rows in cells.items():
+        tps = [r["tokens_per_second"] for r in rows]
+        def med(key: str, q: str) -> float:
+            return _median([r[key][q] for r in rows])
+        lines.append(f"| {system} | {m} | {_median(tps):.1f} ({min(tps):.1f}-{max(tps):.1f}) | "
+                     f"{med('ttft_ms', 'median'):.0f} / {med('ttft_ms', 'p95'):.0f} | "
+                     f"{med('itl_ms', 'median'):.1f} / {med('itl_ms', 'p95'):.1f} | {med('chunk_gap_ms', 'p95'):.0f} |")
+    if mixes:
+        lines += ["", "| server | long request (tokens, median s) | short requests ended before it (all repeats) | "
+                  "slowest short (median s) |", "|---|---:|---:|---:|"]
+        for name, ms in mixes.items():
+            lines.append(f"| {name} | {ms[0]['long_tokens']}, {_median([m['long_seconds'] for m in ms]):.1f} | "
+                         f"{sum(m['shorts_before_long'] for m in ms)} of {sum(m['shorts'] for m in ms)} | "
+                         f"{_median([m['short_seconds_max'] for m in ms]):.1f} |")
     return "\n".join(lines)
 
 
@@ -205,10 +223,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="catalogue name or GGUF path")
     ap.add_argument("--parallel", default="1,4", help="sdfp-edge serve --parallel values")
-    ap.add_argument("--clients", default="1,2,4", help="numbers of concurrent clients")
+    ap.add_argument("--clients", default="1,2,4,8", help="numbers of concurrent clients")
     ap.add_argument("--per-client", type=int, default=2, help="requests each client sends, one after another")
-    ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--prompts", type=int, default=8, help="MT-Bench first turns used")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=16, help="prompts used (MT-Bench first turns and HumanEval, alternating)")
+    ap.add_argument("--repeats", type=int, default=1, help="run the whole sequence of servers this many times")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--slot-ctx", type=int, default=1024, help="context per slot (n_ctx = N x this)")
     ap.add_argument("--llama-server", default=None, help="binary, or 'auto' (tools/build_llama_server.py's)")
@@ -221,18 +240,17 @@ def main() -> None:
         print(markdown(json.loads(a.table.read_text())))
         return
     model = models.resolve_model(a.model)
-    prompts = [p.text for p in interleave(load_mtbench())][: a.prompts]  # one per category first
+    chat, code = interleave(load_mtbench()), load_humaneval()  # one per MT-Bench category first
+    prompts = [p.text for pair in zip(chat, code) for p in pair][: a.prompts]
     clients = [int(x) for x in a.clients.split(",")]
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "serve_concurrency"
     logs.mkdir(exist_ok=True)
-    runs = []
+    servers: list[tuple[str, list[str], Path]] = []
     sdfp = [str(Path(sys.executable).with_name("sdfp-edge"))]
     for n in (int(x) for x in a.parallel.split(",")):
-        port = free_port()
         cmd = sdfp + ["serve", "--model", str(model), "--threads", str(a.threads), "-c", str(a.slot_ctx * n),
-                      "--parallel", str(n), "--port", str(port)]
-        runs.append(measure(f"sdfp-edge --parallel {n}", cmd, port, logs / f"sdfp-{n}.log", prompts, clients,
-                            a.per_client, a.max_tokens, a.mixed))
+                      "--parallel", str(n), "--port", "{port}"]
+        servers.append((f"sdfp-edge --parallel {n}", cmd, logs / f"sdfp-{n}.log"))
     binary = a.llama_server
     if binary == "auto":
         out = subprocess.run([sys.executable, str(ROOT / "tools" / "build_llama_server.py"), "--print-path"],
@@ -242,14 +260,21 @@ def main() -> None:
             print("llama-server is not built: skipped", file=sys.stderr)
     if binary:
         for n in (int(x) for x in a.np.split(",")):
-            port = free_port()
             cmd = [binary, "-m", str(model), "-t", str(a.threads), "-c", str(a.slot_ctx * n), "-np", str(n),
-                   "--port", str(port), "--host", "127.0.0.1"]
-            runs.append(measure(f"llama-server -np {n}", cmd, port, logs / f"llama-{n}.log", prompts, clients,
-                                a.per_client, a.max_tokens, a.mixed))
+                   "--port", "{port}", "--host", "127.0.0.1"]
+            servers.append((f"llama-server -np {n}", cmd, logs / f"llama-{n}.log"))
+    runs = []
+    for rep in range(a.repeats):
+        k = rep % len(servers)
+        for name, cmd, log in servers[k:] + servers[:k]:  # rotated: no server always first
+            port = free_port()
+            run = measure(name, [x.replace("{port}", str(port)) for x in cmd], port, log, prompts, clients,
+                          a.per_client, a.max_tokens, a.mixed)
+            runs.append({**run, "repeat": rep})
     record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
-              "model": model.name, "max_tokens": a.max_tokens, "per_client": a.per_client, "runs": runs}
+              "model": model.name, "max_tokens": a.max_tokens, "per_client": a.per_client, "repeats": a.repeats,
+              "command": " ".join(sys.argv), "runs": runs}
     text = json.dumps(record, indent=1)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -138,6 +138,39 @@ def test_greedy_each_prompt_matches_decoding_it_alone(single: Model, par: Model,
         assert sum(r.drafted for r in results.values()) == 0
 
 
+def test_a_prompt_admitted_while_another_decodes_is_prefilled_a_chunk_per_step(par: Model) -> None:
+    """The server's admission (interleave=True): the decoding slot gets a token at every step
+    while the new prompt's prefill goes one chunk per step, and both texts are what each gives
+    alone, bit for bit (the chunks are the whole prefill's batches)."""
+    n = 20
+    a = chat_ids(par, QUESTIONS[1])
+    b = chat_ids(par, "Repeat this code exactly:\n" + QUESTIONS[2] * 8)
+    alone = {}
+    for key, prompt in (("a", a), ("b", b)):
+        (r,) = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off").run([Request(key, prompt, n)])
+        alone[key] = (r.tokens, r.text, r.finish_reason)
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+    first = dec.admit(Request("a", a, n), interleave=True)
+    assert first is not None and first.tokens  # nothing else decoding: prefilled whole at once
+    assert dec.admit(Request("b", b, n), interleave=True) is None
+    slot_b = next(s for s in dec.slots if s.req is not None and s.req.key == "b")
+    chunks = len(slot_b.pending)
+    assert chunks >= 3  # the shared system prompt is copied (64 tokens), the rest is several chunks
+    results = {}
+    for step in range(1, chunks + 1):
+        updates = {u.key: u for u in dec.step()}
+        results.update({k: u.result for k, u in updates.items() if u.result is not None})
+        assert updates["a"].tokens, f"slot a got no token at step {step}"
+        assert ("b" in updates) == (step == chunks)  # b's first token with its last chunk
+        assert len(slot_b.pending) == chunks - step
+    while dec.active:
+        results.update({u.key: u.result for u in dec.step() if u.result is not None})
+    for key in ("a", "b"):
+        r = results[key]
+        assert (r.tokens, r.text, r.finish_reason) == alone[key], key
+    assert results["b"].reused_tokens >= par.backend.prefill_chunk and results["b"].t_prefill > 0
+
+
 def test_prefill_cuts_are_where_a_context_parts_from_another() -> None:
     a, b, c, d, e = [1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 7], [8], [1, 2, 3, 4, 5, 6]
     assert prefill_cuts([a, b, c, d, e]) == [{2, 3, 5}, {2, 3}, {2}, set(), {2, 3, 5}]

@@ -69,13 +69,17 @@ def check_parallel(parallel: int, mode: str, draft_model: str | None, skip_layer
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Requests decoded together, in one batch per step (each gets --ctx-size / N tokens of "
                    "context); more wait in arrival order. 1: one request at a time.")
+@click.option("--interleave-prefill/--whole-prefill", default=True, show_default=True,
+              help="With --parallel > 1: prefill a prompt that arrives while others stream one chunk (64 tokens on a CPU) "
+                   "per step between their tokens, or whole at once (the others wait for all of it).")
 @speculation_options
 @user_errors
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None,
           seed: int, verbose: bool, host: str, port: int, api_key: str | None, alias: str | None,
           strict_model: bool, cors_origins: tuple[str, ...], mode: str, draft_model: str | None,
-          skip_layers: str | None, draft_max: int, draft_p_min: float, parallel: int) -> None:
+          skip_layers: str | None, draft_max: int, draft_p_min: float, parallel: int,
+          interleave_prefill: bool) -> None:
     """Serve the model with an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models).
 
     Requests that send no `seed` get a random one, unless --seed is given."""
@@ -93,7 +97,8 @@ def serve(ctx: click.Context, model: str | None, threads: int | None, ctx_size: 
                         strict_model=strict_model, cors_origins=check_origins(cors_origins), n_ctx=ctx_size,
                         threads=threads, n_gpu_layers=n_gpu_layers, mode=mode,
                         seed=seed if seed_given else None, draft_model=draft_model, skip_layers=skip_layers,
-                        draft_max=draft_max, draft_p_min=draft_p_min, verbose=verbose, parallel=parallel)
+                        draft_max=draft_max, draft_p_min=draft_p_min, verbose=verbose, parallel=parallel,
+                        interleave_prefill=interleave_prefill)
     if not is_loopback(host) and not settings.api_key:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach "
                    f"{socket.gethostname()}:{port} can use the model", err=True)

@@ -371,7 +371,7 @@ class LlamaBackend:
             raise ValueError(f"cannot return all logits for more than n_batch={self.n_batch} tokens")
         b = self._batch.batch
         out = None
-        bounds = [(0, n)] if logits == "all" else self._prefill_chunks(range(self.n_past, self.n_past + n))
+        bounds = [(0, n)] if logits == "all" else self.prefill_batches(range(self.n_past, self.n_past + n))
         for start, stop in bounds:
             chunk = tokens[start:stop]
             last_chunk = stop == n
@@ -432,7 +432,7 @@ class LlamaBackend:
         if logits == "all" and n > self.n_batch:
             raise ValueError(f"cannot return logits for more than n_batch={self.n_batch} tokens")
         b = self._batch.batch
-        for start, stop in [(0, n)] if logits == "all" else self._prefill_chunks(positions, cuts):
+        for start, stop in [(0, n)] if logits == "all" else self.prefill_batches(positions, cuts):
             b.n_tokens = stop - start
             for i in range(start, stop):
                 j = i - start
@@ -452,7 +452,7 @@ class LlamaBackend:
         """Cut prefills on the finer grid that exact prefix reuse needs (REUSE_GRID_CPU)."""
         self.prefill_chunk = self.n_batch if self._gpu else min(REUSE_GRID_CPU, self.n_batch)
 
-    def _prefill_chunks(self, positions: Sequence[int], cuts: AbstractSet[int] = frozenset()) -> list[tuple[int, int]]:
+    def prefill_batches(self, positions: Sequence[int], cuts: AbstractSet[int] = frozenset()) -> list[tuple[int, int]]:
         """[start, stop) index ranges: a new batch wherever a position is a multiple of
         prefill_chunk (see REUSE_GRID_CPU) or in `cuts`, and at most n_batch tokens in one."""
         bounds, start = [], 0

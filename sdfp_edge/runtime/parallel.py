@@ -25,6 +25,10 @@ they finish; the server (server/slots.py) drives it step by step: `admit` a requ
 the free slot whose KV gives the most of its prompt (`pick`), `step` one batch over all
 active slots (each `Update` carries a slot's new text, held back while it could still be
 the start of a stop string, and its result when it ends), `release` one whose client left.
+The server admits with `interleave=True`: while other slots are decoding, a new prompt's
+prefill goes one chunk per step (its batches cut where a whole prefill cuts them, so its KV
+is the same bit for bit) and a long prompt no longer stops every other stream for its whole
+prefill; with no slot decoding it runs whole at once.
 Per request: sampling, seed, stop strings, a LogitsProcessor (penalties, grammar,
 logprobs), special tokens kept in the text, and a mode among PARALLEL_MODES.
 
@@ -83,7 +87,7 @@ class Result:
     drafted: int = 0
     accepted: int = 0
     verifies: int = 0  # cycles that decoded this request (its first token, from the prefill, counts as one)
-    t_prefill: float = 0.0  # seconds its prefill took (the other slots waited meanwhile)
+    t_prefill: float = 0.0  # seconds its prefill batches took (no other slot decoded during one)
 
 
 @dataclass
@@ -114,6 +118,7 @@ class _Slot:
     sent: int = 0  # text length already checked for stop strings
     out: int = 0  # text length already handed out in Updates
     used: int = 0  # when the slot last took a request (a counter): the least recent is reused first
+    pending: list[tuple[int, int]] = field(default_factory=list)  # prefill chunks [start, stop) of tokens still to decode
 
 
 def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: Callable[[int], float]) -> float:
@@ -264,7 +269,9 @@ class ParallelDecoder:
                     if req is None:
                         exhausted = True
                     else:
-                        done = self.admit(req, slot).result
+                        update = self.admit(req, slot)
+                        assert update is not None  # admitted whole
+                        done = update.result
                         if done is not None:  # its first token ended it: the slot takes the next
                             yield done
             if not self.active:
@@ -285,37 +292,55 @@ class ParallelDecoder:
         head = list(prompt)[:-1]
         return max(free, key=lambda s: (self._reusable(s, head, frozenset()), -s.used), default=None)
 
-    def admit(self, req: Request, slot: _Slot | None = None) -> Update:
+    def admit(self, req: Request, slot: _Slot | None = None, *, interleave: bool = False) -> Update | None:
         """Prefill a request's prompt in a free slot (`pick`'s, by default) and emit its first
-        token. Raises ValueError when no slot is free."""
+        token. With `interleave`, while another slot is decoding, only start it: `step` then
+        prefills it a chunk at a time and its first token comes in a later step's updates
+        (None here). Raises ValueError when no slot is free."""
         slot = slot if slot is not None else self.pick(req.prompt)
         if slot is None or slot.req is not None:
             raise ValueError("no free slot")
-        return self._start(slot, req)
+        self._start(slot, req)
+        if interleave and self._decoding():
+            return None
+        return self._prefill(slot, len(slot.pending))
 
     def step(self) -> list[Update]:
-        """One cycle over every active slot: one batch, each slot's new text."""
-        active = self.active
-        return self._cycle(active) if active else []
+        """One step: the next prefill chunk of the earliest admitted slot still prefilling (if
+        any), then one cycle over every decoding slot; each slot's new text."""
+        decoding = self._decoding()
+        prefilling = [s for s in self.slots if s.pending]
+        updates = []
+        if prefilling:
+            first = min(prefilling, key=lambda s: s.used)
+            update = self._prefill(first, len(first.pending) if not decoding else 1)
+            if update is not None:
+                updates.append(update)
+        return updates + (self._cycle(decoding) if decoding else [])
+
+    def _decoding(self) -> list[_Slot]:
+        """Active slots whose prompt is in the KV (they take part in the next cycle)."""
+        return [s for s in self.slots if s.req is not None and not s.pending]
 
     def release(self, key: Any) -> Result | None:
         """Stop the request `key` now (its client went away); its result so far, or None when it
         is not running. The slot keeps the KV of what was emitted."""
         for s in self.slots:
             if s.req is not None and s.req.key == key:
-                result, s.req, s.result = s.result, None, None
+                result, s.req, s.result, s.pending = s.result, None, None, []
                 return result
         return None
 
     def forget(self) -> None:
         """Drop every slot's request and KV (after a failed decode, whose KV is unknown)."""
         for s in self.slots:
-            s.req, s.result, s.kv, s.prefilled, s.cuts = None, None, [], 0, frozenset()
+            s.req, s.result, s.kv, s.prefilled, s.cuts, s.pending = None, None, [], 0, frozenset(), []
             self.backend.seq_remove(s.seq_id, 0)
 
     # --- a new request ---------------------------------------------------------------------
-    def _start(self, slot: _Slot, req: Request) -> Update:
-        """Prefill the prompt and emit its first token."""
+    def _start(self, slot: _Slot, req: Request) -> None:
+        """Take the slot for the request: the best prefix KV any slot holds, the rest of its
+        prompt as prefill chunks still to decode (`_prefill`)."""
         self.check(req)
         b = self.backend
         context = list(req.prompt)
@@ -330,23 +355,38 @@ class ParallelDecoder:
         else:
             b.seq_remove(slot.seq_id, 0)
             b.seq_copy(donor.seq_id, slot.seq_id, keep)
-        rest = context[keep:]
-        with Stopwatch() as sw:
-            last = b.decode_seqs(rest, range(keep, len(context)), [slot.seq_id] * len(rest), logits="last",
-                                 cuts=req.cuts)
-        self.controller.cost.observe_batch(len(rest), sw.total)
         self._uses += 1
         slot.used = self._uses
-        slot.kv = context
-        slot.prefilled, slot.cuts = len(context), req.cuts
+        slot.kv = context[:keep]
+        slot.prefilled, slot.cuts = keep, req.cuts
+        # the same batches as one whole prefill of context[keep:] (so the same KV, bit for bit)
+        slot.pending = [(keep + i, keep + j) for i, j in b.prefill_batches(range(keep, len(context)), req.cuts)]
         slot.req = req
         slot.tokens = list(req.prompt)
-        slot.result = Result(req.key, "", [], "", len(req.prompt), keep, t_prefill=sw.total)
+        slot.result = Result(req.key, "", [], "", len(req.prompt), keep)
         slot.lookup = PromptLookupDrafter()
         slot.positions = PositionUniforms(req.sampling.seed)
         slot.rng = np.random.default_rng(req.sampling.seed)
         slot.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.sent = slot.out = 0
+
+    def _prefill(self, slot: _Slot, n_chunks: int) -> Update | None:
+        """Decode the slot's next n_chunks prefill chunks; after the last, emit its first token
+        (from the last prompt token's logits, as in engine.py)."""
+        assert slot.req is not None and slot.result is not None
+        req, todo = slot.req, slot.pending[:n_chunks]
+        start, stop = todo[0][0], todo[-1][1]
+        part = req.prompt[start:stop]
+        with Stopwatch() as sw:
+            last = self.backend.decode_seqs(part, range(start, stop), [slot.seq_id] * len(part), logits="last",
+                                            cuts=req.cuts)
+        self.controller.cost.observe_batch(len(part), sw.total)
+        slot.result.t_prefill += sw.total
+        slot.kv += part
+        slot.prefilled = len(slot.kv)
+        del slot.pending[:n_chunks]
+        if slot.pending:
+            return None
         first, nothing = last, Proposal.empty()  # [1, V]
         verdict = self._verdict(slot, nothing, first)
         slot.result.verifies += 1

@@ -103,7 +103,8 @@ async def _cancel_on_disconnect(request: Request, job: Job, every: float = 0.25)
 
 def create_app(settings: Settings, model: Model) -> FastAPI:
     """The app serving `model` (already open); the caller closes the model after the app stops."""
-    runner = Runner(model) if settings.parallel == 1 else SlotRunner(model, settings.parallel, mode=settings.mode)
+    runner = Runner(model) if settings.parallel == 1 else SlotRunner(model, settings.parallel, mode=settings.mode,
+                                                                     interleave=settings.interleave_prefill)
     model_id = settings.model_id(model.path)
     created = int(Path(model.path).stat().st_mtime)
 

@@ -31,6 +31,7 @@ class Settings:
     draft_p_min: float = 0.8
     verbose: bool = False
     parallel: int = 1  # requests decoded together (server/slots.py); 1: one at a time (runner.py)
+    interleave_prefill: bool = True  # parallel > 1: a new prompt's prefill goes one chunk per step
 
     def model_id(self, model_path: str | Path) -> str:
         """The one model id this server answers to."""

@@ -12,8 +12,9 @@ are sequences of the model's one context, each with n_ctx / N cells (as llama-se
   3. decodes one batch for every active slot and hands each job its new text; a finished
      job gets `done` and its slot is free for the next step.
 
-While no job runs it sleeps on the queue. A prompt's prefill runs whole, between two steps:
-the other slots wait for it (llama-server interleaves prefill chunks; not done here).
+While no job runs it sleeps on the queue. A prompt admitted while other slots decode is
+prefilled one chunk per step between their batches (ParallelDecoder.admit, interleave=True),
+so a long prompt delays the other streams by a chunk's time per step, not by its whole prefill.
 Per request, exactly as in the single-slot runner: streaming, stop strings, seeds, logprobs,
 penalties, grammar (response_format, forced tool calls), tool-call tags, and `sdfp_mode`
 among auto / lookup / off; layer-skip and draft-model modes are refused with a 400 (a layer
@@ -58,8 +59,12 @@ class _Live:
 class SlotRunner(Runner):
     """A FIFO of jobs, N of them decoded together by one ParallelDecoder on one thread."""
 
-    def __init__(self, model: Model, n_slots: int, *, mode: str, cost_cache: bool = True) -> None:
+    def __init__(self, model: Model, n_slots: int, *, mode: str, cost_cache: bool = True,
+                 interleave: bool = True) -> None:
+        """`interleave`: prefill a prompt that arrives while others decode one chunk per step
+        (ParallelDecoder.admit); False: whole, between two steps."""
         super().__init__(model)
+        self.interleave = interleave
         b = model.backend
         if b.n_seq_max != n_slots:
             raise ValueError(f"the model was opened with {b.n_seq_max} sequences, not {n_slots}")
@@ -137,12 +142,13 @@ class SlotRunner(Runner):
         job.emit(Event("start", prompt_tokens=len(prompt)))
         self._live[job] = _Live(job, args, time.perf_counter())
         try:
-            update = d.admit(req)
+            update = d.admit(req, interleave=self.interleave)
         except Exception as e:  # noqa: BLE001 - reported to the client, the worker lives on
             log.exception("%s failed", job.label)
             self._fail([job], e)
             return
-        self._deliver(update)
+        if update is not None:
+            self._deliver(update)
 
     def _step(self) -> None:
         try:

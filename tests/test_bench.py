@@ -659,6 +659,8 @@ def test_bench_repeats_with_intervals_and_a_multi_turn_chat(smollm2: Path, tmp_p
     assert len(orders) == 2 and all(sorted(o) == sorted(names) for o in orders)
     runs = res["runs"]
     assert len(runs) == 2 * 2 * 3  # repeats x prompts x systems: every repeat's raw figures kept
+    first_id = res["data"]["prompts"][0]["id"]  # every repeat starts every process afresh
+    assert all(r["first_request"] == (r["prompt_id"] == first_id) for r in runs)
     chat = [r for r in runs if r["category"] == "multi-turn"]
     assert {r["prompt_id"] for r in chat} == {"chat/HumanEval/" + r["prompt_id"].rsplit("/", 1)[1] for r in chat}
     shift = [p["id"] for p in res["data"]["prompts"]].index(chat[0]["prompt_id"])  # rotated once per prompt
@@ -690,6 +692,25 @@ def test_bench_repeats_with_intervals_and_a_multi_turn_chat(smollm2: Path, tmp_p
     assert "Pairwise" in md and re.search(r"\| auto \| \d\.\d\dx \[\d\.\d\d, \d\.\d\d\]", md), md
     assert "--repeats 2" in res["command"] and "--compare auto:off" in res["command"]
 
+    # one round of the record, re-summarized (bench --from-json --rounds): its runs only
+    one_dir = tmp_path / "round1"
+    r = CliRunner().invoke(main, ["bench", "--from-json", str(out / "bench.json"), "--rounds", "1",
+                                  "--out", str(one_dir)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    one = json.loads((one_dir / "bench.json").read_text())
+    assert {x["repeat"] for x in one["runs"]} == {1} and one["config"]["rounds_selected"] == [1]
+    assert one["runs"] == [x for x in runs if x["repeat"] == 1]
+    rows1 = {(x["system"], x["category"]): x for x in one["summary"]}
+    assert rows1[("auto", "all")]["vs"][BASE]["end_to_end_interval"]["n"] == 2  # one round of two prompts
+    assert {(c["a"], c["b"]) for c in one["comparisons"]} == {("auto", "off")}
+    assert "round(s) 1 of the 2 run" in (one_dir / "bench.md").read_text()
+    before = (out / "bench.json").read_text()
+    for argv, why in ((["--rounds", "2", "--out", str(tmp_path / "x")], "not in the record"),
+                      (["--rounds", "0", "--out", str(out)], "would overwrite")):
+        r = CliRunner().invoke(main, ["bench", "--from-json", str(out / "bench.json"), *argv])
+        assert r.exit_code == 2 and why in r.output, r.output
+    assert (out / "bench.json").read_text() == before  # the input is never modified
+
 
 SERVER, WHY_NO_SERVER = llama_server.find_binary()
 
@@ -712,7 +733,7 @@ def test_bench_llama_server_peers(smollm2: Path, tmp_path: Path) -> None:
     runs = {(r["system"], r["prompt_id"]): r for r in res["runs"] if r["repeat"] == 0}
     for r in res["runs"]:
         name, pid = r["system"], r["prompt_id"]
-        assert r["first_request"] == (pid == "copy" and r["repeat"] == 0), r
+        assert r["first_request"] == (pid == "copy"), r  # every repeat starts every process afresh
         timings = r["system_stats"].get("timings")
         if name.startswith("llama-server"):
             # every generated token was streamed back with its id, and the server's own count agrees;

@@ -60,6 +60,13 @@ def _has_intervals(result: dict[str, Any]) -> bool:
     return result["schema"] != "sdfp-edge-bench/2"
 
 
+def _rounds_text(cfg: dict[str, Any]) -> str:
+    picked = cfg.get("rounds_selected")
+    if picked is None:
+        return f"{cfg['repeats']} round(s)"
+    return f"round(s) {', '.join(map(str, picked))} of the {cfg['repeats']} run (the others left out)"
+
+
 def _header(result: dict[str, Any]) -> list[str]:
     m, mach, cfg, build = result["model"], result["machine"], result["config"], result["build"]
     sampling = "greedy" if cfg["greedy"] else f"temperature {cfg['temperature']}, seed {cfg['seed']}"
@@ -88,7 +95,7 @@ def _header(result: dict[str, Any]) -> list[str]:
         (f"- environment: OMP_WAIT_POLICY={build.get('OMP_WAIT_POLICY') or 'unset'}, SDFP_EDGE_HUGE_PAGES="
          f"{build.get('SDFP_EDGE_HUGE_PAGES') or 'unset'} (every system ran with it)"),
         (f"- data: {len(result['data']['prompts'])} prompts ({', '.join(cfg['categories'])}; {per_cat} per "
-         f"category), {sampling}, up to {cfg['max_tokens']} new tokens, {cfg['repeats']} round(s), "
+         f"category), {sampling}, up to {cfg['max_tokens']} new tokens, {_rounds_text(cfg)}, "
          f"draft max {cfg['draft_max']}"),
         f"- wall time of the run: {result['elapsed_s'] / 60:.1f} min",
         "",

@@ -13,7 +13,9 @@ then summarised by their median with a bootstrap interval (stats.bootstrap_media
 A multi-turn chat runs turn by turn, every system on the same ids, the reference's
 answer fed into the next turn.
 
-Nothing runs unrecorded: a process's first request is measured as it is and carries
+Each repeat starts every process afresh (what a server learns across requests must not carry
+the answers of one round into the next). Nothing runs unrecorded: a process's first request is
+measured as it is and carries
 whatever that system pays to warm up (graph allocation, page faults, cost calibration).
 Model load time is reported separately. The headline ratio is end-to-end against plain
 llama.cpp (`llama-cpp`); our own `off` is a second reference.
@@ -272,9 +274,9 @@ class Chat(Protocol):
 
 def _rounds(prompts: Sequence[Prompt], procs: Sequence[SystemProcess], ids: dict[str, list[int]], cfg: BenchConfig,
             progress: bool, failures: list[dict[str, Any]], *, chat: Chat | None = None,
-            orders: Sequence[Sequence[str]] | None = None,
-            transcripts: list[dict[str, Any]] | None = None) -> tuple[list[RunRecord], dict[str, Trace]]:
-    """Every system on every prompt, cfg.repeats times, interleaved.
+            orders: Sequence[Sequence[str]] | None = None, transcripts: list[dict[str, Any]] | None = None,
+            repeats: Sequence[int] | None = None) -> tuple[list[RunRecord], dict[str, Trace]]:
+    """Every system on every prompt, once per repeat (`repeats`, default 0..cfg.repeats - 1), interleaved.
 
     In repeat r the systems run in orders[r] (default: their order in procs), rotated by one
     place from prompt to prompt. A multi-turn prompt runs turn by turn: every system answers
@@ -292,10 +294,11 @@ def _rounds(prompts: Sequence[Prompt], procs: Sequence[SystemProcess], ids: dict
     last: dict[str, Trace] = {}
     n = len(procs)
     by_name = {p.spec.name: p for p in procs}
-    total = cfg.repeats * sum(1 + len(p.turns) for p in prompts) * n
+    reps = list(range(cfg.repeats) if repeats is None else repeats)
+    total = len(reps) * sum(1 + len(p.turns) for p in prompts) * n
     with tqdm(total=total, unit="run", desc="bench", disable=not progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
-        for rep in range(cfg.repeats):
+        for rep in reps:
             order = [by_name[name] for name in orders[rep]] if orders is not None else list(procs)
             for i, p in enumerate(prompts):
                 shift = i % n
@@ -431,21 +434,31 @@ def run(
     transcripts: list[dict[str, Any]] = []
     orders = round_orders(names, cfg.repeats, cfg.seed)
     pairs = _pairs(cfg.compare, names)
+    records: list[RunRecord] = []
+    last: dict[str, Trace] = {}
     with tempfile.TemporaryDirectory(prefix="sdfp-bench-") as log_dir:
-        if cfg.cost_cache is None:  # the bench's own cost store, fresh: the user's is neither read nor written
-            load = replace(load, cost_dir=str(Path(log_dir) / "costs"))
-        try:
-            _start_all(names, setup, load, Path(log_dir), procs, log)
-            off = procs[0]
-            assert isinstance(off, WorkerProcess)
-            ids.update((p.id, off.tokenize_chat(p.messages)) for p in prompts)  # the chat template, once
-            _check_fit(ids, cfg)
-            procs.sort(key=lambda p: names.index(p.spec.name))
-            records, last = _rounds(prompts, procs, ids, cfg, progress, failures, chat=off, orders=orders,
-                                    transcripts=transcripts)
-        finally:
-            for proc in procs:
-                proc.close()
+        # Every repeat starts every system afresh: llama-server's ngram-mod and ngram-cache keep
+        # what they saw across requests, so a second round in the same process drafts the answers
+        # it saw in the first (measured: ngram-mod on HumanEval 1.30x, 1.46x, 1.55x of plain in
+        # rounds 1-3, docs/bench-method.md); repeats must be samples of one thing, not a memory test.
+        for rep in range(cfg.repeats):
+            procs = []
+            # the bench's own cost store, fresh each repeat: the user's is neither read nor written
+            rep_load = replace(load, cost_dir=str(Path(log_dir) / f"costs-{rep}")) if cfg.cost_cache is None else load
+            try:
+                _start_all(names, setup, rep_load, Path(log_dir), procs, log)
+                off = procs[0]
+                assert isinstance(off, WorkerProcess)
+                if not ids:
+                    ids.update((p.id, off.tokenize_chat(p.messages)) for p in prompts)  # the chat template, once
+                    _check_fit(ids, cfg)
+                procs.sort(key=lambda p: names.index(p.spec.name))
+                got, last = _rounds(prompts, procs, ids, cfg, progress, failures, chat=off, orders=orders,
+                                    transcripts=transcripts, repeats=[rep])
+                records += got
+            finally:
+                for proc in procs:
+                    proc.close()
     by_name = {p.spec.name: p for p in procs}
     machine["load_average_end"] = list(os.getloadavg())
     categories = list(dict.fromkeys(p.category for p in prompts))
@@ -506,6 +519,36 @@ def run(
         "summary": [row.as_dict() for row in summary],
         "comparisons": comparisons,
     }
+
+
+def select_rounds(result: dict[str, Any], rounds: Sequence[int]) -> dict[str, Any]:
+    """The record with only these rounds' runs, its summary and comparisons recomputed from them.
+
+    Why: a record made before each repeat started its processes afresh (schema 3 before
+    2026-12-05) lets llama-server's ngram-mod and ngram-cache draft, in rounds after the first,
+    the answers they saw in it; its first round is still a clean sample."""
+    have = sorted({r["repeat"] for r in result["runs"]})
+    bad = [r for r in rounds if r not in have]
+    if bad or not rounds:
+        raise InvalidRequestError(f"round(s) {', '.join(map(str, bad)) or '(none)'} not in the record; it has "
+                                  f"{', '.join(map(str, have))}")
+    fields = set(RunRecord.__dataclass_fields__)
+    records = [RunRecord(**{k: v for k, v in r.items() if k in fields}) for r in result["runs"] if r["repeat"] in rounds]
+    names = [s["name"] for s in result["systems"]]
+    categories = result["config"]["categories"]
+    costs = {n: dict((m or {}).get("c", {})) for n, m in result["cost_models"].items()}
+    summary = summarize(records, systems=names, categories=categories, costs=costs,
+                        references=result["references"], compare_ids=result["config"]["greedy"])
+    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in result["comparisons"]))
+    best = best_of([n for n in names if n.startswith("llama-server-ngram")], summary, base=BASE)
+    if best and "auto" in names and ("auto", best) not in pairs:  # the best n-gram type of these rounds
+        pairs.append(("auto", best))
+    comparisons = [c.as_dict() for a, b in pairs for c in compare(records, a, b, categories=categories)]
+    return {**result, "config": {**result["config"], "rounds_selected": list(rounds)},
+            "notes": [*result["notes"], f"only round(s) {', '.join(map(str, rounds))} of {len(have)}: "
+                      "summary and comparisons recomputed from them (bench --from-json --rounds)"],
+            "runs": [r for r in result["runs"] if r["repeat"] in rounds],
+            "summary": [row.as_dict() for row in summary], "comparisons": comparisons}
 
 
 def _pairs(wanted: Sequence[tuple[str, str]] | None, names: Sequence[str]) -> list[tuple[str, str]]:

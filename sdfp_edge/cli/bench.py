@@ -85,12 +85,15 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--from-json", "from_json", default=None, metavar="FILE", type=click.Path(exists=True, dir_okay=False),
               help="Run nothing: rewrite bench.md and bench.png in --out from an earlier bench.json.")
+@click.option("--rounds", default=None, metavar="LIST",
+              help="With --from-json: only these rounds (0-based, comma-separated); summary recomputed, "
+                   "bench.json written beside.")
 @user_errors
 def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: int | None, seed: int,
           verbose: bool, draft_model: str | None, skip_layers: str | None, draft_max: int, draft_p_min: float,
           data: str, categories: str | None, limit: int | None, max_tokens: int | None, temperature: float,
           systems: str | None, repeats: int, compare: tuple[str, ...], build_peers: bool, cost_cache: bool | None, quick: bool, out_dir: str,
-          no_progress: bool, from_json: str | None) -> None:
+          no_progress: bool, from_json: str | None, rounds: str | None) -> None:
     """End-to-end tokens/s of every system against plain llama.cpp, on MT-Bench and HumanEval prompts.
 
     Each system runs in its own process with your environment as it is. llama.cpp's own
@@ -99,9 +102,22 @@ def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: i
     from sdfp_edge.bench import data as bench_data
     from sdfp_edge.bench import report, runner
 
+    if rounds is not None and from_json is None:
+        raise click.BadParameter("only with --from-json", param_hint="--rounds")
     if from_json is not None:
         result = json.loads(Path(from_json).read_text())
-        paths = report.write(result, out_dir, formats=("md", "png"))
+        formats: tuple[str, ...] = ("md", "png")
+        if rounds is not None:
+            try:
+                picked = [int(x) for x in rounds.split(",") if x.strip()]
+            except ValueError:
+                raise click.BadParameter(f"{rounds!r}: give round numbers such as 0 or 0,1", param_hint="--rounds")
+            if (Path(out_dir) / "bench.json").resolve() == Path(from_json).resolve():
+                raise click.BadParameter("--out would overwrite the --from-json record: give another folder",
+                                         param_hint="--out")
+            result = runner.select_rounds(result, picked)
+            formats = ("json", "md", "png")
+        paths = report.write(result, out_dir, formats=formats)
         click.echo(report.markdown(result))
         click.echo("wrote " + ", ".join(str(p) for p in paths.values()), err=True)
         return

@@ -2,7 +2,8 @@
 """How much of what prompt lookup could buy does auto take? A replay without timing noise.
 
 Figures: docs/prompt-lookup.md, 'A replay without timing noise': the replay table and the
-`--lookup-max 48` figures (records in models/bench/replay/).
+`--lookup-max 48` figures (records in models/bench/replay/); docs/bench-method.md, 'The replay's
+bound': code, edits and multi-turn chats (`--generate MODEL --data humaneval,humaneval-edit,multiturn`).
 
     .venv/bin/python tools/lookup_replay.py --answers ANSWERS.json \\
         --verify-cost models/bench/verify-cost/qwen2.5-coder-1.5b.json [--lookup-max 32] [--out R.md]
@@ -219,27 +220,43 @@ def replay_ngram_simple(prompt: list[int], answer: list[int], curve: Curve,
     return spent
 
 
-def generate_answers(model: str, *, limit: int, humaneval_limit: int, seed: int, max_tokens: int) -> dict[str, Any]:
-    """The model's greedy answers (sdfp-edge's plain decoding), each prompt from an empty cache."""
+def generate_answers(model: str, *, limit: int, humaneval_limit: int, seed: int, max_tokens: int,
+                     data_sets: Sequence[str] = ()) -> dict[str, Any]:
+    """The model's greedy answers (sdfp-edge's plain decoding), each prompt from an empty cache.
+
+    With `data_sets` (the bench's --data names), the bench's own selection instead (`limit` per
+    category, `seed`), and every turn of a multi-turn chat is an answer of its own: its prompt
+    holds the earlier turns with the model's answers to them, as the bench sends them."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from compare_modes import PROMPTS
 
     from sdfp_edge.api import Model
     from sdfp_edge.bench import data
 
-    chats = [(f"copy/{name}", "copy", [{"role": "user", "content": text}]) for name, text in PROMPTS.items()]
-    chats += [(p.id, p.category, p.messages) for p in data.load(("mtbench",), limit=limit, seed=seed)]
-    chats += [(p.id, p.category, p.messages) for p in data.load(("humaneval",), limit=humaneval_limit, seed=seed)]
+    if data_sets:
+        selected = data.load(tuple(data_sets), limit=limit, seed=seed)
+    else:
+        selected = data.load(("mtbench",), limit=limit, seed=seed) + data.load(("humaneval",), limit=humaneval_limit,
+                                                                              seed=seed)
     out = []
-    with Model(model, n_ctx=2048) as m:
-        for pid, category, messages in chats:
-            prompt = m.tokenize_chat(messages)
-            m.backend.reset()
-            answer = [t for ch in m.stream_tokens(prompt, max_tokens=max_tokens, mode="off", temperature=0) for t in ch.tokens]
-            out.append({"id": pid, "category": category, "prompt": prompt, "answer": answer})
-            print(f"{pid}: {len(prompt)} prompt tokens, {len(answer)} answer tokens", file=sys.stderr, flush=True)
+    with Model(model, n_ctx=4096) as m:
+        chats = [] if data_sets else [(f"copy/{name}", "copy", [{"role": "user", "content": text}], None)
+                                      for name, text in PROMPTS.items()]
+        chats += [(p.id, p.category, None, p) for p in selected]
+        for pid, category, messages, prompt_obj in chats:
+            texts: list[str] = []
+            for turn in range(1 + len(prompt_obj.turns) if prompt_obj else 1):
+                msgs = prompt_obj.chat(texts) if prompt_obj else messages
+                prompt = m.tokenize_chat(msgs)
+                m.backend.reset()
+                answer = [t for ch in m.stream_tokens(prompt, max_tokens=max_tokens, mode="off", temperature=0)
+                          for t in ch.tokens]
+                texts.append(m.backend.detokenize([t for t in answer if not m.backend.is_eog(t)]))
+                tid = pid if turn == 0 else f"{pid}#turn{turn + 1}"
+                out.append({"id": tid, "category": category, "prompt": prompt, "answer": answer})
+                print(f"{tid}: {len(prompt)} prompt tokens, {len(answer)} answer tokens", file=sys.stderr, flush=True)
         name = m.path.name
-    return {"model": name, "max_tokens": max_tokens, "answers": out}
+    return {"model": name, "max_tokens": max_tokens, "data": list(data_sets), "answers": out}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -252,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=3, help="with --generate: MT-Bench prompts per category")
     ap.add_argument("--humaneval-limit", type=int, default=12, help="with --generate: HumanEval prompts")
     ap.add_argument("--seed", type=int, default=0, help="with --generate: which prompts (bench's --seed)")
+    ap.add_argument("--data", default="", help="with --generate: the bench's data sets instead (e.g. "
+                    "humaneval,humaneval-edit,multiturn), --limit per category, every chat turn an answer")
     ap.add_argument("--max-tokens", type=int, default=128, help="with --generate: tokens per answer")
     ap.add_argument("--order-seed", type=int, default=None,
                     help="replay the answers in a shuffled order (what one process learns depends on it)")
@@ -260,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.generate:
         answers = generate_answers(args.generate, limit=args.limit, humaneval_limit=args.humaneval_limit,
-                                   seed=args.seed, max_tokens=args.max_tokens)
+                                   seed=args.seed, max_tokens=args.max_tokens,
+                                   data_sets=[x for x in args.data.split(",") if x])
         tmp = args.answers.with_name(args.answers.name + ".tmp")
         tmp.write_text(json.dumps(answers) + "\n")
         tmp.replace(args.answers)

@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
-"""Prefill time of one prompt cut into batches of different sizes (backend.REUSE_GRID_CPU).
+"""Prefill time of one prompt cut into batches of different sizes (backend.REUSE_GRID_CPU), and
+of several prompts prefilled one after another or in one batch (serve --parallel).
 
 Figures: The figures in the REUSE_GRID_CPU comment of sdfp_edge/runtime/backend.py (the cost of
-64-token prefill batches); no README or docs figure.
+64-token prefill batches), and docs/serving.md ("One batch per step": --together).
 
     .venv/bin/python tools/prefill_batches.py --model qwen2.5-coder-1.5b --tokens 396 --sizes 64,128,256,512
+    .venv/bin/python tools/prefill_batches.py --model smollm2-135m --together 4 --tokens 120
+
+--together N: N prompts of --tokens tokens each in N sequences of one context (each with its own
+KV stream, as serve --parallel N), prefilled one after another, then all in one llama_batch
+(llama.cpp splits it into equal per-sequence slices); --runs times each, alternating. Both
+ask for every row's logits (one llama_batch with only each prompt's last row would need the
+batch built by hand), so both pay the output layer for the same rows.
 
 Each batch reads every weight once, so on a CPU small batches cost prefill time; the
 engine prefills in llama.cpp's own n_batch batches, batch mode on the 64-position grid.
@@ -26,7 +34,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=396)
     ap.add_argument("--sizes", default="64,128,256,512")
     ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--together", type=int, default=0, help="N prompts: one after another, then in one batch")
     args = ap.parse_args()
+    if args.together:
+        together(args)
+        return
     with LlamaBackend(resolve_model(args.model), n_ctx=4096, n_threads=args.threads) as b:
         prompt = [(i * 7919) % 30000 + 100 for i in range(args.tokens)]  # any ids: the cost is the shape
         for size in (int(s) for s in args.sizes.split(",")):
@@ -39,6 +51,31 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
             print(f"batches of {size}: {args.tokens} tokens in " + " / ".join(f"{t:.2f}" for t in times) + " s",
                   flush=True)
+
+
+def together(args: argparse.Namespace) -> None:
+    n = args.together
+    with LlamaBackend(resolve_model(args.model), n_ctx=n * (args.tokens + 64), n_threads=args.threads,
+                      n_seq_max=n) as b:
+        prompts = [[(i * 7919 + 104729 * s) % 30000 + 100 for i in range(args.tokens)] for s in range(n)]
+        if n * args.tokens > b.n_batch:
+            raise SystemExit(f"{n} x {args.tokens} tokens exceed one batch of {b.n_batch}")
+        tokens = [t for p in prompts for t in p]
+        positions = [i for p in prompts for i in range(len(p))]
+        seqs = [s for s, p in enumerate(prompts) for _ in p]
+        serial, batch = [], []
+        for _ in range(args.runs):
+            b.reset()
+            t0 = time.perf_counter()
+            for s, p in enumerate(prompts):
+                b.decode_seqs(p, range(len(p)), [s] * len(p), logits="all")
+            serial.append(time.perf_counter() - t0)
+            b.reset()
+            t0 = time.perf_counter()
+            b.decode_seqs(tokens, positions, seqs, logits="all")
+            batch.append(time.perf_counter() - t0)
+        print(f"{n} prompts of {args.tokens} tokens: one after another " + " / ".join(f"{t:.2f}" for t in serial)
+              + " s; in one batch " + " / ".join(f"{t:.2f}" for t in batch) + " s", flush=True)
 
 
 if __name__ == "__main__":

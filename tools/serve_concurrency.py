@@ -13,7 +13,15 @@ first turns and HumanEval prompts, alternating, from sdfp_edge/bench/data.py, gr
     gap p95    95th percentile of the time between two content chunks (what a reader sees)
 
 and, with --mixed, a load where one client asks for 512 tokens while the others ask for 16
-each, three times: whether every short request ended before the long one. With --repeats R
+each, three times: whether every short request ended before the long one; with --long-prompt,
+one client streams 256 tokens while another pastes about 600 tokens of code: the stream's
+longest stall and the pasted prompt's time to first token. `--parallel 4w` runs
+`serve --parallel 4 --whole-prefill` (prompts prefilled whole between two steps).
+
+Every request of a server's run has a prompt no earlier request of that run had (the warm-up
+included): llama-server keeps the prompts it saw in host memory (--cache-ram, 8 GiB by default)
+and its slots' KV, so prompts repeated from one M to the next measure its prompt cache, not
+concurrency (--prompt-reuse repeat gives the old behaviour, the same prompts for every M). With --repeats R
 the whole sequence of servers runs R times (the order rotated each repeat) and the table gives,
 per cell, the median over repeats (tok/s with its min-max).
 
@@ -85,7 +93,7 @@ def started(cmd: list[str], port: int, log: Path) -> Iterator[str]:
             proc.wait()
 
 
-def stream_one(url: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+def stream_one(url: str, prompt: str, max_tokens: int, on_chunk: Any = None) -> dict[str, Any]:
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
@@ -102,6 +110,8 @@ def stream_one(url: str, prompt: str, max_tokens: int) -> dict[str, Any]:
             choices = data.get("choices") or []
             if choices and (choices[0].get("delta") or {}).get("content"):
                 times.append(time.perf_counter())
+                if on_chunk is not None:
+                    on_chunk()
     end = time.perf_counter()
     n = tokens if tokens is not None else len(times)
     return {"t_send": t0, "t_end": end, "ttft": times[0] - t0 if times else None, "tokens": n, "chunks": len(times),
@@ -169,20 +179,55 @@ def run_mixed(url: str, prompts: list[str], m: int) -> dict[str, Any]:
             "shorts_before_long": sum(r["t_end"] < out["long"]["t_end"] for r in shorts), "shorts": len(shorts)}
 
 
+def run_long_prompt(url: str, long_prompt: str) -> dict[str, Any]:
+    """One client streams 256 tokens; once it streams, another sends a long prompt (about 600
+    tokens of code) for 16 tokens: how long the first stream stalls while that prompt is prefilled."""
+    out: dict[str, Any] = {}
+    streaming = threading.Event()
+
+    def reader() -> None:
+        out["stream"] = stream_one(url, "Write a long story about a lighthouse keeper.", 256, on_chunk=streaming.set)
+
+    def paster() -> None:
+        streaming.wait()
+        time.sleep(0.3)
+        out["long_prompt"] = stream_one(url, long_prompt, 16)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=paster)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gaps = out["stream"]["gaps"]
+    return {"stream_gap_max_ms": round(1e3 * max(gaps), 1), "stream_gap_p95_ms": round(1e3 * pct(gaps, 0.95), 1),
+            "stream_seconds": round(out["stream"]["t_end"] - out["stream"]["t_send"], 2),
+            "long_prompt_ttft_ms": round(1e3 * out["long_prompt"]["ttft"], 1) if out["long_prompt"]["ttft"] else None}
+
+
 def measure(name: str, cmd: list[str], port: int, log: Path, prompts: list[str], clients: list[int],
-            per_client: int, max_tokens: int, mixed: bool) -> dict[str, Any]:
+            per_client: int, max_tokens: int, mixed: bool, fresh: bool, long_prompt: str | None) -> dict[str, Any]:
     print(f"== {name}: {' '.join(cmd)}", file=sys.stderr)
     with started(cmd, port, log) as url:
-        stream_one(url, prompts[0], 16)  # warm-up: first-call graph building, caches
+        feed = iter(prompts) if fresh else None
+
+        def take(n: int) -> list[str]:  # the next n unused prompts, or (repeat) always the first ones
+            out = [next(feed) for _ in range(n)] if feed is not None else prompts
+            assert len(out) >= n, "too few prompts"
+            return out
+
+        stream_one(url, take(1)[0], 16)  # warm-up: first-call graph building
         rows = []
         for m in clients:
-            row = run_clients(url, prompts, m, per_client, max_tokens)
+            row = run_clients(url, take(m * per_client), m, per_client, max_tokens)
             print(f"   M={m}: {row}", file=sys.stderr)
             rows.append(row)
-        mix = run_mixed(url, prompts, 4) if mixed else None
+        mix = run_mixed(url, take(9), 4) if mixed else None
         if mix:
             print(f"   mixed: {mix}", file=sys.stderr)
-    return {"system": name, "command": cmd, "rows": rows, "mixed": mix}
+        paste = run_long_prompt(url, long_prompt) if long_prompt else None
+        if paste:
+            print(f"   long prompt: {paste}", file=sys.stderr)
+    return {"system": name, "command": cmd, "rows": rows, "mixed": mix, "long_prompt": paste}
 
 
 def _median(xs: list[float]) -> float:
@@ -216,23 +261,40 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(f"| {name} | {ms[0]['long_tokens']}, {_median([m['long_seconds'] for m in ms]):.1f} | "
                          f"{sum(m['shorts_before_long'] for m in ms)} of {sum(m['shorts'] for m in ms)} | "
                          f"{_median([m['short_seconds_max'] for m in ms]):.1f} |")
+    pastes: dict[str, list[dict[str, Any]]] = {}
+    for run in record["runs"]:
+        if run.get("long_prompt"):
+            pastes.setdefault(run["system"], []).append(run["long_prompt"])
+    if pastes:
+        lines += ["", "| server | longest stall of the stream (ms, median; max) | its gap p95 (ms) | "
+                  "the long prompt's first token (ms) |", "|---|---:|---:|---:|"]
+        for name, ps in pastes.items():
+            gaps = [x["stream_gap_max_ms"] for x in ps]
+            lines.append(f"| {name} | {_median(gaps):.0f}; {max(gaps):.0f} | "
+                         f"{_median([x['stream_gap_p95_ms'] for x in ps]):.0f} | "
+                         f"{_median([x['long_prompt_ttft_ms'] for x in ps if x['long_prompt_ttft_ms']]):.0f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="catalogue name or GGUF path")
-    ap.add_argument("--parallel", default="1,4", help="sdfp-edge serve --parallel values")
+    ap.add_argument("--parallel", default="1,4", help="sdfp-edge serve --parallel values (4w: with --whole-prefill)")
     ap.add_argument("--clients", default="1,2,4,8", help="numbers of concurrent clients")
     ap.add_argument("--per-client", type=int, default=2, help="requests each client sends, one after another")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--prompts", type=int, default=16, help="prompts used (MT-Bench first turns and HumanEval, alternating)")
+    ap.add_argument("--prompts", type=int, default=16,
+                    help="with --prompt-reuse repeat: prompts used (MT-Bench first turns and HumanEval, alternating)")
+    ap.add_argument("--prompt-reuse", choices=("fresh", "repeat"), default="fresh",
+                    help="fresh: no prompt twice in a server's run; repeat: every M sends the same prompts")
     ap.add_argument("--repeats", type=int, default=1, help="run the whole sequence of servers this many times")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--slot-ctx", type=int, default=1024, help="context per slot (n_ctx = N x this)")
     ap.add_argument("--llama-server", default=None, help="binary, or 'auto' (tools/build_llama_server.py's)")
     ap.add_argument("--np", default="4", help="llama-server -np values")
     ap.add_argument("--mixed", action="store_true", help="also the 512-vs-16-token mixed load (4 clients)")
+    ap.add_argument("--long-prompt", action="store_true",
+                    help="also: a stream of 256 tokens while another client sends about 600 tokens of code")
     ap.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
     ap.add_argument("--table", type=Path, default=None, help="print the Markdown table of a results file and exit")
     a = ap.parse_args()
@@ -241,16 +303,28 @@ def main() -> None:
         return
     model = models.resolve_model(a.model)
     chat, code = interleave(load_mtbench()), load_humaneval()  # one per MT-Bench category first
-    prompts = [p.text for pair in zip(chat, code) for p in pair][: a.prompts]
+    prompts = [p.text for pair in zip(chat, code) for p in pair]
+    if a.prompt_reuse == "repeat":
+        prompts = prompts[: a.prompts]
     clients = [int(x) for x in a.clients.split(",")]
+    long_prompt = None
+    if a.long_prompt:  # HumanEval problems, joined to about 2,000 characters of code (600-700 tokens)
+        parts = ["Summarize what each of these functions does, one line each.\n"]
+        for p in code[100:]:
+            if sum(map(len, parts)) > 2000:
+                break
+            parts.append(p.text)
+        long_prompt = "\n".join(parts)
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "serve_concurrency"
     logs.mkdir(exist_ok=True)
     servers: list[tuple[str, list[str], Path]] = []
     sdfp = [str(Path(sys.executable).with_name("sdfp-edge"))]
-    for n in (int(x) for x in a.parallel.split(",")):
+    for spec in a.parallel.split(","):  # "4": --parallel 4; "4w": --parallel 4 --whole-prefill
+        n, whole = int(spec.rstrip("w")), spec.endswith("w")
         cmd = sdfp + ["serve", "--model", str(model), "--threads", str(a.threads), "-c", str(a.slot_ctx * n),
-                      "--parallel", str(n), "--port", "{port}"]
-        servers.append((f"sdfp-edge --parallel {n}", cmd, logs / f"sdfp-{n}.log"))
+                      "--parallel", str(n), "--port", "{port}", *(["--whole-prefill"] if whole else [])]
+        servers.append((f"sdfp-edge --parallel {n}{' --whole-prefill' if whole else ''}", cmd,
+                        logs / f"sdfp-{spec}.log"))
     binary = a.llama_server
     if binary == "auto":
         out = subprocess.run([sys.executable, str(ROOT / "tools" / "build_llama_server.py"), "--print-path"],
@@ -269,11 +343,12 @@ def main() -> None:
         for name, cmd, log in servers[k:] + servers[:k]:  # rotated: no server always first
             port = free_port()
             run = measure(name, [x.replace("{port}", str(port)) for x in cmd], port, log, prompts, clients,
-                          a.per_client, a.max_tokens, a.mixed)
+                          a.per_client, a.max_tokens, a.mixed, a.prompt_reuse == "fresh", long_prompt)
             runs.append({**run, "repeat": rep})
     record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
               "model": model.name, "max_tokens": a.max_tokens, "per_client": a.per_client, "repeats": a.repeats,
+              "prompt_reuse": a.prompt_reuse,
               "command": " ".join(sys.argv), "runs": runs}
     text = json.dumps(record, indent=1)
     if a.out:

@@ -43,7 +43,7 @@ from sdfp_edge.bench.data import (CODE_CHAT_FIRST, CODE_EDITS, DEFAULT_DATA, EDI
                                   MULTITURN_SOURCES, SOURCES, Prompt)
 from sdfp_edge.bench.processes import SystemProcess, WorkerError, WorkerProcess
 from sdfp_edge.bench.protocol import LoadConfig, Request, Trace
-from sdfp_edge.bench.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, RunRecord, best_of, compare,
+from sdfp_edge.bench.stats import (BOOTSTRAP_RESAMPLES, CONFIDENCE, RunRecord, SummaryRow, best_of, compare,
                                    decode_window, first_divergence, summarize)
 from sdfp_edge.bench.systems import BASE, OFF, Setup, baseline_layers, choose, spec_for, start_order
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
@@ -463,12 +463,8 @@ def run(
     machine["load_average_end"] = list(os.getloadavg())
     categories = list(dict.fromkeys(p.category for p in prompts))
     greedy = cfg.temperature == 0
-    summary = summarize(records, systems=names, categories=categories, costs={n: t.costs for n, t in last.items()},
-                        references=REFERENCES, compare_ids=greedy)
-    if cfg.compare is None and (best := best_of([n for n in names if n.startswith("llama-server-ngram")], summary,
-                                                 base=BASE)) and "auto" in names:
-        pairs.append(("auto", best))
-    comparisons = [c.as_dict() for a, b in pairs for c in compare(records, a, b, categories=categories)]
+    summary, comparisons = _judge(records, names, categories, {n: t.costs for n, t in last.items()}, REFERENCES,
+                                  greedy, pairs, best_vs_auto=cfg.compare is None)
     server_info = next((p.info for p in procs if p.spec.runner == "llama-server"), None)
     return {
         "schema": SCHEMA,
@@ -521,6 +517,20 @@ def run(
     }
 
 
+def _judge(records: Sequence[RunRecord], names: Sequence[str], categories: Sequence[str],
+           costs: dict[str, dict[str, float]], references: Sequence[str], greedy: bool,
+           pairs: Sequence[tuple[str, str]], *, best_vs_auto: bool) -> tuple[list[SummaryRow], list[dict[str, Any]]]:
+    """The summary rows and the pairwise comparisons of these runs; with `best_vs_auto`, `auto`
+    is also compared with the llama-server n-gram type that did best against plain llama.cpp."""
+    summary = summarize(records, systems=names, categories=categories, costs=costs, references=references,
+                        compare_ids=greedy)
+    pairs = list(pairs)
+    best = best_of([n for n in names if n.startswith("llama-server-ngram")], summary, base=BASE)
+    if best_vs_auto and best and "auto" in names and ("auto", best) not in pairs:
+        pairs.append(("auto", best))
+    return summary, [c.as_dict() for a, b in pairs for c in compare(records, a, b, categories=categories)]
+
+
 def select_rounds(result: dict[str, Any], rounds: Sequence[int]) -> dict[str, Any]:
     """The record with only these rounds' runs, its summary and comparisons recomputed from them.
 
@@ -537,13 +547,9 @@ def select_rounds(result: dict[str, Any], rounds: Sequence[int]) -> dict[str, An
     names = [s["name"] for s in result["systems"]]
     categories = result["config"]["categories"]
     costs = {n: dict((m or {}).get("c", {})) for n, m in result["cost_models"].items()}
-    summary = summarize(records, systems=names, categories=categories, costs=costs,
-                        references=result["references"], compare_ids=result["config"]["greedy"])
     pairs = list(dict.fromkeys((c["a"], c["b"]) for c in result["comparisons"]))
-    best = best_of([n for n in names if n.startswith("llama-server-ngram")], summary, base=BASE)
-    if best and "auto" in names and ("auto", best) not in pairs:  # the best n-gram type of these rounds
-        pairs.append(("auto", best))
-    comparisons = [c.as_dict() for a, b in pairs for c in compare(records, a, b, categories=categories)]
+    summary, comparisons = _judge(records, names, categories, costs, result["references"], result["config"]["greedy"],
+                                  pairs, best_vs_auto=True)  # the best n-gram type of these rounds
     return {**result, "config": {**result["config"], "rounds_selected": list(rounds)},
             "notes": [*result["notes"], f"only round(s) {', '.join(map(str, rounds))} of {len(have)}: "
                       "summary and comparisons recomputed from them (bench --from-json --rounds)"],

@@ -704,8 +704,23 @@ def test_bench_repeats_with_intervals_and_a_multi_turn_chat(smollm2: Path, tmp_p
     assert rows1[("auto", "all")]["vs"][BASE]["end_to_end_interval"]["n"] == 2  # one round of two prompts
     assert {(c["a"], c["b"]) for c in one["comparisons"]} == {("auto", "off")}
     assert "round(s) 1 of the 2 run" in (one_dir / "bench.md").read_text()
+    # a comparison not asked for when it ran (bench --from-json --compare): every round, one pair more
+    both_dir = tmp_path / "off-vs-auto"
+    r = CliRunner().invoke(main, ["bench", "--from-json", str(out / "bench.json"), "--compare", "off:auto",
+                                  "--out", str(both_dir)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    both = json.loads((both_dir / "bench.json").read_text())
+    assert both["runs"] == runs and both["summary"] == res["summary"]
+    assert [c for c in both["comparisons"] if (c["a"], c["b"]) == ("auto", "off")] == res["comparisons"]
+    off_auto = {c["category"] for c in both["comparisons"] if (c["a"], c["b"]) == ("off", "auto")}
+    assert off_auto == {"multi-turn", "writing", "all"}
+    assert "| off | auto | all |" in (both_dir / "bench.md").read_text()
+    assert "compared as well: off against auto" in (both_dir / "bench.md").read_text()
     before = (out / "bench.json").read_text()
     for argv, why in ((["--rounds", "2", "--out", str(tmp_path / "x")], "not in the record"),
+                      (["--compare", "auto:layerskip", "--out", str(tmp_path / "y")], "do not run"),
+                      (["--compare", "auto", "--out", str(tmp_path / "z")], "give two systems"),
+                      (["--compare", "off:auto", "--out", str(out)], "would overwrite"),
                       (["--rounds", "0", "--out", str(out)], "would overwrite")):
         r = CliRunner().invoke(main, ["bench", "--from-json", str(out / "bench.json"), *argv])
         assert r.exit_code == 2 and why in r.output, r.output

@@ -531,13 +531,17 @@ def _judge(records: Sequence[RunRecord], names: Sequence[str], categories: Seque
     return summary, [c.as_dict() for a, b in pairs for c in compare(records, a, b, categories=categories)]
 
 
-def select_rounds(result: dict[str, Any], rounds: Sequence[int]) -> dict[str, Any]:
-    """The record with only these rounds' runs, its summary and comparisons recomputed from them.
+def select_rounds(result: dict[str, Any], rounds: Sequence[int] | None = None,
+                  compare: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The record with only these rounds' runs (None: all), its summary and comparisons
+    recomputed from them, with the pairs in `compare` compared too.
 
     Why: a record made before each repeat started its processes afresh (schema 3 before
     2026-12-05) lets llama-server's ngram-mod and ngram-cache draft, in rounds after the first,
-    the answers they saw in it; its first round is still a clean sample."""
+    the answers they saw in it; its first round is still a clean sample. And a comparison that
+    was not asked for when the bench ran can be had without running it again."""
     have = sorted({r["repeat"] for r in result["runs"]})
+    rounds = have if rounds is None else rounds
     bad = [r for r in rounds if r not in have]
     if bad or not rounds:
         raise InvalidRequestError(f"round(s) {', '.join(map(str, bad)) or '(none)'} not in the record; it has "
@@ -547,12 +551,16 @@ def select_rounds(result: dict[str, Any], rounds: Sequence[int]) -> dict[str, An
     names = [s["name"] for s in result["systems"]]
     categories = result["config"]["categories"]
     costs = {n: dict((m or {}).get("c", {})) for n, m in result["cost_models"].items()}
-    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in result["comparisons"]))
+    pairs = list(dict.fromkeys([*((c["a"], c["b"]) for c in result["comparisons"]), *_pairs(compare, names)]))
     summary, comparisons = _judge(records, names, categories, costs, result["references"], result["config"]["greedy"],
                                   pairs, best_vs_auto=True)  # the best n-gram type of these rounds
+    why = (f"only round(s) {', '.join(map(str, rounds))} of {len(have)}: summary and comparisons recomputed "
+           "from them (bench --from-json --rounds)" if sorted(set(rounds)) != have else
+           "summary and comparisons recomputed from the record's runs (bench --from-json)")
+    if compare:
+        why += "; compared as well: " + ", ".join(f"{a} against {b}" for a, b in compare)
     return {**result, "config": {**result["config"], "rounds_selected": list(rounds)},
-            "notes": [*result["notes"], f"only round(s) {', '.join(map(str, rounds))} of {len(have)}: "
-                      "summary and comparisons recomputed from them (bench --from-json --rounds)"],
+            "notes": [*result["notes"], why],
             "runs": [r for r in result["runs"] if r["repeat"] in rounds],
             "summary": [row.as_dict() for row in summary], "comparisons": comparisons}
 

@@ -71,7 +71,8 @@ def _command_line(ctx: click.Context) -> str:
                    "paired per prompt and round; medians get a bootstrap 95% interval over prompts and rounds).")
 @click.option("--compare", "compare", multiple=True, metavar="A:B",
               help="Also report system A against system B with its interval (repeatable; default: auto against "
-                   "the fastest llama-server n-gram type that ran).")
+                   "the fastest llama-server n-gram type that ran). With --from-json: recomputed from the record's "
+                   "runs, bench.json written beside.")
 @click.option("--build-peers", is_flag=True,
               help="Build llama.cpp's llama-server first if it is not cached (tools/build_llama_server.py, "
                    "4-5 minutes on 2 cores, once).")
@@ -104,18 +105,25 @@ def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: i
 
     if rounds is not None and from_json is None:
         raise click.BadParameter("only with --from-json", param_hint="--rounds")
+    pairs = []
+    for c in compare:
+        a, sep, b = c.partition(":")
+        if not sep or not a or not b or a not in KNOWN or b not in KNOWN:
+            raise click.BadParameter(f"{c!r}: give two systems as A:B, from {', '.join(KNOWN)}",
+                                     param_hint="--compare")
+        pairs.append((a, b))
     if from_json is not None:
         result = json.loads(Path(from_json).read_text())
         formats: tuple[str, ...] = ("md", "png")
-        if rounds is not None:
+        if rounds is not None or pairs:
             try:
-                picked = [int(x) for x in rounds.split(",") if x.strip()]
+                picked = None if rounds is None else [int(x) for x in rounds.split(",") if x.strip()]
             except ValueError:
                 raise click.BadParameter(f"{rounds!r}: give round numbers such as 0 or 0,1", param_hint="--rounds")
             if (Path(out_dir) / "bench.json").resolve() == Path(from_json).resolve():
                 raise click.BadParameter("--out would overwrite the --from-json record: give another folder",
                                          param_hint="--out")
-            result = runner.select_rounds(result, picked)
+            result = runner.select_rounds(result, picked, pairs)
             formats = ("json", "md", "png")
         paths = report.write(result, out_dir, formats=formats)
         click.echo(report.markdown(result))
@@ -126,13 +134,6 @@ def bench(model: str | None, threads: int | None, ctx_size: int, n_gpu_layers: i
     if unknown:
         raise click.BadParameter(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(KNOWN)}",
                                  param_hint="--systems")
-    pairs = []
-    for c in compare:
-        a, sep, b = c.partition(":")
-        if not sep or not a or not b or a not in KNOWN or b not in KNOWN:
-            raise click.BadParameter(f"{c!r}: give two systems as A:B, from {', '.join(KNOWN)}",
-                                     param_hint="--compare")
-        pairs.append((a, b))
     if quick:
         limit = limit if limit is not None else QUICK["limit"]
         max_tokens = max_tokens if max_tokens is not None else QUICK["max_tokens"]

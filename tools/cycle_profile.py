@@ -44,11 +44,11 @@ def profile(model: str | None, mode: str, categories: list[str], n_prompts: int,
         wall = time.perf_counter() - t0
     stats = pstats.Stats(pr).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
 
-    def cum(name: str) -> float:
-        return sum(v[3] for k, v in stats.items() if k[2] == name)
+    def cum(module: str, name: str) -> float:  # one function: its file and name (many are called decode)
+        return sum(v[3] for (path, _, fn), v in stats.items() if fn == name and path.endswith(module))
 
-    return {"wall_s": wall, "tokens": tokens, "choose_s": cum("choose"), "candidates_s": cum("_candidates"),
-            "decode_s": cum("decode")}
+    return {"wall_s": wall, "tokens": tokens, "choose_s": cum("runtime/controller.py", "choose"),
+            "candidates_s": cum("runtime/engine.py", "_candidates"), "decode_s": cum("runtime/backend.py", "decode")}
 
 
 def main() -> None:

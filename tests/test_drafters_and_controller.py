@@ -424,3 +424,56 @@ def test_layer_skip_candidates_from_the_gguf_scores() -> None:
     # nothing deeper to add when the list already holds a third of the layers; no block keys
     few = SkipMetadata("qwen2", 12, (1, 3, 5, 9), layer_scores=scores)
     assert set(layer_skip_candidates((1, 3, 5, 9), few, small_head=False)) == {"layerskip"}
+
+
+def exhaustive_best(c: Controller, candidates: list[Candidate], caps: list[int], fresh: bool) -> tuple:
+    """The controller's rule weighed at every k of every candidate (what _best's early stop
+    must reproduce): the largest E(k) / cost, plain decoding unless a draft beats it by the margin."""
+    verify = c.cost.curve(max(caps, default=0) + 1, fresh=fresh)
+    best, bar_rate = (None, 0), 1.0 / verify[1]
+    for cand, k_top in zip(candidates, caps):
+        if k_top <= 0:
+            continue
+        rates = c.rates(cand, k_top, fresh=fresh)
+        step = c.cost.step(cand.drafter, cand.cost_prior, fresh=fresh, one=verify[1])
+        for k in range(1, k_top + 1):
+            rate = expected_tokens_from_rates(rates[:k]) / (k * step + verify[k + 1])
+            if rate > bar_rate * (c.margin if best[0] is None else 1.0):
+                best, bar_rate = (cand.drafter, k), rate
+    return best
+
+
+def test_the_best_draft_is_what_weighing_every_length_gives() -> None:
+    """_best stops weighing longer drafts once none can win; on random costs, statistics and
+    candidates (lookup chains of up to 32 drafts, model drafters) it chooses what weighing them all does."""
+    rng = np.random.default_rng(7)
+    chosen = set()
+    for trial in range(400):
+        c = Controller()
+        sizes = sorted({1, *rng.integers(2, 34, size=rng.integers(1, 6)).tolist()})
+        t1 = float(rng.uniform(0.01, 0.05))
+        for n in sizes:  # noisy: the monotone fit and the extrapolation both come into play
+            c.cost.observe_verify(n, t1 * (1 + float(rng.uniform(0.1, 1.2)) * (n - 1)) * float(rng.uniform(0.8, 1.2)))
+        c.cost.t_batch_token = t1 * float(rng.uniform(0.1, 0.6)) if rng.random() < 0.7 else None
+        c.cost.t_step["layerskip"] = t1 * float(rng.uniform(0.05, 0.9))
+        for source in ("lookup:1", "lookup:2+", "lookup:4+", "lookup:8+", "lookup:16+", "lookup:32+", "layerskip"):
+            a = Acceptance()
+            for _ in range(int(rng.integers(0, 40))):
+                k = int(rng.integers(1, 6))
+                a.observe(k, int(rng.binomial(k, rng.uniform(0.2, 1.0))))
+            c.acceptance[source] = a
+        cands, caps = [], []
+        for _ in range(int(rng.integers(1, 3))):
+            match, k = int(rng.integers(1, 40)), int(rng.integers(1, 33))
+            p = replace(PromptLookupDrafter().propose([1, 2, 1, 2], 1), source=match_source(match), match=match,
+                        tokens=np.arange(k))
+            chain, cap = drafts_judged_by(p), int(rng.integers(0, k + 1))  # room may cap it below the chain
+            cands.append(Candidate("lookup", cap, chain[0][0], cost_prior=0.0, prior=chain[0][1], chain=chain))
+            caps.append(cap)
+        if rng.random() < 0.5:
+            cands.append(Candidate("layerskip", 4, "layerskip", cost_prior=0.5))
+            caps.append(4)
+        d = c.choose(cands, accepted_in_text=None)
+        assert (d.drafter, d.k) == exhaustive_best(c, cands, caps, fresh=False), trial
+        chosen.add(d.drafter)
+    assert chosen == {None, "lookup", "layerskip"}  # the cases cover every kind of choice

@@ -20,6 +20,7 @@ whose occurrences disagree.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -134,9 +135,14 @@ def drafts_judged_by(p: Proposal, *, regime: str = "", greedy: bool = True) -> t
     12.1. Drafts after the first count as agreeing: the longer n-gram's other occurrences
     are not looked up.
     `regime`: the suffix of the statistics' keys (SamplingParams.regime: "" when greedy)."""
-    if not p.k:
-        return ()
-    sources = [p.source, *(match_source(min(p.match + i, LONG_MATCH)) for i in range(1, p.k))]
+    return _judged_by(p.source, p.match, p.k, regime, greedy) if p.k else ()
+
+
+@functools.lru_cache(maxsize=4096)
+def _judged_by(source: str, match: int, k: int, regime: str, greedy: bool) -> tuple[tuple[str, float | None], ...]:
+    """drafts_judged_by's chain, made once per (source, match, k, setting): the engine asks for
+    one every cycle, and a 32-token chain cost more than the lookup itself."""
+    sources = [source, *(match_source(min(match + i, LONG_MATCH)) for i in range(1, k))]
     return tuple((s + regime, prior_acceptance(s, greedy=greedy)) for s in sources)
 
 

@@ -413,3 +413,46 @@ def test_verbose_and_json_say_which_sampling_was_used(smol_recommending: Path) -
     assert "temperature 0.6" in line and "given: min_p" in line and "from the GGUF: samplers, temperature, top_k" in line
     r = CliRunner().invoke(main, [*args, "--json", "--temperature", "0"])
     assert json.loads(r.stdout)["stats"]["sampling"]["source"]["temperature"] == "given"
+
+
+def test_ranking_only_the_tokens_near_the_top_changes_no_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With top-k first, chain_components ranks only the tokens near the row's top: on rows of a
+    real vocabulary's size (spread, peaked, masked by a grammar) the candidates and their logits
+    are those of ranking the whole row, and the draws are the same."""
+    import sdfp_edge.runtime.sampler_chain as chain
+
+    rng = np.random.default_rng(11)
+    rows_ = [(rng.standard_normal(49152) * s).astype(np.float32) for s in (0.5, 1.0, 2.0, 4.0, 8.0)]
+    peaked = (rng.standard_normal(49152) * 3).astype(np.float32)
+    peaked[:30] += 40.0  # fewer than k tokens near the top: the whole row is ranked
+    masked = rows_[2].copy()
+    masked[rng.random(49152) < 0.999] = -np.inf  # a grammar leaves ~50 tokens
+    tiny = rows_[3].copy()
+    tiny[5:] = -np.inf  # fewer finite tokens than k
+    settings = [SamplingParams(temperature=0.7, top_k=40, top_p=0.95, min_p=0.05), SamplingParams(temperature=1.0, top_k=1),
+                SamplingParams(temperature=0.8, top_k=2000, top_p=0.99), SamplingParams(temperature=0.8, top_k=40,
+                samplers=("top_p", "top_k", "temperature"))]
+    near_used = []
+    real = chain._near_top
+
+    def spy(x: npt.NDArray[np.float32], k: int) -> np.ndarray | None:
+        got = real(x, k)
+        if chain.NEAR_TOP:  # not the whole-row reference
+            near_used.append(got is not None)
+        return got
+
+    monkeypatch.setattr(chain, "_near_top", spy)
+    for params in settings:
+        for row in [*rows_, peaked, masked, tiny]:
+            fast = chain.chain_components(row, params)
+            with monkeypatch.context() as m:
+                m.setattr(chain, "NEAR_TOP", ())
+                whole = chain.chain_components(row, params)
+            assert [(w, dict(zip(i.tolist(), v.tolist()))) for w, i, v in fast] == \
+                   [(w, dict(zip(i.tolist(), v.tolist()))) for w, i, v in whole]
+            for u in (0.01, 0.37, 0.93):
+                with monkeypatch.context() as m:
+                    m.setattr(chain, "NEAR_TOP", ())
+                    expected = chain.chain_draw(row, params, u)
+                assert chain.chain_draw(row, params, u) == expected
+    assert near_used.count(True) >= 15 and near_used.count(False) >= 3  # both paths ran

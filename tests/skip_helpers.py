@@ -141,3 +141,36 @@ def graph_reuse_check(b: LlamaBackend, draft: DraftMask) -> None:
         assert alternating == 8  # all but the first decode of each mask
     else:
         assert plain == alternating == 0
+
+
+def batch_switch_reuse_check(b: LlamaBackend, n_verify: int = 3) -> None:
+    """Single-token decodes alternating with verify batches of n_verify tokens (speculative
+    decoding's rhythm) reuse both graphs, as plain decoding reuses its one, and give the logits
+    they give without the other kind in between.
+
+    With one graph per mask each switch rebuilt and reallocated it: 1-1.5 ms per switch on
+    SmolLM2 here, about 12% of a token (issue 34).
+    """
+    prompt = b.tokenize(PROMPT)
+    b.reset()
+    b.decode(prompt[:-n_verify], logits="last")
+    start = b.n_past
+    single, verify = prompt[-n_verify:-n_verify + 1], prompt[-n_verify:]
+
+    def run(sizes: list[int]) -> tuple[int, list[np.ndarray]]:
+        before, out = b.graphs_reused, []
+        for n in sizes:
+            out.append(b.decode(single if n == 1 else verify, logits="all")[-1])
+            b.truncate(start)
+        return b.graphs_reused - before, out
+
+    run([n_verify, 1])  # builds both graphs (the prompt's batch had another size)
+    plain, ones = run([1] * 6)
+    batches, many = run([n_verify] * 6)
+    alternating, mixed = run([1, n_verify] * 5)
+    for i, got in enumerate(mixed):
+        assert np.array_equal(got, (ones if i % 2 == 0 else many)[0]), f"decode {i} gave other logits"
+    if plain == 6:
+        assert batches == 6 and alternating == 10
+    else:
+        assert plain == batches == alternating == 0

@@ -16,8 +16,8 @@ from sdfp_edge.runtime.backend import LlamaBackend
 from sdfp_edge.bench.runner import thp_mode
 from sdfp_edge.errors import RuntimeBuildError, SkipListError, UnsupportedArchitectureError
 from sdfp_edge.runtime.layer_skip import DraftMask
-from skip_helpers import (PROMPT, fresh_context_check, graph_reuse_check, open_backend, prompt_logits,
-                          shared_cache_check)
+from skip_helpers import (PROMPT, batch_switch_reuse_check, fresh_context_check, graph_reuse_check,
+                          open_backend, prompt_logits, shared_cache_check)
 
 @pytest.fixture(scope="module")
 def smol(smollm2: Path):
@@ -46,6 +46,10 @@ def test_switching_masks_matches_a_fresh_context_per_mask(smollm2: Path) -> None
 
 def test_a_draft_and_its_target_each_keep_their_graph(smol: LlamaBackend) -> None:
     graph_reuse_check(smol, DraftMask.layers((2, 5, 9)))
+
+
+def test_single_tokens_and_verify_batches_each_keep_their_graph(smol: LlamaBackend) -> None:
+    batch_switch_reuse_check(smol)
 
 
 def test_more_masks_than_kept_graphs_stay_exact(smol: LlamaBackend) -> None:

@@ -13,7 +13,9 @@ whole layers + small head, their FFN blocks only and their attention blocks only
 
 It also times the switch: alternating masked and full single-token decodes (the draft and
 verify pattern; the patch keeps one graph per mask so that neither rebuilds the other's)
-against the mean of the two alone, in interleaved blocks (--switch-only: nothing else).
+against the mean of the two alone, in interleaved blocks (--switch-only: nothing else); and
+the same for single-token decodes alternating with 3-token verify batches of the full model
+(prompt lookup's rhythm: the patch keeps one graph per kind of batch too).
 
     .venv/bin/python tools/draft_step_cost.py --model qwen2.5-coder-1.5b --out models/bench/draft-cost/qwen.json
 """
@@ -56,10 +58,10 @@ def main() -> None:
     b.decode(tokens[:200], logits="last")
     start = b.n_past
 
-    def step(mask: DraftMask | None) -> float:
+    def step(mask: DraftMask | None, n: int = 1) -> float:
         b.set_mask(mask)
         t0 = time.perf_counter()
-        b.decode([tokens[200]], logits="last")
+        b.decode(tokens[200 - n + 1:201] if n > 1 else [tokens[200]], logits="all" if n > 1 else "last")
         t = time.perf_counter() - t0
         b.truncate(start)
         return t
@@ -104,17 +106,38 @@ def main() -> None:
     switch = float(np.median(pairs))
     reused = b.graphs_reused - reused
     decodes = 6 * 4 * (args.repeats + 2)
+
+    # the full model: one token, then a verify of 3 (decode() truncates back to `start`, so the
+    # verify's tokens re-decode the cache's last two positions: the same work as a real verify)
+    b.truncate(start - 2)
+    start -= 2
+    ones, threes, mixed = [], [], []
+    batch_reused = b.graphs_reused
+    for _ in range(6):
+        ones += [step(None) for _ in range(args.repeats + 2)][2:]
+        threes += [step(None, 3) for _ in range(args.repeats + 2)][2:]
+        mixed += [step(None) + step(None, 3) for _ in range(args.repeats + 2)][2:]
+    batch_reused = b.graphs_reused - batch_reused
+    batch_alone = float(np.median(ones)) + float(np.median(threes))
+    batch_pair = float(np.median(mixed))
     b.close()
 
     result = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(args.threads),
               "model": str(path), "full_ms": full_ms, "rows": rows,
               "switch": {"mask": probe.describe(), "alone_ms": alone * 1000, "alternating_ms": switch * 1000,
-                         "graphs_reused": reused, "decodes": decodes}}
+                         "graphs_reused": reused, "decodes": decodes},
+              "batch_switch": {"one_ms": float(np.median(ones)) * 1000,
+                               "verify3_ms": float(np.median(threes)) * 1000, "pair_ms": batch_pair * 1000,
+                               "extra_per_switch_ms": (batch_pair - batch_alone) / 2 * 1000,
+                               "graphs_reused": batch_reused, "decodes": decodes}}
     print(f"{path.name}: one token {full_ms:.1f} ms ({result['machine']['cpu']})")
     for r in rows:
         print(f"  {r['cut']:36s} c = {r['c']:.3f}")
     print(f"  alternating masked/full: {switch * 1000:.2f} ms per decode, alone {alone * 1000:.2f} ms "
           f"(+{(switch - alone) * 1000:.2f} ms per switch; {reused} of {decodes} decodes reused a graph)")
+    print(f"  alternating 1-token/3-token: {batch_pair * 1000:.2f} ms per pair, alone {batch_alone * 1000:.2f} ms "
+          f"(+{(batch_pair - batch_alone) / 2 * 1000:.2f} ms per switch; "
+          f"{batch_reused} of {decodes} decodes reused a graph)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")

@@ -240,7 +240,10 @@ def test_an_unseen_source_is_judged_by_its_measured_first_draft_acceptance() -> 
     assert c.choose([unknown], accepted_in_text=3).drafter is None  # until its failures settle it
     long = Candidate("lookup", 2, "lookup:16+", cost_prior=0.0, prior=prior_acceptance("lookup:16+"))
     assert c.choose([long], accepted_in_text=3).k == 2
-    assert prior_acceptance("lookup:unknown") is None is prior_acceptance("lookup:16+", greedy=False)
+    assert prior_acceptance("lookup:unknown") is None
+    # sampled: the same prior (optimistic: sampled drafts were accepted less), no exploration bonus
+    sampled = replace(short, source="lookup:1~sampled:t0.7")
+    assert c.choose([sampled], accepted_in_text=3).drafter is None
 
 
 def test_each_lookup_draft_is_judged_as_the_first_draft_of_the_match_it_continues() -> None:
@@ -251,8 +254,8 @@ def test_each_lookup_draft_is_judged_as_the_first_draft_of_the_match_it_continue
     chain = drafts_judged_by(p)
     assert [s for s, _ in chain] == ["lookup:2+", *["lookup:4+"] * 4, *["lookup:8+"] * 3]
     assert chain[0][1] == prior_acceptance("lookup:2+") and chain[-1][1] == prior_acceptance("lookup:8+")
-    assert [s for s, _ in drafts_judged_by(p, regime="~sampled", greedy=False)][:2] == ["lookup:2+~sampled",
-                                                                                        "lookup:4+~sampled"]
+    assert drafts_judged_by(p, regime="~sampled")[:2] == (("lookup:2+~sampled", prior_acceptance("lookup:2+")),
+                                                          ("lookup:4+~sampled", prior_acceptance("lookup:4+")))
     assert drafts_judged_by(PromptLookupDrafter().propose([1, 2, 3], 4)) == ()  # nothing to draft
     c = Controller(cost=cost(CPU, {"lookup": 0.0}))
     c.observe_chain([s for s, _ in chain], 2)  # the first two accepted, the third rejected
@@ -477,3 +480,56 @@ def test_the_best_draft_is_what_weighing_every_length_gives() -> None:
         assert (d.drafter, d.k) == exhaustive_best(c, cands, caps, fresh=False), trial
         chosen.add(d.drafter)
     assert chosen == {None, "lookup", "layerskip"}  # the cases cover every kind of choice
+
+
+def test_a_process_with_only_its_own_measurements_weighs_drafts_once() -> None:
+    """Controller.choose skips the explore shadow when a process without stored state would
+    weigh exactly the same figures; on random histories of a fresh process the shadow then
+    chooses what the full state does, and anything stored or given turns the shadow back on."""
+    rng = np.random.default_rng(11)
+    skipped = 0
+    for trial in range(200):
+        c = Controller()
+        t1 = float(rng.uniform(0.01, 0.05))
+        c.cost.calibrate(lambda n: t1 * (1 + 0.4 * (n - 1)) * float(rng.uniform(0.9, 1.1)), [1, 2, 4], repeats=3)
+        for _ in range(int(rng.integers(0, 30))):
+            n = int(rng.integers(1, 12))
+            c.cost.observe_verify(n, t1 * (1 + float(rng.uniform(0.1, 1.2)) * (n - 1)))
+        if rng.random() < 0.5:
+            c.cost.observe_batch(64, 64 * t1 * float(rng.uniform(0.1, 0.6)))
+        if rng.random() < 0.5:
+            c.cost.observe_step("layerskip", 1, t1 * float(rng.uniform(0.05, 0.9)))
+        for _ in range(int(rng.integers(0, 40))):
+            match, k = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+            if rng.random() < 0.5:
+                c.observe(match_source(match), k, int(rng.binomial(k, 0.6)))
+            else:
+                c.observe_chain([match_source(match)] * k, int(rng.binomial(k, 0.6)))
+        cands, caps = [], []
+        for _ in range(int(rng.integers(1, 3))):
+            match, k = int(rng.integers(1, 40)), int(rng.integers(1, 33))
+            p = replace(PromptLookupDrafter().propose([1, 2, 1, 2], 1), source=match_source(match), match=match,
+                        tokens=np.arange(k))
+            chain = drafts_judged_by(p)
+            cands.append(Candidate("lookup", k, chain[0][0], cost_prior=0.0, prior=chain[0][1], chain=chain))
+            caps.append(k)
+        if rng.random() < 0.5:
+            cands.append(Candidate("layerskip", 4, "layerskip", cost_prior=0.5))
+            caps.append(4)
+        assert c.cost.fresh_is_full() and c.acceptance == c.fresh, trial
+        assert c._best(cands, caps, fresh=True) == c._best(cands, caps, fresh=False), trial
+        assert c.choose(cands, explore=True) == c.choose(cands), trial
+        skipped += 1
+    assert skipped == 200
+
+    c = Controller()
+    c.cost.calibrate(lambda n: 0.02 * n, [1, 2], repeats=1)
+    assert c.cost.fresh_is_full()
+    c.cost.t_step["layerskip"] = 0.001  # given, not timed here
+    assert not c.cost.fresh_is_full()
+    loaded = Controller()
+    loaded.load_state(c.state())
+    assert not loaded.cost.fresh_is_full()
+    c = Controller()
+    c.acceptance["lookup:8+"] = seen(10, 4, 4)  # known from elsewhere: the fresh table lacks it
+    assert c.acceptance != c.fresh

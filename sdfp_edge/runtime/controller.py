@@ -355,6 +355,15 @@ class CostModel:
         extra_small = max(0, min(n, SMALL_BATCH) - top)
         return fit[top] + small * extra_small + big * (n - top - extra_small)
 
+    def fresh_is_full(self) -> bool:
+        """Whether curve(fresh=True) and step(fresh=True) are exactly the full ones: nothing was
+        stored or given, and every timing (samples and their weights) is this process's own.
+        Then the controller need not weigh drafts twice per cycle (Controller.choose)."""
+        return (not self.stored and not self.record and self.here == self.samples
+                and all(n == 1 or self.here.get(n, 0) for n in self.t_verify)
+                and self.steps_here.issuperset(self.t_step)
+                and (self.batch_here or self.t_batch_token is None))
+
     def step(self, drafter: str, prior: float, *, fresh: bool = False, one: float | None = None) -> float:
         """t_step of a drafter, or `prior` x t_verify(1) (`one`, when the caller has it) before it
         was ever measured (`fresh`: measured in this process)."""
@@ -508,6 +517,7 @@ class Decision:
 
 
 BOUND_SLACK = 1.0 + 1e-9  # _best stops only when a longer draft cannot win by more than rounding
+NO_EVIDENCE = Acceptance()  # a source never observed (read only: Acceptance.rates changes nothing)
 NEAR = 1.1  # a best choice within this factor of plain decoding is "near break-even"
 
 
@@ -553,7 +563,7 @@ class Controller:
         table = self.fresh if fresh else self.acceptance
 
         def judged(source: str, n: int, prior: float | None, first: bool) -> list[float]:
-            return table.setdefault(source, Acceptance()).rates(
+            return table.get(source, NO_EVIDENCE).rates(
                 n, optimistic=first and prior is None, prior=UNKNOWN_PRIOR if prior is None else prior)
 
         if not cand.chain:
@@ -618,7 +628,9 @@ class Controller:
             return Decision(None, 0, 0.0)
         caps = [probe_cap(c.k_cap, accepted_in_text, c.trusted) for c in candidates]
         best = self._best(candidates, caps, fresh=False)
-        if explore:
+        # a process that measured everything it knows would weigh the same figures: the shadow
+        # is `best` itself (half the controller's time per cycle; SmolLM2 at 0.7, issue 34)
+        if explore and not (self.cost.fresh_is_full() and self.acceptance == self.fresh):
             shadow = self._best(candidates, caps, fresh=True)
             if (shadow.drafter is not None and (shadow.drafter, shadow.k) != (best.drafter, best.k)
                     and not self.cost.timed_recently(shadow.k + 1)):

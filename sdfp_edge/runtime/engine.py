@@ -223,7 +223,8 @@ class SpeculativeDecoder:
                     p = d.propose(context, 1, SamplingParams(), rng)
                 self.controller.cost.observe_step(name, max(p.steps, 1), sw.last)
             elif not d.uses_model:
-                self.controller.cost.t_step[name] = 0.0
+                self.controller.cost.t_step[name] = 0.0  # known in every process: no step to time
+                self.controller.cost.steps_here.add(name)
 
     def persist(self) -> None:
         if self.cost_store is not None and self.controller.cost.ready:
@@ -247,7 +248,7 @@ class SpeculativeDecoder:
             if not d.uses_model:
                 lookup = d.propose(tokens, min(room, self.lookup_max), sampling, rng)
                 if lookup.k:
-                    chain = drafts_judged_by(lookup, regime=regime, greedy=sampling.greedy)
+                    chain = drafts_judged_by(lookup, regime=regime)
                     cands.append(Candidate(name, lookup.k, chain[0][0], cost_prior=0.0, trusted=lookup.trusted,
                                            prior=chain[0][1], chain=chain))
             elif min(room, self.k_max) > 0:

@@ -450,8 +450,7 @@ class ParallelDecoder:
     def _chain(slot: _Slot, p: Proposal) -> tuple[tuple[str, float | None], ...]:
         """Whose statistics judge each of the slot's drafts (drafts_judged_by)."""
         assert slot.req is not None
-        greedy = slot.req.sampling.greedy
-        return drafts_judged_by(p, regime=slot.req.sampling.regime, greedy=greedy)
+        return drafts_judged_by(p, regime=slot.req.sampling.regime)
 
     def _cycle(self, active: list[_Slot]) -> list[Update]:
         props = self._drafts(active)

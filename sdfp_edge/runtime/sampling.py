@@ -16,6 +16,7 @@ temperature == 0 means greedy: the distribution is one-hot on the argmax.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -72,11 +73,12 @@ class SamplingParams:
         """Temperature 0 is greedy: one token, whatever else is set (XTC included)."""
         return self.temperature == 0
 
-    @property
+    @functools.cached_property
     def regime(self) -> str:
         """The suffix of the controller's acceptance keys: a one-hot draft is accepted with the
         target's probability of it, so each sampling setting keeps its own statistics (a
-        temperature-0.6 acceptance is not a temperature-1.0 one); "" when greedy."""
+        temperature-0.6 acceptance is not a temperature-1.0 one); "" when greedy. Made once
+        (the parameters are frozen): the engine asks every cycle."""
         if self.greedy:
             return ""
         if self.mirostat:

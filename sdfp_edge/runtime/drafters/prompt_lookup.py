@@ -115,16 +115,21 @@ def match_length(tokens: Sequence[int], end: int, n: int, longest: int = LONG_MA
     return n
 
 
-def prior_acceptance(source: str, *, greedy: bool = True) -> float | None:
+def prior_acceptance(source: str) -> float | None:
     """What a source's first draft is expected to do before it was ever drafted here: a
     1-token match is accepted a third of the time, so probing it from an uninformed prior
     (plus the exploration bonus) spent one-token verifies that cannot pay where V(2) is
-    1.6-1.8. Measured greedy: a sampled one-hot draft is accepted less often, and its prior
-    is unknown (None, Candidate.prior)."""
-    return FIRST_ACCEPTED.get(source) if greedy else None
+    1.6-1.8. Measured greedy; a sampled one-hot draft is accepted with the target's
+    probability of it, which ran below the greedy rate (SmolLM2 at temperature 0.7, Xeon VM,
+    issue 34's notes of 2026-12-06: 0.14-0.20 for lookup:1 against 0.31, 0.50 for lookup:2+
+    against 0.60, level beyond), so the greedy figure is an optimistic prior there too, and
+    evidence lowers it. With no prior (and so an exploration bonus) a sampled run probed every
+    source, lookup:1 included: 34% of its drafts were accepted, 50% with these priors
+    (docs/bench-method.md)."""
+    return FIRST_ACCEPTED.get(source)
 
 
-def drafts_judged_by(p: Proposal, *, regime: str = "", greedy: bool = True) -> tuple[tuple[str, float | None], ...]:
+def drafts_judged_by(p: Proposal, *, regime: str = "") -> tuple[tuple[str, float | None], ...]:
     """Whose statistics judge each draft of a proposal, with their priors (Candidate.chain).
 
     Draft i + 1 is reached only when drafts 1..i were accepted, and then continues a match of
@@ -135,15 +140,15 @@ def drafts_judged_by(p: Proposal, *, regime: str = "", greedy: bool = True) -> t
     12.1. Drafts after the first count as agreeing: the longer n-gram's other occurrences
     are not looked up.
     `regime`: the suffix of the statistics' keys (SamplingParams.regime: "" when greedy)."""
-    return _judged_by(p.source, p.match, p.k, regime, greedy) if p.k else ()
+    return _judged_by(p.source, p.match, p.k, regime) if p.k else ()
 
 
 @functools.lru_cache(maxsize=4096)
-def _judged_by(source: str, match: int, k: int, regime: str, greedy: bool) -> tuple[tuple[str, float | None], ...]:
+def _judged_by(source: str, match: int, k: int, regime: str) -> tuple[tuple[str, float | None], ...]:
     """drafts_judged_by's chain, made once per (source, match, k, setting): the engine asks for
     one every cycle, and a 32-token chain cost more than the lookup itself."""
     sources = [source, *(match_source(min(match + i, LONG_MATCH)) for i in range(1, k))]
-    return tuple((s + regime, prior_acceptance(s, greedy=greedy)) for s in sources)
+    return tuple((s + regime, prior_acceptance(s)) for s in sources)
 
 
 def match_source(n: int, agree: bool = True) -> str:

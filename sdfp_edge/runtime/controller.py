@@ -629,7 +629,7 @@ class Controller:
         caps = [probe_cap(c.k_cap, accepted_in_text, c.trusted) for c in candidates]
         best = self._best(candidates, caps, fresh=False)
         # a process that measured everything it knows would weigh the same figures: the shadow
-        # is `best` itself (half the controller's time per cycle; SmolLM2 at 0.7, issue 34)
+        # is `best` itself (one of two weighings per cycle; SmolLM2 at 0.7, issue 34)
         if explore and not (self.cost.fresh_is_full() and self.acceptance == self.fresh):
             shadow = self._best(candidates, caps, fresh=True)
             if (shadow.drafter is not None and (shadow.drafter, shadow.k) != (best.drafter, best.k)

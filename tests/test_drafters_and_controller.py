@@ -487,7 +487,6 @@ def test_a_process_with_only_its_own_measurements_weighs_drafts_once() -> None:
     weigh exactly the same figures; on random histories of a fresh process the shadow then
     chooses what the full state does, and anything stored or given turns the shadow back on."""
     rng = np.random.default_rng(11)
-    skipped = 0
     for trial in range(200):
         c = Controller()
         t1 = float(rng.uniform(0.01, 0.05))
@@ -519,8 +518,6 @@ def test_a_process_with_only_its_own_measurements_weighs_drafts_once() -> None:
         assert c.cost.fresh_is_full() and c.acceptance == c.fresh, trial
         assert c._best(cands, caps, fresh=True) == c._best(cands, caps, fresh=False), trial
         assert c.choose(cands, explore=True) == c.choose(cands), trial
-        skipped += 1
-    assert skipped == 200
 
     c = Controller()
     c.cost.calibrate(lambda n: 0.02 * n, [1, 2], repeats=1)

@@ -29,9 +29,12 @@ def replayer(known: bool = False) -> replay.Replayer:
 def speeds(prompt: list[int], answer: list[int]) -> dict[str, float]:
     spent, emitted = replayer().run(prompt, answer)
     assert emitted == answer  # the engine, fed the answer's logits, emits the answer
-    oracle = replay.replay_oracle(replay.proposals(prompt, answer, 32), CURVE)
-    return {"auto": len(answer) / spent, "oracle": len(answer) / oracle,
-            "ngram-simple": len(answer) / replay.replay_ngram_simple(prompt, answer, CURVE)}
+    props = replay.proposals(prompt, answer, 32)
+    oracle = replay.replay_oracle(props, CURVE)
+    calibrated = replay.replay_calibrated(props, replay.kept_counts([props]), CURVE)
+    return {"auto": len(answer) / spent, "oracle": len(answer) / oracle, "calibrated": len(answer) / calibrated,
+            "ngram-simple": len(answer) / replay.replay_ngram_simple(prompt, answer, CURVE),
+            "ngram-mod": len(answer) / replay.NgramMod().replay(prompt, answer, CURVE)}
 
 
 def test_the_curve_interpolates_between_and_extends_beyond_its_sizes() -> None:
@@ -41,7 +44,7 @@ def test_the_curve_interpolates_between_and_extends_beyond_its_sizes() -> None:
 
 def test_an_answer_with_nothing_to_copy_runs_at_plain_speed_for_every_policy() -> None:
     s = speeds(PROMPT, list(range(300, 340)))
-    assert s == {"auto": 1.0, "oracle": 1.0, "ngram-simple": 1.0}
+    assert s == {"auto": 1.0, "oracle": 1.0, "calibrated": 1.0, "ngram-simple": 1.0, "ngram-mod": 1.0}
 
 
 def test_a_copy_pays_and_no_policy_beats_the_oracle() -> None:
@@ -49,9 +52,46 @@ def test_a_copy_pays_and_no_policy_beats_the_oracle() -> None:
     # 50 copied tokens: one 32-token and one 16-token draft would emit them for V(33) + V(17)
     assert copy["oracle"] >= 50 / (CURVE(33) + CURVE(17) + CURVE(1))
     assert 1.0 < copy["auto"] <= copy["oracle"] and copy["ngram-simple"] > 1.0
+    assert 1.0 < copy["calibrated"] <= copy["oracle"]
+    # ngram-mod drafts chains of 48+ lookups: the table's 24-grams reach the prompt's end, and
+    # with the answer's first tokens added, wrap round to its start (up to 64 tokens, beyond
+    # lookup's cap of 32, so the oracle does not bound it)
+    assert copy["ngram-mod"] > 1.0
     # a copy that strays twice: drafts fail, and the oracle knows where
     strays = speeds(PROMPT, [*PROMPT[:20], 400, *PROMPT[21:40], 401, *PROMPT[41:55]])
     assert strays["auto"] <= strays["oracle"] < copy["oracle"]
+    assert strays["calibrated"] <= strays["oracle"]
+
+
+def test_calibrated_drafts_what_the_statistics_say_pays_and_stops_where_they_do_not() -> None:
+    answer = PROMPT[:40]  # a copy: nothing to look up at its first token, then the prompt's continuation
+    props = replay.proposals(PROMPT, answer, 32)
+    counts = replay.kept_counts([props])
+    first = props[1]  # a 1-token match, its kept drafts as counted
+    assert first[0] and counts[first[2]][first[1]] >= 1
+    # where the statistics say every draft is kept, the policy drafts the best ratio of the
+    # curve: the whole 32-token proposal at position 1, then 3 of the 5 left (4 / V(4) beats
+    # 6 / V(6) on this curve), then the last one
+    sure = {f: [0] * 32 + [1] for f in counts}
+    assert replay.replay_calibrated(props, sure, CURVE) == pytest.approx(CURVE(1) + CURVE(33) + CURVE(4) + CURVE(2))
+    # where they say none is, it decodes plainly
+    never = {f: [1] for f in counts}
+    assert replay.replay_calibrated(props, never, CURVE) == pytest.approx(len(answer) * CURVE(1))
+
+
+def test_ngram_mod_drafts_long_chains_and_keeps_its_table_across_requests() -> None:
+    long_prompt = list(range(100, 300))  # 200 distinct tokens
+    copy = long_prompt[40:140]  # the answer copies 100 of them
+    mod = replay.NgramMod()
+    spent = mod.replay(long_prompt, copy, CURVE)
+    assert spent < len(copy) * CURVE(1)  # a chain of 48+ lookups, drafted and kept
+    # an answer with nothing in the prompt: plain the first time, drafted when the same server
+    # sees it again (the table is shared across requests, as llama-server's is)
+    free = list(range(400, 500))
+    server = replay.NgramMod()
+    assert server.replay(long_prompt, free, CURVE) == pytest.approx(len(free) * CURVE(1))
+    assert server.replay(long_prompt, free, CURVE) < len(free) * CURVE(1)
+    assert replay.NgramMod().replay(long_prompt, free, CURVE) == pytest.approx(len(free) * CURVE(1))
 
 
 def test_what_a_process_learned_carries_to_its_next_answer() -> None:
@@ -74,5 +114,6 @@ def test_the_command_line_writes_its_table(tmp_path: Path) -> None:
     out = tmp_path / "r.md"
     replay.main(["--answers", str(answers), "--verify-cost", str(cost), "--out", str(out)])
     text = out.read_text()
-    assert "| f | 1 | " + " | ".join(["1.00 (1.00-1.00)"] * 6) + " |" in text
+    assert "| f | 1 | " + " | ".join(["1.00 (1.00-1.00)"] * 8) + " |" in text
+    assert "| f | " + " | ".join(["1.000"] * 7) + " |" in text
     assert "| copy | c | 41 |" in text

@@ -25,9 +25,18 @@ tools/compare_modes.py's prompts, `--limit` MT-Bench prompts per category and
 - `oracle`: the cheapest way through each answer with the same drafter's proposals and
   perfect foresight (dynamic programming over positions): no policy drafting from prompt
   lookup can do better on this machine;
+- `calibrated`: the same proposals judged by a policy that knows, for every match length
+  (and whether the match's earlier occurrences agreed), how many of a draft these very answers
+  keep: the in-sample distribution, not this answer's outcome. It drafts the k with the most
+  expected tokens per verify time, as auto does. What auto could reach with perfect statistics
+  of the features it has; the distance from there to `oracle` is foresight no such policy has;
 - `ngram-simple`: llama-server's policy in the pinned llama.cpp (common/ngram-map.cpp with
   common/common.h's defaults): draft when the last 12 tokens occurred before and 12 or more
-  tokens followed them, up to 48 tokens, else decode one token.
+  tokens followed them, up to 48 tokens, else decode one token;
+- `ngram-mod`: llama-server's ngram-mod (common/speculative.cpp, common_ngram_mod, defaults
+  n_match 24, n_max 64, n_min 48): a table from every 24-gram seen to the token after it,
+  kept across the requests of one server (so across the answers, in order, as the bench
+  sends them to one process), drafting the chain of its lookups when it reaches 48 tokens.
 
 Each figure is answer tokens per t1 of verify time: the decode-rate speedup over plain
 decoding, leaving out the prefill and the drafter's own time (lookup costs no model step).
@@ -53,6 +62,7 @@ import numpy.typing as npt
 from sdfp_edge.runtime.backend import common_prefix_len
 from sdfp_edge.runtime.controller import CostModel
 from sdfp_edge.runtime.drafters import PromptLookupDrafter
+from sdfp_edge.runtime.drafters.prompt_lookup import LONG_MATCH
 from sdfp_edge.runtime.engine import LOOKUP_MAX, SpeculativeDecoder
 
 # llama-server's ngram-simple in the pinned source: common/common.h's defaults
@@ -169,19 +179,59 @@ def kept(draft: Sequence[int], answer: Sequence[int]) -> int:
     return n
 
 
-def proposals(prompt: list[int], answer: list[int], lookup_max: int) -> list[tuple[list[int], int]]:
-    """At each answer position, prompt lookup's proposal and how many of it the answer keeps."""
+Feature = tuple[bool, int]  # (the match's earlier occurrences agreed, its length up to LONG_MATCH)
+
+
+def proposals(prompt: list[int], answer: list[int], lookup_max: int) -> list[tuple[list[int], int, Feature]]:
+    """At each answer position, prompt lookup's proposal, how many of it the answer keeps, and
+    what the drafter knew of it beforehand (`calibrated` groups by it)."""
     drafter = PromptLookupDrafter()
     out = []
     for i in range(len(answer)):
         room = len(answer) - i - 1
         p = drafter.propose([*prompt, *answer[:i]], min(room, lookup_max)) if room > 0 else None
         draft = p.tokens.tolist() if p is not None else []
-        out.append((draft, kept(draft, answer[i:])))
+        feature = (not p.source.endswith("/mixed"), min(p.match, LONG_MATCH)) if p is not None and p.k else (True, 0)
+        out.append((draft, kept(draft, answer[i:]), feature))
     return out
 
 
-def replay_oracle(props: list[tuple[list[int], int]], curve: Curve) -> float:
+def kept_counts(all_props: Sequence[Sequence[tuple[list[int], int, Feature]]]) -> dict[Feature, list[int]]:
+    """For each feature, how many proposals had each number of drafts kept (index = kept)."""
+    counts: dict[Feature, list[int]] = defaultdict(list)
+    for props in all_props:
+        for draft, n_kept, feature in props:
+            if draft:
+                c = counts[feature]
+                c.extend([0] * (n_kept + 1 - len(c)))
+                c[n_kept] += 1
+    return counts
+
+
+def replay_calibrated(props: list[tuple[list[int], int, Feature]], counts: dict[Feature, list[int]],
+                      curve: Curve) -> float:
+    """Verify cost of the policy that drafts, at each position it reaches, the k with the most
+    expected tokens per verify time, the expectation taken from `counts` (kept_counts of the
+    answers replayed), plain decoding when no k beats one token per V(1)."""
+    spent, i = 0.0, 0
+    while i < len(props):
+        draft, n_kept, feature = props[i]
+        k = 0
+        if draft:
+            c = counts[feature]
+            total, best, expected = sum(c), 1.0 / curve(1), 1.0
+            at_least = total  # proposals that kept at least j drafts
+            for j in range(1, len(draft) + 1):
+                at_least -= c[j - 1] if j - 1 < len(c) else 0
+                expected += at_least / total
+                if expected / curve(j + 1) > best:
+                    best, k = expected / curve(j + 1), j
+        spent += curve(k + 1)
+        i += min(k, n_kept) + 1
+    return spent
+
+
+def replay_oracle(props: Sequence[tuple[list[int], int, Feature]], curve: Curve) -> float:
     """The least verify cost through the answer with these proposals and perfect foresight:
     at each position plain decoding (V(1), one token) or drafting j <= kept tokens (V(j+1),
     j+1 tokens); drafting past what is kept only costs more."""
@@ -218,6 +268,54 @@ def replay_ngram_simple(prompt: list[int], answer: list[int], curve: Curve,
         text.extend(answer[i : i + n_kept + 1])
         i += n_kept + 1
     return spent
+
+
+class NgramMod:
+    """llama-server's ngram-mod in the pinned llama.cpp (common/speculative.cpp,
+    common_speculative_impl_ngram_mod; common/common.h's defaults). One table serves every
+    request of a server process: what one answer added drafts the next."""
+
+    def __init__(self, n_match: int = 24, n_max: int = 64, n_min: int = 48) -> None:
+        self.n, self.n_max, self.n_min = n_match, n_max, n_min
+        self.table: dict[tuple[int, ...], int] = {}
+
+    def _add(self, tokens: Sequence[int], i: int) -> None:
+        self.table[tuple(tokens[i : i + self.n])] = tokens[i + self.n]
+
+    def replay(self, prompt: list[int], answer: list[int], curve: Curve) -> float:
+        """Verify cost of `answer` (begin(): the prompt's n-grams; draft_one(): new n-grams
+        added in chunks of 32, then the chain of lookups from the last n tokens, kept only when
+        it reaches n_min; accept(): five drafts in a row with under a quarter kept reset it)."""
+        n, text, spent, i = self.n, list(prompt), 0.0, 0
+        for j in range(len(text) - n):
+            self._add(text, j)
+        i_last, n_low = max(0, len(text) - n), 0
+        while i < len(answer):
+            room = len(answer) - i - 1
+            hist = text[:-1]  # llama.cpp's `prompt`; text[-1] is id_last, the token just sampled
+            draft: list[int] = []
+            if room > 0 and len(hist) >= n:
+                if i_last + 32 < len(hist):
+                    for j in range(i_last, len(hist) - n):
+                        self._add(hist, j)
+                    i_last = len(hist) - n
+                chain = [*hist[len(hist) - n + 1 :], text[-1]]
+                for _ in range(self.n_max):
+                    nxt = self.table.get(tuple(chain[-n:]))
+                    if nxt is None:
+                        break
+                    chain.append(nxt)
+                    draft.append(nxt)
+                draft = draft[:room] if len(draft) >= self.n_min else []
+            n_kept = kept(draft, answer[i:])
+            spent += curve(len(draft) + 1)
+            if draft:
+                n_low = n_low + 1 if n_kept / len(draft) < 0.25 else 0
+                if n_low >= 5:
+                    self.table, n_low, i_last = {}, 0, 0
+            text.extend(answer[i : i + n_kept + 1])
+            i += n_kept + 1
+        return spent
 
 
 def generate_answers(model: str, *, limit: int, humaneval_limit: int, seed: int, max_tokens: int,
@@ -304,9 +402,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         return Replayer(curve, n_vocab=n_vocab, lookup_max=args.lookup_max, prefill_per_token=prefill_per_token,
                         known=known)
     process, warm = replayer(), replayer(known=True)
+    mod = NgramMod()  # one server through all answers, as the bench runs it
+    props = [proposals(list(r["prompt"]), list(r["answer"]), args.lookup_max) for r in runs]
+    counts = kept_counts(props)
     rows = []
     by_cat: dict[str, list[dict[str, float]]] = defaultdict(list)
-    for r in runs:
+    for r, prop in zip(runs, props):
         prompt, answer = list(r["prompt"]), list(r["answer"])
         n = len(answer)
         row = {}
@@ -315,12 +416,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             if emitted != answer:
                 raise SystemExit(f"{r['id']}: the replay emitted another text than the answer (a bug in the replay)")
             row[name] = n / spent
-        row["oracle"] = n / replay_oracle(proposals(prompt, answer, args.lookup_max), curve)
+        row["oracle"] = n / replay_oracle(prop, curve)
+        row["calibrated"] = n / replay_calibrated(prop, counts, curve)
         row["ngram-simple"] = n / replay_ngram_simple(prompt, answer, curve)
+        row["ngram-mod"] = n / mod.replay(prompt, answer, curve)
         rows.append((r["id"], r["category"], n, row))
         by_cat[r["category"]].append(row)
 
-    systems = [ONE_SHOT, PROCESS, WARM, "oracle", "ngram-simple"]
+    systems = [ONE_SHOT, PROCESS, WARM, "oracle", "calibrated", "ngram-simple", "ngram-mod"]
     measured = f"{record.get('cpu', '?')}, {record.get('threads', '?')} threads, {record.get('created', '?')[:10]}"
     lines = [f"# lookup replay, {dt.date.today()}: {d.get('model', '?')}, {len(runs)} greedy answers; "
              f"V(n) from {args.verify_cost} ({measured})",
@@ -339,6 +442,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         ratio = [x[PROCESS] / x["oracle"] for x in group]
         lines.append(f"| {cat} | {len(group)} | " + " | ".join(cell([x[s] for x in group]) for s in systems)
                      + f" | {cell(ratio)} |")
+    # pooled: every answer token of the category over all its verify time (long answers weigh more)
+    pooled = defaultdict(lambda: defaultdict(float))
+    for _, cat, n, row in rows:
+        for c in (cat, "all"):
+            pooled[c]["tokens"] += n
+            for s_ in systems:
+                pooled[c][s_] += n / row[s_]
+    lines += ["", "Pooled, all answer tokens of a category over all its verify time:", "",
+              "| category | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+    lines += [f"| {cat} | " + " | ".join(f"{pooled[cat]['tokens'] / pooled[cat][s_]:.3f}" for s_ in systems) + " |"
+              for cat in [*sorted(by_cat), "all"]]
     lines += ["", "| prompt | category | tokens | " + " | ".join(systems) + " |", "|---|---|---|" + "---|" * len(systems)]
     lines += [f"| {pid} | {cat} | {n} | " + " | ".join(f"{row[s]:.2f}" for s in systems) + " |"
               for pid, cat, n, row in rows]

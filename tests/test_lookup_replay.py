@@ -117,3 +117,29 @@ def test_the_command_line_writes_its_table(tmp_path: Path) -> None:
     assert "| f | 1 | " + " | ".join(["1.00 (1.00-1.00)"] * 8) + " |" in text
     assert "| f | " + " | ".join(["1.000"] * 7) + " |" in text
     assert "| copy | c | 41 |" in text
+
+
+def test_set_replays_with_a_policy_constant_changed_and_restores_it(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"model": "m.gguf", "answers": [
+        {"id": "copy", "category": "c", "prompt": PROMPT, "answer": PROMPT[:41]}]}))
+    cost = tmp_path / "v.json"
+    cost.write_text(json.dumps({"rows": [{"n": n, "V": CURVE(n)} for n in (1, 2, 4, 8, 16, 32, 64)]}))
+
+    def auto(*extra: str) -> float:
+        """The copy's rate for `auto` (one process) in the per-answer table."""
+        out = tmp_path / "r.md"
+        replay.main(["--answers", str(answers), "--verify-cost", str(cost), "--out", str(out), *extra])
+        row = next(line for line in out.read_text().splitlines() if line.startswith("| copy | c |"))
+        return float(row.split("|")[5])
+
+    controller = sys.modules["sdfp_edge.runtime.controller"]
+    weight = controller.PRIOR_WEIGHT
+    # estimates that follow the evidence at once: after the copy's first accepted drafts auto
+    # expects the next ones to be accepted too, and drafts more of the copy sooner
+    assert auto("--set", "PRIOR_WEIGHT=0.01") > auto() + 0.1
+    assert controller.PRIOR_WEIGHT == weight  # restored after the replay
+    with pytest.raises(SystemExit, match="NAME one of DECAY"):
+        replay.main(["--answers", str(answers), "--verify-cost", str(cost), "--set", "LOOKUP_MAX=48"])
+    with pytest.raises(SystemExit, match="takes int values"):
+        replay.main(["--answers", str(answers), "--verify-cost", str(cost), "--set", "TRUSTED_MATCH=4.5"])

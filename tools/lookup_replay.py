@@ -38,6 +38,9 @@ tools/compare_modes.py's prompts, `--limit` MT-Bench prompts per category and
   kept across the requests of one server (so across the answers, in order, as the bench
   sends them to one process), drafting the chain of its lookups when it reaches 48 tokens.
 
+`--set NAME=VALUE` replays with one of the controller's constants changed (DECAY, PRIOR_WEIGHT,
+EXPLORE, TRUSTED_MATCH): what a policy change would buy, weighed before the code is edited.
+
 Each figure is answer tokens per t1 of verify time: the decode-rate speedup over plain
 decoding, leaving out the prefill and the drafter's own time (lookup costs no model step).
 A projection from a measured curve, not a measurement: the bench measures.
@@ -46,22 +49,25 @@ A projection from a measured curve, not a measurement: the bench measures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import random
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from sdfp_edge.runtime import controller as controller_module
 from sdfp_edge.runtime.backend import common_prefix_len
 from sdfp_edge.runtime.controller import CostModel
 from sdfp_edge.runtime.drafters import PromptLookupDrafter
+from sdfp_edge.runtime.drafters import prompt_lookup as prompt_lookup_module
 from sdfp_edge.runtime.drafters.prompt_lookup import LONG_MATCH
 from sdfp_edge.runtime.engine import LOOKUP_MAX, SpeculativeDecoder
 
@@ -357,6 +363,35 @@ def generate_answers(model: str, *, limit: int, humaneval_limit: int, seed: int,
     return {"model": name, "max_tokens": max_tokens, "data": list(data_sets), "answers": out}
 
 
+# --set: constants the controller and the drafter read when they run (not captured as defaults or
+# imported by name elsewhere), so a replay can weigh a policy change before anyone edits the code
+SETTABLE = {"DECAY": controller_module, "PRIOR_WEIGHT": controller_module, "EXPLORE": controller_module,
+            "TRUSTED_MATCH": prompt_lookup_module}
+
+
+@contextlib.contextmanager
+def constants_set(assignments: Sequence[str]) -> Iterator[None]:
+    """Replay with some of SETTABLE changed (NAME=VALUE each), restored afterwards."""
+    saved: list[tuple[Any, str, Any]] = []
+    try:
+        for a in assignments:
+            name, sep, value = a.partition("=")
+            module = SETTABLE.get(name)
+            if not sep or module is None:
+                raise SystemExit(f"--set {a}: expected NAME=VALUE, NAME one of {', '.join(SETTABLE)}")
+            old = getattr(module, name)
+            try:
+                new = type(old)(value)
+            except ValueError:
+                raise SystemExit(f"--set {a}: {name} takes {type(old).__name__} values (now {old})") from None
+            saved.append((module, name, old))
+            setattr(module, name, new)
+        yield
+    finally:
+        for module, name, old in reversed(saved):
+            setattr(module, name, old)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--answers", type=Path, required=True,
@@ -373,8 +408,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--order-seed", type=int, default=None,
                     help="replay the answers in a shuffled order (what one process learns depends on it)")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help=f"replay with a policy constant changed (repeatable): {', '.join(SETTABLE)}")
     args = ap.parse_args(argv)
-
     if args.generate:
         answers = generate_answers(args.generate, limit=args.limit, humaneval_limit=args.humaneval_limit,
                                    seed=args.seed, max_tokens=args.max_tokens,
@@ -382,6 +418,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         tmp = args.answers.with_name(args.answers.name + ".tmp")
         tmp.write_text(json.dumps(answers) + "\n")
         tmp.replace(args.answers)
+    with constants_set(args.set):
+        _replay(args, argv)
+
+
+def _replay(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """Every policy over every answer, and the tables (printed, and written to --out)."""
     record = json.loads(args.verify_cost.read_text())
     curve = Curve(record["rows"])
     d = json.loads(args.answers.read_text())

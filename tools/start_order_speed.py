@@ -12,6 +12,10 @@ request in each, round-robin. Then closes A, starts D (which gets the memory A f
 times B, C, D again. On the project's 2-vCPU VM the first process started, and D, decode
 slowest: why the bench starts sdfp-edge's systems first and plain llama.cpp last
 (systems.start_order).
+
+`--against-llama-cpp` instead times an `off` process beside the bench's plain llama.cpp
+process (`llama-cpp`), started in one order and then in the other: whether a gap between the
+two in a bench is their code or the order they were started in.
 """
 
 from __future__ import annotations
@@ -36,28 +40,45 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--against-llama-cpp", action="store_true",
+                    help="off and llama-cpp, each order of starting them in turn")
     args = ap.parse_args()
     load = LoadConfig(model=str(resolve_model(args.model)), n_ctx=4096, threads=args.threads or default_threads(),
                       n_gpu_layers=None, k_max=4, threshold=0.8, cost_cache=False)
     log_dir = Path(tempfile.mkdtemp(prefix="start-order-"))
 
     def start(name: str) -> WorkerProcess:
+        if name == "llama-cpp":  # the bench's plain llama.cpp (systems.spec_for)
+            return WorkerProcess(SystemSpec(name, "peer", "llama-cpp-python", "plain", {"lookup": False}), load, log_dir)
         return WorkerProcess(SystemSpec(name, "sdfp", "sdfp", "plain decoding", {"mode": "off"}), load, log_dir)
 
-    procs = {name: start(name) for name in "ABC"}
+    procs: dict[str, WorkerProcess] = {}
+
+    def measure(title: str) -> None:
+        ids = procs[next(n for n in procs if n != "llama-cpp")].tokenize_chat([{"role": "user", "content": PROMPT}])
+        rates: dict[str, list[float]] = {name: [] for name in procs}
+        for _ in range(args.rounds):
+            for name, proc in procs.items():
+                trace = proc.run(Request(ids=ids, max_tokens=args.max_tokens, temperature=0.0, seed=0))
+                n, seconds = decode_window(trace.first_cycle, trace.times)
+                rates[name].append(n / seconds)
+        medians = ", ".join(f"{name} {statistics.median(r):.2f}" for name, r in rates.items())
+        print(f"{title}: decode tok/s, median of {args.rounds}: {medians}", flush=True)
+
+    if args.against_llama_cpp:
+        try:
+            for order in (("off", "llama-cpp"), ("llama-cpp", "off")):
+                for name in order:
+                    procs[name] = start(name)
+                measure(f"started {' then '.join(order)}")
+                for name in order:
+                    procs.pop(name).close()
+        finally:
+            for proc in procs.values():
+                proc.close()
+        return
+    procs.update((name, start(name)) for name in "ABC")
     try:
-        ids = procs["A"].tokenize_chat([{"role": "user", "content": PROMPT}])
-
-        def measure(title: str) -> None:
-            rates: dict[str, list[float]] = {name: [] for name in procs}
-            for _ in range(args.rounds):
-                for name, proc in procs.items():
-                    trace = proc.run(Request(ids=ids, max_tokens=args.max_tokens, temperature=0.0, seed=0))
-                    n, seconds = decode_window(trace.first_cycle, trace.times)
-                    rates[name].append(n / seconds)
-            medians = ", ".join(f"{name} {statistics.median(r):.2f}" for name, r in rates.items())
-            print(f"{title}: decode tok/s, median of {args.rounds}: {medians}", flush=True)
-
         measure("started A, B, C in this order")
         procs.pop("A").close()
         procs["D"] = start("D")

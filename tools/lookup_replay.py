@@ -3,7 +3,8 @@
 
 Figures: docs/prompt-lookup.md, 'A replay without timing noise': the replay table and the
 `--lookup-max 48` figures (records in models/bench/replay/); docs/bench-method.md, 'The replay's
-bound': code, edits and multi-turn chats (`--generate MODEL --data humaneval,humaneval-edit,multiturn`).
+bound': code, edits and multi-turn chats (`--generate MODEL --data humaneval,humaneval-edit,multiturn`);
+'Qwen2.5-Coder-1.5B on a Xeon VM's flat curve': the Xeon curve of 2026-12-06 and what `--set` buys.
 
     .venv/bin/python tools/lookup_replay.py --answers ANSWERS.json \\
         --verify-cost models/bench/verify-cost/qwen2.5-coder-1.5b.json [--lookup-max 32] [--out R.md]

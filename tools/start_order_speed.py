@@ -2,7 +2,8 @@
 """Decode speed of identical `off` processes by the order they were started in.
 
 Figures: docs/results.md, 'How the bench measures' (speed by start order) and
-docs/threads-and-memory.md, 'Huge pages' (A, B, C, then D).
+docs/threads-and-memory.md, 'Huge pages' (A, B, C, then D); docs/bench-method.md, 'Qwen2.5-Coder-1.5B
+on a Xeon VM's flat curve' (`--against-llama-cpp`).
 
     .venv/bin/python tools/start_order_speed.py --model qwen2.5-coder-1.5b --rounds 3
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from sdfp_edge.api import Model
 from sdfp_edge.bench import data
+from sdfp_edge.bench.stats import first_divergence
 from sdfp_edge.models import resolve_model
 from sdfp_edge.runtime.sampling import SamplingParams
 
@@ -51,9 +52,12 @@ def main() -> None:
             texts[mode] = list(m.decoder.generate(ids, max_tokens=args.max_tokens,
                                                   sampling=SamplingParams(temperature=0.0, seed=0)))
         a, b = texts["off"], texts["auto"]
-        i = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), None)
+        i = first_divergence(a, b)
         if i is None:
             print(f"{pid}: the same {len(a)} tokens")
+            continue
+        if i == min(len(a), len(b)):
+            print(f"{pid}: the same first {i} tokens, then one text ends ({len(a)} off, {len(b)} auto)")
             continue
         backend = models["off"].decoder.backend
         backend.reset()

@@ -30,6 +30,7 @@ from sdfp_edge.runtime.backend import default_threads
 from sdfp_edge.bench.processes import WorkerProcess
 from sdfp_edge.bench.protocol import LoadConfig, Request, SystemSpec
 from sdfp_edge.bench.stats import decode_window
+from sdfp_edge.bench.systems import Setup, spec_for
 from sdfp_edge.models import resolve_model
 
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -49,8 +50,8 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="start-order-"))
 
     def start(name: str) -> WorkerProcess:
-        if name == "llama-cpp":  # the bench's plain llama.cpp (systems.spec_for)
-            return WorkerProcess(SystemSpec(name, "peer", "llama-cpp-python", "plain", {"lookup": False}), load, log_dir)
+        if name == "llama-cpp":  # the bench's own spec (a peer needs nothing of the setup)
+            return WorkerProcess(spec_for(name, Setup((), "", False, 0, None, None, "", 0)), load, log_dir)
         return WorkerProcess(SystemSpec(name, "sdfp", "sdfp", "plain decoding", {"mode": "off"}), load, log_dir)
 
     procs: dict[str, WorkerProcess] = {}
@@ -66,20 +67,16 @@ def main() -> None:
         medians = ", ".join(f"{name} {statistics.median(r):.2f}" for name, r in rates.items())
         print(f"{title}: decode tok/s, median of {args.rounds}: {medians}", flush=True)
 
-    if args.against_llama_cpp:
-        try:
+    try:
+        if args.against_llama_cpp:
             for order in (("off", "llama-cpp"), ("llama-cpp", "off")):
                 for name in order:
                     procs[name] = start(name)
                 measure(f"started {' then '.join(order)}")
                 for name in order:
                     procs.pop(name).close()
-        finally:
-            for proc in procs.values():
-                proc.close()
-        return
-    procs.update((name, start(name)) for name in "ABC")
-    try:
+            return
+        procs.update((name, start(name)) for name in "ABC")
         measure("started A, B, C in this order")
         procs.pop("A").close()
         procs["D"] = start("D")

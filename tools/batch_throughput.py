@@ -73,7 +73,9 @@ print(json.dumps({"tokens": tokens, "seconds": time.perf_counter() - t0, "texts"
 
 
 def run_worker(code: str, args: list[str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    # stored costs neither read nor written: each run learns from scratch, the user's cache stays as it was
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False,
+                          env={**os.environ, "SDFP_EDGE_NO_STORED_COSTS": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"worker failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -4,7 +4,8 @@
 Figures: docs/server.md: 'speculation still pays under a schema' (auto 1.22x of off on
 Qwen2.5-Coder-0.5B).
 
-Each mode runs in its own process (sdfp-edge `Model`, the user's environment), greedy, the
+Each mode runs in its own process (sdfp-edge `Model`, learning its costs from scratch and
+leaving the user's cost cache untouched), greedy, the
 schema's grammar constraining every verified position; rounds alternate the order. Prints
 end-to-end tokens/s per run, the median ratio auto / off, and whether every output parses
 and matches the schema.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -58,7 +60,8 @@ def main() -> None:
         got = {}
         for mode in (["off", "auto"] if r % 2 == 0 else ["auto", "off"]):
             out = subprocess.run([sys.executable, "-c", RUN, args.model, mode, str(args.n), json.dumps(SCHEMA), PROMPT],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True,
+                                 env={**os.environ, "SDFP_EDGE_NO_STORED_COSTS": "1"})  # the user's cost cache untouched
             res = json.loads(out.stdout.strip().splitlines()[-1])
             jsonschema.validate(json.loads(res["text"]), SCHEMA)  # raises if it does not match
             got[mode] = res

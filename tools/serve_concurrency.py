@@ -59,6 +59,11 @@ from sdfp_edge import models  # noqa: E402
 from sdfp_edge.bench.data import interleave, load_humaneval, load_mtbench  # noqa: E402
 
 
+# Each server learns its costs from scratch, as on a first run, and leaves the user's cost
+# cache as it was: what an earlier run learned must not change this one, nor this one the next.
+NO_COSTS = {"SDFP_EDGE_NO_STORED_COSTS": "1"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,9 +72,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def started(cmd: list[str], port: int, log: Path) -> Iterator[str]:
+    """The server running; sdfp-edge neither reads nor writes stored costs (NO_COSTS)."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **NO_COSTS})
     try:
         deadline = time.monotonic() + 300
         while True:

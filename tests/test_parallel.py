@@ -152,6 +152,8 @@ def test_a_prompt_admitted_while_another_decodes_is_prefilled_a_chunk_per_step(p
     dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
     first = dec.admit(Request("a", a, n), interleave=True)
     assert first is not None and first.tokens  # nothing else decoding: prefilled whole at once
+    (second,) = dec.step()  # a streams
+    assert second.key == "a" and second.tokens
     assert dec.admit(Request("b", b, n), interleave=True) is None
     slot_b = next(s for s in dec.slots if s.req is not None and s.req.key == "b")
     chunks = len(slot_b.pending)
@@ -169,6 +171,30 @@ def test_a_prompt_admitted_while_another_decodes_is_prefilled_a_chunk_per_step(p
         r = results[key]
         assert (r.tokens, r.text, r.finish_reason) == alone[key], key
     assert results["b"].reused_tokens >= par.backend.prefill_chunk and results["b"].t_prefill > 0
+
+
+def test_prompts_arriving_together_are_prefilled_whole_each_with_its_first_token(par: Model) -> None:
+    """A burst: until a stream has decoded past its first token, an interleaved admission
+    prefills whole and returns the first token at once (no stream waits on chunks of the
+    others, no later prompt waits on the first stream's steps); texts as alone, bit for bit."""
+    n = 12
+    prompts = {k: chat_ids(par, q) for k, q in zip("abc", QUESTIONS)}
+    alone = {}
+    for key, prompt in prompts.items():
+        (r,) = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off").run([Request(key, prompt, n)])
+        alone[key] = (r.tokens, r.text, r.finish_reason)
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+    for key in "ab":
+        update = dec.admit(Request(key, prompts[key], n), interleave=True)
+        assert update is not None and update.key == key and len(update.tokens) == 1
+    assert not any(s.pending for s in dec.slots)
+    results = {u.key: u.result for u in dec.step() if u.result is not None}  # a and b stream now
+    assert dec.admit(Request("c", prompts["c"], n), interleave=True) is None  # c: a chunk per step
+    while dec.active:
+        results.update({u.key: u.result for u in dec.step() if u.result is not None})
+    for key in "abc":
+        r = results[key]
+        assert (r.tokens, r.text, r.finish_reason) == alone[key], key
 
 
 def test_prefill_cuts_are_where_a_context_parts_from_another() -> None:

@@ -25,10 +25,11 @@ they finish; the server (server/slots.py) drives it step by step: `admit` a requ
 the free slot whose KV gives the most of its prompt (`pick`), `step` one batch over all
 active slots (each `Update` carries a slot's new text, held back while it could still be
 the start of a stop string, and its result when it ends), `release` one whose client left.
-The server admits with `interleave=True`: while other slots are decoding, a new prompt's
+The server admits with `interleave=True`: while other slots are streaming, a new prompt's
 prefill goes one chunk per step (its batches cut where a whole prefill cuts them, so its KV
 is the same bit for bit) and a long prompt no longer stops every other stream for its whole
-prefill; with no slot decoding it runs whole at once.
+prefill; before any slot has decoded past its first token (nothing running, or a burst of
+requests arriving together) it runs whole at once.
 Per request: sampling, seed, stop strings, a LogitsProcessor (penalties, grammar,
 logprobs), special tokens kept in the text, and a mode among PARALLEL_MODES.
 
@@ -301,7 +302,7 @@ class ParallelDecoder:
         if slot is None or slot.req is not None:
             raise ValueError("no free slot")
         self._start(slot, req)
-        if interleave and self._decoding():
+        if interleave and self._streaming():
             return None
         return self._prefill(slot, len(slot.pending))
 
@@ -321,6 +322,15 @@ class ParallelDecoder:
     def _decoding(self) -> list[_Slot]:
         """Active slots whose prompt is in the KV (they take part in the next cycle)."""
         return [s for s in self.slots if s.req is not None and not s.pending]
+
+    def _streaming(self) -> bool:
+        """Whether a slot has decoded since its first token. Until one has, a new prompt is
+        prefilled whole (admit): requests that arrive together (a burst) are prefilled one
+        after another before any stream goes on, as llama-server prefills them in one batch,
+        but each gets its first token as soon as its own prefill ends. Chunking them between
+        the first stream's steps would only reorder the same work: the first stream would
+        carry every later prompt's prefill, the later ones would start later."""
+        return any(s.result is not None and s.result.verifies > 1 for s in self._decoding())
 
     def release(self, key: Any) -> Result | None:
         """Stop the request `key` now (its client went away); its result so far, or None when it

@@ -12,9 +12,11 @@ are sequences of the model's one context, each with n_ctx / N cells (as llama-se
   3. decodes one batch for every active slot and hands each job its new text; a finished
      job gets `done` and its slot is free for the next step.
 
-While no job runs it sleeps on the queue. A prompt admitted while other slots decode is
+While no job runs it sleeps on the queue. A prompt admitted while other slots stream is
 prefilled one chunk per step between their batches (ParallelDecoder.admit, interleave=True),
-so a long prompt delays the other streams by a chunk's time per step, not by its whole prefill.
+so a long prompt delays the other streams by a chunk's time per step, not by its whole prefill;
+prompts that arrive together, before any stream has gone past its first token, are prefilled
+whole one after another (each request's first token as soon as its own prefill ends).
 Per request, exactly as in the single-slot runner: streaming, stop strings, seeds, logprobs,
 penalties, grammar (response_format, forced tool calls), tool-call tags, and `sdfp_mode`
 among auto / lookup / off; layer-skip and draft-model modes are refused with a 400 (a layer

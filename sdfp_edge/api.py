@@ -26,13 +26,13 @@ from typing import Any
 
 import jinja2
 
-from sdfp_edge.runtime.backend import SKIP_ARCHITECTURES, LlamaBackend, check_skip_supported
+from sdfp_edge.runtime.backend import SKIP_ARCHITECTURES, LlamaBackend, check_skip_supported, common_prefix_len
 from sdfp_edge.runtime.drafters import DraftModelDrafter, PromptLookupDrafter, SkipLayersDrafter
 from sdfp_edge.runtime.drafters.skip_layers import layer_skip_candidates
 from sdfp_edge.runtime.drafters.base import Drafter
 from sdfp_edge.runtime.cost_store import CostStore
 from sdfp_edge.runtime.engine import LOOKUP_MAX, GenerationStats, SpeculativeDecoder
-from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError
+from sdfp_edge.errors import ContextOverflowError, InvalidRequestError, ModelFileError, SdfpError
 from sdfp_edge.runtime.grammar import Grammar
 from sdfp_edge.runtime.dry import Dry, breaker_table
 from sdfp_edge.runtime.logits_processors import LogitsProcessor, Mirostat, Penalties, TokenLogprob
@@ -78,6 +78,9 @@ class GenerationArgs:
         if self.processor is not None and self.processor.grammar is not None:
             self.processor.grammar.close()
 
+
+# Model.chat_cuts: the messages whose starts cut a prefill (each costs a render and a tokenize)
+CHAT_CUT_MESSAGES = 32
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     """Role and text content of each message, and the tool-call fields chat templates use
@@ -339,6 +342,30 @@ class Model:
         # the template may write the BOS token itself; never add a second one
         add_special = not (bos and text.startswith(bos))
         return b.tokenize(text, add_special=add_special, parse_special=True)
+
+    def chat_cuts(self, messages: Any, prompt: Sequence[int], *,
+                  tools: Sequence[dict[str, Any]] | None = None) -> frozenset[int]:
+        """Where the content of each of the first CHAT_CUT_MESSAGES messages starts in `prompt`
+        (tokenize_chat's tokens of these messages).
+
+        serve --parallel cuts a prompt's prefill batches there (Request.cuts), so that another
+        prompt sharing the messages before one, and its role, takes that prefix's KV exactly
+        (runtime/parallel.py, _reusable): a system prompt, the template's default one included,
+        and a chat's earlier turns, not only up to a multiple of 64 positions. A cut is the
+        prompt's common prefix with the rendering of the messages before it plus an empty
+        message of its role: the same for every prompt that shares them. A template that
+        refuses such a rendering gives no cut there."""
+        msgs = _check_messages(messages)
+        cuts = set()
+        for i, m in enumerate(msgs[:CHAT_CUT_MESSAGES]):
+            try:
+                head = self.tokenize_chat([*msgs[:i], {"role": m["role"], "content": ""}], tools=tools)
+            except SdfpError:
+                continue
+            n = common_prefix_len(prompt, head)
+            if 0 < n < len(prompt):
+                cuts.add(n)
+        return frozenset(cuts)
 
     def stream_tokens(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from sdfp_edge.api import Model
 from sdfp_edge.runtime.controller import Acceptance, Candidate, Controller
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
-from sdfp_edge.runtime.backend import common_prefix_len
+from sdfp_edge.runtime.backend import REUSE_GRID_CPU, common_prefix_len
 from sdfp_edge.runtime.parallel import ParallelDecoder, Request, allocate_drafts, prefill_cuts, stream_batch_seconds
 from sdfp_edge.runtime.sampling import SamplingParams
 
@@ -195,6 +197,57 @@ def test_prompts_arriving_together_are_prefilled_whole_each_with_its_first_token
     for key in "abc":
         r = results[key]
         assert (r.tokens, r.text, r.finish_reason) == alone[key], key
+
+
+def test_chat_cuts_let_a_short_system_prompt_and_a_whole_earlier_turn_be_reused_exactly(par: Model) -> None:
+    """Model.chat_cuts: a cut where each message's content starts. A system prompt shorter
+    than one 64-token reuse step is taken from the slot that holds it, a chat's next turn
+    takes the whole previous prompt, and each text is the one its prefill from an empty cache
+    (with the same cuts) gives, bit for bit."""
+    n = 10
+    system = [{"role": "system", "content": "Answer in one short sentence."}]
+    chats = [system + [{"role": "user", "content": q}] for q in QUESTIONS[:2]]
+    prompts = [par.tokenize_chat(c) for c in chats]
+    cuts = [par.chat_cuts(c, p) for c, p in zip(chats, prompts)]
+
+    def text_from(prompt: list[int], at: int) -> str:
+        return b"".join(par.backend.token_bytes(t) for t in prompt[at:]).decode()
+
+    for chat, prompt, cut in zip(chats, prompts, cuts):
+        starts = [text_from(prompt, c) for c in sorted(cut)]
+        assert len(cut) == 2 and starts[0].startswith(system[0]["content"]), starts
+        assert starts[1].startswith(chat[1]["content"]), starts
+    assert cuts[0] == cuts[1]  # the same system prompt: its content and the user's start alike
+    user_start = max(cuts[0])
+    assert user_start < REUSE_GRID_CPU  # reuse on the grid alone would give nothing
+
+    def alone(key: str, prompt: list[int], cut: frozenset[int]) -> Any:
+        (r,) = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off").run([Request(key, prompt, n, cuts=cut)])
+        return r
+
+    refs = [alone(str(i), p, c) for i, (p, c) in enumerate(zip(prompts, cuts))]
+    dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
+
+    def finish(*reqs: Request) -> list[Any]:
+        for req in reqs:  # admitted together: the second copies from the first's busy slot
+            dec.admit(req)
+        done = {}
+        while dec.active:
+            done.update({u.key: u.result for u in dec.step() if u.result is not None})
+        return [done[r.key] for r in reqs]
+
+    first, second = finish(Request("0", prompts[0], n, cuts=cuts[0]), Request("1", prompts[1], n, cuts=cuts[1]))
+    assert first.reused_tokens == 0 and second.reused_tokens == user_start
+    for got, ref in zip((first, second), refs):
+        assert (got.tokens, got.text) == (ref.tokens, ref.text)
+    turn = chats[0] + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Why?"}]
+    prompt3 = par.tokenize_chat(turn)
+    cut3 = par.chat_cuts(turn, prompt3)
+    assert len(prompts[0]) in cut3  # the next turn's assistant message starts where the last prompt ended
+    (third,) = finish(Request("2", prompt3, n, cuts=cut3))
+    assert third.reused_tokens == len(prompts[0])
+    ref3 = alone("2", prompt3, cut3)
+    assert (third.tokens, third.text) == (ref3.tokens, ref3.text)
 
 
 def test_prefill_cuts_are_where_a_context_parts_from_another() -> None:

@@ -257,6 +257,24 @@ def test_a_shared_prefix_is_copied_from_a_busy_slot(server: Server) -> None:
     assert alone["choices"][0]["text"] == r["choices"][0]["text"]
 
 
+def test_a_chats_next_turn_reuses_its_whole_previous_prompt(server: Server) -> None:
+    """The server cuts each chat prompt's prefill where each message starts (Model.chat_cuts),
+    so the next turn takes all of the previous prompt's KV, not only up to a multiple of 64
+    positions; the text is the one it gives when sent again (reuse is exact)."""
+    idle(server)
+    url = f"{server.url}/v1/chat/completions"
+    turn1 = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": QUESTIONS[3]}]
+    r1 = httpx.post(url, json={"messages": turn1, "max_tokens": 8, "temperature": 0}, timeout=300).json()
+    turn2 = turn1 + [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
+                     {"role": "user", "content": "Say it again, shorter."}]
+    body = {"messages": turn2, "max_tokens": 8, "temperature": 0}
+    r2 = httpx.post(url, json=body, timeout=300).json()
+    assert r1["usage"]["prompt_tokens"] % 64 != 0  # a reuse that ends exactly there is not the grid's
+    assert r2["sdfp"]["reused_prompt_tokens"] == r1["usage"]["prompt_tokens"]
+    again = httpx.post(url, json=body, timeout=300).json()
+    assert again["choices"][0]["message"]["content"] == r2["choices"][0]["message"]["content"]
+
+
 @pytest.mark.parametrize("args", [["--mode", "layerskip"], ["--mode", "draft-model"], ["--skip-layers", "3,5"],
                                   ["--draft-model", "x.gguf"], ["-c", "2"]])
 def test_what_parallel_slots_cannot_do_is_refused_before_loading(args: list[str]) -> None:

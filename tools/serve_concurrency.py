@@ -30,6 +30,8 @@ Run it alone on the machine (timings):
         --llama-server auto --np 4 --mixed --repeats 3 --out models/bench/serve/smollm2.json
 
 `--llama-server auto` takes the binary tools/build_llama_server.py built (skipped if none).
+`--baseline-src DIR` adds each sdfp-edge server run from another checkout (a `git worktree` of
+an earlier commit), labelled with its commit: a change's A/B in one interleaved run.
 Standard library + httpx (the server extra's test client).
 """
 
@@ -301,6 +303,9 @@ def main() -> None:
     ap.add_argument("--mixed", action="store_true", help="also the 512-vs-16-token mixed load (4 clients)")
     ap.add_argument("--long-prompt", action="store_true",
                     help="also: a stream of 256 tokens while another client sends about 600 tokens of code")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="also run each --parallel server from this checkout of sdfp-edge (PYTHONPATH), e.g. a "
+                         "`git worktree` of an earlier commit: an A/B of a change in one run")
     ap.add_argument("--out", type=Path, default=None, help="write the results here (JSON)")
     ap.add_argument("--table", type=Path, default=None, help="print the Markdown table of a results file and exit")
     a = ap.parse_args()
@@ -331,6 +336,14 @@ def main() -> None:
                       "--parallel", str(n), "--port", "{port}", *(["--whole-prefill"] if whole else [])]
         servers.append((f"sdfp-edge --parallel {n}{' --whole-prefill' if whole else ''}", cmd,
                         logs / f"sdfp-{spec}.log"))
+        if a.baseline_src:
+            src = a.baseline_src.resolve()
+            if not (src / "sdfp_edge" / "__init__.py").is_file():
+                raise SystemExit(f"--baseline-src {src}: no sdfp_edge package there")
+            rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip() or src.name
+            servers.append((f"sdfp-edge --parallel {n}{' --whole-prefill' if whole else ''} @{rev}",
+                            ["env", f"PYTHONPATH={src}", *cmd], logs / f"sdfp-{spec}-{rev}.log"))
     binary = a.llama_server
     if binary == "auto":
         out = subprocess.run([sys.executable, str(ROOT / "tools" / "build_llama_server.py"), "--print-path"],

@@ -62,6 +62,9 @@ from sdfp_edge.runtime.sampling import SamplingParams
 from sdfp_edge.runtime.verify import Verdict
 
 PARALLEL_MODES = ("auto", "lookup", "off")
+# pick: a free slot is taken for the prefix it holds when that is at least this share of the
+# prompt (llama-server's --slot-prompt-similarity likewise keeps a slot for its conversation)
+SLOT_SIMILARITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ class Request:
     max_tokens: int
     sampling: SamplingParams = SamplingParams()
     stops: Sequence[str] = ()
-    cuts: frozenset[int] = frozenset()  # prefill_cuts over every request of the run
+    # where its prefill's batches are cut besides the grid: prefill_cuts over every request of a
+    # batch run, or (the server) where each message starts (Model.chat_cuts)
+    cuts: frozenset[int] = frozenset()
     processor: LogitsProcessor | None = None  # penalties, DRY, mirostat, bias, grammar, logprobs
     keep_special: frozenset[int] = frozenset()  # special tokens whose text the output keeps
     mode: str | None = None  # this request's speculation mode (PARALLEL_MODES); None: the decoder's
@@ -286,19 +291,28 @@ class ParallelDecoder:
     def active(self) -> list[_Slot]:
         return [s for s in self.slots if s.req is not None]
 
-    def pick(self, prompt: Sequence[int]) -> _Slot | None:
-        """The free slot for this prompt: the one whose KV gives the most of it (a chat's next
-        turn finds its conversation), else the least recently used; None when all are busy."""
+    def pick(self, prompt: Sequence[int], cuts: frozenset[int] = frozenset()) -> _Slot | None:
+        """The free slot for this prompt (prefilled with these cuts): the one whose KV gives the
+        most of it, among those whose prompt shares at least SLOT_SIMILARITY of it (a chat's
+        next turn finds its conversation),
+        else the least recently used; None when all are busy. A smaller shared prefix (a system
+        prompt) is copied from whichever slot holds it (_start), so a new conversation does not
+        overwrite another's cache for it."""
         free = [s for s in self.slots if s.req is None]
         head = list(prompt)[:-1]
-        return max(free, key=lambda s: (self._reusable(s, head, frozenset()), -s.used), default=None)
+
+        def kept(s: _Slot) -> int:
+            shared = min(common_prefix_len(s.kv, head), s.prefilled)
+            return self._reusable(s, head, cuts) if shared >= SLOT_SIMILARITY * len(head) else 0
+
+        return max(free, key=lambda s: (kept(s), -s.used), default=None)
 
     def admit(self, req: Request, slot: _Slot | None = None, *, interleave: bool = False) -> Update | None:
         """Prefill a request's prompt in a free slot (`pick`'s, by default) and emit its first
         token. With `interleave`, while another slot is decoding, only start it: `step` then
         prefills it a chunk at a time and its first token comes in a later step's updates
         (None here). Raises ValueError when no slot is free."""
-        slot = slot if slot is not None else self.pick(req.prompt)
+        slot = slot if slot is not None else self.pick(req.prompt, req.cuts)
         if slot is None or slot.req is not None:
             raise ValueError("no free slot")
         self._start(slot, req)
@@ -368,7 +382,9 @@ class ParallelDecoder:
         self._uses += 1
         slot.used = self._uses
         slot.kv = context[:keep]
-        slot.prefilled, slot.cuts = keep, req.cuts
+        # its batches' bounds beside the grid: the cuts, and the prompt's end (a chat's next turn,
+        # cut where this prompt ended, takes all of it)
+        slot.prefilled, slot.cuts = keep, req.cuts | {len(context)}
         # the same batches as one whole prefill of context[keep:] (so the same KV, bit for bit)
         slot.pending = [(keep + i, keep + j) for i, j in b.prefill_batches(range(keep, len(context)), req.cuts)]
         slot.req = req

@@ -44,7 +44,7 @@ from sdfp_edge.server.errors import (
     install,
     model_not_found,
 )
-from sdfp_edge.server.runner import Event, Job, PromptBuilder, Runner
+from sdfp_edge.server.runner import CutFinder, Event, Job, PromptBuilder, Runner
 from sdfp_edge.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationRequest
 from sdfp_edge.server.settings import Settings
 from sdfp_edge.server.slots import SlotRunner
@@ -123,11 +123,11 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
     # added last, so outermost: preflights are answered, and errors (401 too) carry its headers
     app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
 
-    def submit(label: str, body: GenerationRequest, prompt: PromptBuilder) -> Job:
+    def submit(label: str, body: GenerationRequest, prompt: PromptBuilder, cuts: CutFinder | None = None) -> Job:
         if settings.strict_model and body.model is not None and body.model != model_id:
             raise model_not_found(body.model, model_id)
         job = Job(label, prompt, max_tokens=body.token_limit, mode=body.sdfp_mode or settings.mode,
-                  sampling=body.sampling(default_seed=settings.seed))
+                  sampling=body.sampling(default_seed=settings.seed), cuts=cuts)
         return runner.submit(job)
 
     async def started(job: Job, request: Request) -> Event:
@@ -200,7 +200,8 @@ def create_app(settings: Settings, model: Model) -> FastAPI:
         body = await parse_body(request, ChatCompletionRequest)
         rid, when = R.new_id("chatcmpl"), R.now()
         messages, tools, names = body.plain_messages(), body.template_tools(), body.tool_names
-        job = submit(rid, body, lambda m: chat_prompt(m, messages, tools))
+        job = submit(rid, body, lambda m: chat_prompt(m, messages, tools),
+                     lambda m, ids: m.chat_cuts(messages, ids, tools=tools))
         if body.stream:
             await started(job, request)
             return _JobStream(job, events(job, ChatStream(rid, when, model_id, tool_names=names,

@@ -36,6 +36,7 @@ def sampling_summary(used: dict[str, Any]) -> str:
     return f"{used.get('summary', '')} (defaults: {'GGUF ' + ','.join(gguf) + ', ' if gguf else ''}llama.cpp)"
 
 PromptBuilder = Callable[[Model], list[int]]  # runs on the worker: tokenize a prompt or chat
+CutFinder = Callable[[Model, list[int]], frozenset[int]]  # a chat prompt's message starts (Model.chat_cuts)
 
 
 @dataclass
@@ -52,9 +53,10 @@ class Job:
     """One generation request, produced on the worker thread and consumed on the event loop."""
 
     def __init__(self, label: str, prompt: PromptBuilder, *, max_tokens: int | None, mode: str,
-                 sampling: dict[str, Any]) -> None:
+                 sampling: dict[str, Any], cuts: CutFinder | None = None) -> None:
         self.label = label  # for the log: the response id
         self.prompt = prompt
+        self.cuts = cuts  # where serve --parallel cuts the prompt's prefill (exact prefix reuse)
         self.max_tokens = max_tokens  # None: until the end of the context
         self.mode = mode
         self.sampling = sampling

@@ -133,7 +133,12 @@ class SlotRunner(Runner):
             log.exception("%s failed", job.label)
             job.emit(Event("error", error=e))
             return
-        req = Request(job, args.prompt, args.max_tokens, args.sampling, args.stops, processor=args.processor,
+        try:
+            cuts = job.cuts(m, list(args.prompt)) if job.cuts is not None else frozenset()
+        except Exception:  # noqa: BLE001 - cuts only widen reuse: without them the request runs as before
+            log.exception("%s: no prefill cuts", job.label)
+            cuts = frozenset()
+        req = Request(job, args.prompt, args.max_tokens, args.sampling, args.stops, cuts=cuts, processor=args.processor,
                       keep_special=frozenset(args.kept), mode=job.mode)
         try:
             d.check(req)

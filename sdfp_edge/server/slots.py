@@ -22,8 +22,9 @@ penalties, grammar (response_format, forced tool calls), tool-call tags, and `sd
 among auto / lookup / off; layer-skip and draft-model modes are refused with a 400 (a layer
 mask would apply to the whole batch). What differs, by design: a request's prefix is reused
 from any slot (a shared system prompt is copied, llama_memory_seq_cp, not recomputed), but only
-up to a multiple of 64 positions and only from a previous prompt, never its generated answer
-(parallel.py: so a greedy request's text does not depend on what ran beside it or before it).
+up to a place where both prefills cut a batch (a multiple of 64 positions, or for a chat, where
+a message's content starts: Model.chat_cuts) and only from a previous prompt, never its generated
+answer (parallel.py: so a greedy request's text does not depend on what ran beside it or before it).
 """
 
 from __future__ import annotations

@@ -250,6 +250,35 @@ def test_chat_cuts_let_a_short_system_prompt_and_a_whole_earlier_turn_be_reused_
     assert (third.tokens, third.text) == (ref3.tokens, ref3.text)
 
 
+def test_a_chats_next_turn_tokenizes_only_its_new_messages_renderings(par: Model, monkeypatch: Any) -> None:
+    """chat_cuts keeps each rendering's tokens by its text: the next turn of a chat tokenizes
+    the renderings of its two new messages only, and finds the cuts it finds from nothing."""
+    chat = [{"role": "system", "content": "Answer in one short sentence."}]
+    for q in QUESTIONS[:3]:
+        chat += [{"role": "user", "content": q}, {"role": "assistant", "content": f"About {q[:12]}."}]
+    turn = [*chat[:-1], {"role": "user", "content": "And then?"}]  # 7 messages
+    nxt = [*chat, {"role": "user", "content": "Why?"}]  # 8 messages: the first 6 shared with turn
+    tokenized: list[str] = []
+    tokenize = par._tokenize_rendered
+
+    def counted(text: str) -> list[int]:
+        tokenized.append(text)
+        return tokenize(text)
+
+    monkeypatch.setattr(par, "_head_tokens", type(par._head_tokens)())
+    monkeypatch.setattr(par, "_tokenize_rendered", counted)
+    par.chat_cuts(turn, par.tokenize_chat(turn))
+    tokenized.clear()
+    prompt = par.tokenize_chat(nxt)
+    tokenized.clear()
+    cuts = par.chat_cuts(nxt, prompt)
+    assert len(tokenized) == 2  # the renderings before the 7th and 8th messages
+    assert tokenized[0] == par.render_chat([*nxt[:6], {"role": "assistant", "content": ""}])
+    monkeypatch.setattr(par, "_head_tokens", type(par._head_tokens)())
+    assert par.chat_cuts(nxt, prompt) == cuts and len(cuts) == 8
+    assert len(tokenized) == 2 + 8
+
+
 def test_prefill_cuts_are_where_a_context_parts_from_another() -> None:
     a, b, c, d, e = [1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 7], [8], [1, 2, 3, 4, 5, 6]
     assert prefill_cuts([a, b, c, d, e]) == [{2, 3, 5}, {2, 3}, {2}, set(), {2, 3, 5}]

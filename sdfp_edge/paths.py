@@ -26,7 +26,16 @@ def cost_dir() -> Path:
     return cache_dir() / "costs"
 
 
+NO_STORED_COSTS = "SDFP_EDGE_NO_STORED_COSTS"
+
+
 def stored_costs_enabled() -> bool:
-    """False when SDFP_EDGE_NO_STORED_COSTS is set (to anything but "", "0"): runs then neither
+    """False when $SDFP_EDGE_NO_STORED_COSTS is set (to anything but "", "0"): runs then neither
     read nor write stored costs, and learn from scratch as on a first run."""
-    return os.environ.get("SDFP_EDGE_NO_STORED_COSTS", "") in ("", "0")
+    return os.environ.get(NO_STORED_COSTS, "") in ("", "0")
+
+
+def env_without_stored_costs() -> dict[str, str]:
+    """This process's environment, for a child that must neither read nor change what `auto`
+    learned in the user's runs (a measurement, a bench worker)."""
+    return {**os.environ, NO_STORED_COSTS: "1"}

@@ -40,7 +40,7 @@ from typing import Any
 
 from sdfp_edge.bench import data
 from sdfp_edge.models import resolve_model
-from sdfp_edge.paths import cache_dir
+from sdfp_edge.paths import cache_dir, env_without_stored_costs
 
 SDFP_WORKER = r"""
 import json, sys
@@ -75,7 +75,7 @@ print(json.dumps({"tokens": tokens, "seconds": time.perf_counter() - t0, "texts"
 def run_worker(code: str, args: list[str]) -> dict[str, Any]:
     # stored costs neither read nor written: each run learns from scratch, the user's cache stays as it was
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False,
-                          env={**os.environ, "SDFP_EDGE_NO_STORED_COSTS": "1"})
+                          env=env_without_stored_costs())
     if proc.returncode != 0:
         raise SystemExit(f"worker failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
+
+from sdfp_edge.paths import env_without_stored_costs
 
 SCHEMA = {"type": "object", "properties": {"people": {"type": "array", "items": {
     "type": "object", "properties": {"name": {"type": "string"}, "city": {"type": "string"},
@@ -61,7 +62,7 @@ def main() -> None:
         for mode in (["off", "auto"] if r % 2 == 0 else ["auto", "off"]):
             out = subprocess.run([sys.executable, "-c", RUN, args.model, mode, str(args.n), json.dumps(SCHEMA), PROMPT],
                                  capture_output=True, text=True, check=True,
-                                 env={**os.environ, "SDFP_EDGE_NO_STORED_COSTS": "1"})  # the user's cost cache untouched
+                                 env=env_without_stored_costs())  # the user's cost cache untouched
             res = json.loads(out.stdout.strip().splitlines()[-1])
             jsonschema.validate(json.loads(res["text"]), SCHEMA)  # raises if it does not match
             got[mode] = res

@@ -59,11 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from sdfp_edge import models  # noqa: E402
 from sdfp_edge.bench.data import interleave, load_humaneval, load_mtbench  # noqa: E402
+from sdfp_edge.paths import env_without_stored_costs  # noqa: E402
 
-
-# Each server learns its costs from scratch, as on a first run, and leaves the user's cost
-# cache as it was: what an earlier run learned must not change this one, nor this one the next.
-NO_COSTS = {"SDFP_EDGE_NO_STORED_COSTS": "1"}
 
 
 def free_port() -> int:
@@ -74,10 +71,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def started(cmd: list[str], port: int, log: Path) -> Iterator[str]:
-    """The server running; sdfp-edge neither reads nor writes stored costs (NO_COSTS)."""
+    """The server running. Each sdfp-edge server learns its costs from scratch, as on a first run,
+    and leaves the user's cost cache as it was: what an earlier run learned must not change this
+    one, nor this one the next."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **NO_COSTS})
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env_without_stored_costs())
     try:
         deadline = time.monotonic() + 300
         while True:

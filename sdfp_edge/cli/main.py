@@ -9,6 +9,7 @@ import click
 from sdfp_edge import __version__
 from sdfp_edge.cli import bench, chat, convert, costs, generate, models, serve
 from sdfp_edge.cli.options import tolerant_stdio
+from sdfp_edge.paths import NO_STORED_COSTS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +21,7 @@ def main(no_stored_costs: bool) -> None:
     """Faster local LLM decoding with layer-skip drafts from the same GGUF, same output."""
     tolerant_stdio()
     if no_stored_costs:
-        os.environ["SDFP_EDGE_NO_STORED_COSTS"] = "1"  # read where a cost store opens, here and in workers
+        os.environ[NO_STORED_COSTS] = "1"  # read where a cost store opens, here and in workers
 
 
 def _register() -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -409,6 +413,27 @@ def test_cost_store_round_trip_identity_and_damage(tmp_path: Path) -> None:
     blocked.write_text("")
     CostStore({"x": 1}, blocked / "costs").save({"cost": {}})  # cannot be written: ignored
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".costs-")] == []
+
+
+def test_stored_costs_name_the_libraries_llama_cpp_loaded(tmp_path: Path) -> None:
+    """A build loaded through LLAMA_CPP_LIB_PATH (e.g. a Vulkan libllama beside the CPU wheel)
+    has costs of its own: the identity lists that folder's libraries, not the wheel's."""
+    import llama_cpp
+
+    wheel_libs = Path(llama_cpp.__file__).parent / "lib"
+    other = tmp_path / "other-build"
+    shutil.copytree(wheel_libs, other, symlinks=True)
+    (other / "libextra.so").write_bytes(b"")  # a file only this folder has
+    code = ("import json; from sdfp_edge.runtime.backend import runtime_identity; "
+            "print(json.dumps(runtime_identity()['libs']))")
+
+    def libs(env_extra: dict) -> list:
+        env = {k: v for k, v in os.environ.items() if k != "LLAMA_CPP_LIB_PATH"} | env_extra
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return [name for name, *_ in json.loads(out.stdout.splitlines()[-1])]
+
+    assert "libextra.so" not in libs({})
+    assert "libextra.so" in libs({"LLAMA_CPP_LIB_PATH": str(other)})
 
 
 def test_layer_skip_candidates_from_the_gguf_scores() -> None:

@@ -527,9 +527,12 @@ class LlamaBackend:
 
 
 def runtime_identity() -> dict[str, Any]:
-    """What identifies the llama.cpp build in use: its version, libraries and CPU features."""
+    """What identifies the llama.cpp build in use: its version, libraries and CPU features.
+
+    The libraries are those llama-cpp-python loaded: its own lib folder, or the folder that
+    LLAMA_CPP_LIB_PATH names (another build, e.g. Vulkan), whose costs are not the wheel's."""
     llama_cpp, _ = _import_llama_cpp()
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    lib_dir = Path(getattr(llama_cpp.llama_cpp, "_base_path", Path(llama_cpp.__file__).parent / "lib"))
     libs = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in lib_dir.glob("*") if p.is_file())
     info = llama_cpp.llama_print_system_info()
     return {"version": llama_cpp.__version__, "libs": libs,

@@ -16,7 +16,8 @@ and, with --mixed, a load where one client asks for 512 tokens while the others 
 each, three times: whether every short request ended before the long one; with --long-prompt,
 one client streams 256 tokens while another pastes about 600 tokens of code: the stream's
 longest stall and the pasted prompt's time to first token. `--parallel 4w` runs
-`serve --parallel 4 --whole-prefill` (prompts prefilled whole between two steps).
+`serve --parallel 4 --whole-prefill` (prompts prefilled whole between two steps), `--parallel 4:off`
+runs `serve --parallel 4 --mode off` (no drafts: where a difference from auto comes from).
 
 Every request of a server's run has a prompt no earlier request of that run had (the warm-up
 included): llama-server keeps the prompts it saw in host memory (--cache-ram, 8 GiB by default)
@@ -286,7 +287,7 @@ def markdown(record: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="catalogue name or GGUF path")
-    ap.add_argument("--parallel", default="1,4", help="sdfp-edge serve --parallel values (4w: with --whole-prefill)")
+    ap.add_argument("--parallel", default="1,4", help="sdfp-edge serve --parallel values (4w: with --whole-prefill; 4:off: with --mode off)")
     ap.add_argument("--clients", default="1,2,4,8", help="numbers of concurrent clients")
     ap.add_argument("--per-client", type=int, default=2, help="requests each client sends, one after another")
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -329,19 +330,21 @@ def main() -> None:
     logs.mkdir(exist_ok=True)
     servers: list[tuple[str, list[str], Path]] = []
     sdfp = [str(Path(sys.executable).with_name("sdfp-edge"))]
-    for spec in a.parallel.split(","):  # "4": --parallel 4; "4w": --parallel 4 --whole-prefill
+    for spec in a.parallel.split(","):  # "4": --parallel 4; "4w": + --whole-prefill; "4:off": + --mode off
+        spec, _, mode = spec.partition(":")
         n, whole = int(spec.rstrip("w")), spec.endswith("w")
+        flags = (["--whole-prefill"] if whole else []) + (["--mode", mode] if mode else [])
         cmd = sdfp + ["serve", "--model", str(model), "--threads", str(a.threads), "-c", str(a.slot_ctx * n),
-                      "--parallel", str(n), "--port", "{port}", *(["--whole-prefill"] if whole else [])]
-        servers.append((f"sdfp-edge --parallel {n}{' --whole-prefill' if whole else ''}", cmd,
-                        logs / f"sdfp-{spec}.log"))
+                      "--parallel", str(n), "--port", "{port}", *flags]
+        spec += f"-{mode}" if mode else ""
+        servers.append((" ".join(["sdfp-edge --parallel", str(n), *flags]), cmd, logs / f"sdfp-{spec}.log"))
         if a.baseline_src:
             src = a.baseline_src.resolve()
             if not (src / "sdfp_edge" / "__init__.py").is_file():
                 raise SystemExit(f"--baseline-src {src}: no sdfp_edge package there")
             rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip() or src.name
-            servers.append((f"sdfp-edge --parallel {n}{' --whole-prefill' if whole else ''} @{rev}",
+            servers.append((" ".join(["sdfp-edge --parallel", str(n), *flags, f"@{rev}"]),
                             ["env", f"PYTHONPATH={src}", *cmd], logs / f"sdfp-{spec}-{rev}.log"))
     binary = a.llama_server
     if binary == "auto":

@@ -613,15 +613,18 @@ def cmd_run(a: argparse.Namespace) -> None:
         sel = ("test_layer_skip.py::test_zero_mask_is_bitwise_no_mask_and_a_real_mask_changes_logits "
                "test_layer_skip.py::test_switching_masks_matches_a_fresh_context_per_mask "
                "test_layer_skip.py::test_a_draft_and_its_target_each_keep_their_graph "
-               "test_layer_skip.py::test_more_masks_than_kept_graphs_stay_exact "
                "test_layer_skip.py::test_shared_kv_cache_smollm2 "
                "test_block_skip.py::test_blocks_llama_arch "
-               "test_block_skip.py::test_small_head_keeps_its_tokens_logits_and_masks_the_rest").split()
+               "test_block_skip.py::test_small_head_keeps_its_tokens_logits_and_masks_the_rest "
+               # last: on lavapipe these two segfault at times (docs/gpu-backends.md), and a
+               # crash ends the process: the others are in by then
+               "test_layer_skip.py::test_single_tokens_and_verify_batches_each_keep_their_graph "
+               "test_layer_skip.py::test_more_masks_than_kept_graphs_stay_exact").split()
         # not the greedy-identity tests of test_engine.py: random weights make near-ties everywhere
         # (a batch of n and n single decodes round differently), so identity is checked on the
         # real model sent (part tokps_smollm2) and reported, not asserted
         if not a.cpu_rehearsal:  # the CPU build offloads nothing: these two check a GPU build
-            sel.append("test_gpu_backend.py")
+            sel.insert(0, "test_gpu_backend.py")
         p = sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
                 *[f"tests/{s}" for s in sel]], log, lim, env, cwd=ROOT, check=False)
         summary = [ln for ln in tail(log, 4000).splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]

@@ -34,7 +34,7 @@ from sdfp_edge.metadata import check_gguf_file, read_model_info
 # (llm_arch_supports_layer_skip in tools/llama-layer-skip.patch; docs/architectures.md)
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen3moe", "gemma2", "phi3", "mistral3", "smollm3",
                       "granite", "olmo2", "gpt-oss", "llama4", "gemma4")
-GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on two machines (docs/threads-and-memory.md)
+GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on three machines (docs/threads-and-memory.md)
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
 # SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches

@@ -3,10 +3,12 @@
 of several prompts prefilled one after another or in one batch (serve --parallel).
 
 Figures: The figures in the REUSE_GRID_CPU comment of sdfp_edge/runtime/backend.py (the cost of
-64-token prefill batches), and docs/serving.md ("One batch per step": --together).
+64-token prefill batches), and docs/serving.md ("One batch per step": --together; "on a Zen 4 VM":
+--reused, what exact prefix reuse's cuts cost a lone request).
 
     .venv/bin/python tools/prefill_batches.py --model qwen2.5-coder-1.5b --tokens 396 --sizes 64,128,256,512
     .venv/bin/python tools/prefill_batches.py --model smollm2-135m --together 4 --tokens 120
+    .venv/bin/python tools/prefill_batches.py --model qwen2.5-coder-1.5b --tokens 136 --reused 24 --sizes 64,512
 
 --together N: N prompts of --tokens tokens each in N sequences of one context (each with its own
 KV stream, as serve --parallel N), prefilled one after another, then all in one llama_batch
@@ -35,6 +37,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,128,256,512")
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--together", type=int, default=0, help="N prompts: one after another, then in one batch")
+    ap.add_argument("--reused", type=int, default=0,
+                    help="the first N tokens are in the cache already (a prefix reused from another slot, as "
+                         "serve --parallel copies a system prompt): only the rest is timed, its batches still "
+                         "cut at multiples of each size")
     args = ap.parse_args()
     if args.together:
         together(args)
@@ -46,10 +52,14 @@ def main() -> None:
             times = []
             for _ in range(args.runs):
                 b.reset()
+                if args.reused:
+                    b.decode(prompt[:args.reused], logits="last")
+                rest = range(args.reused, args.tokens)
                 t0 = time.perf_counter()
-                b.decode(prompt, logits="last")
+                b.decode_seqs(prompt[args.reused:], rest, [0] * len(rest), logits="last")
                 times.append(time.perf_counter() - t0)
-            print(f"batches of {size}: {args.tokens} tokens in " + " / ".join(f"{t:.2f}" for t in times) + " s",
+            cut = [z - a for a, z in b.prefill_batches(rest)]
+            print(f"batches of {size}: {len(rest)} tokens {cut} in " + " / ".join(f"{t:.2f}" for t in times) + " s",
                   flush=True)
 
 

@@ -63,7 +63,6 @@ from sdfp_edge.bench.data import interleave, load_humaneval, load_mtbench  # noq
 from sdfp_edge.paths import env_without_stored_costs  # noqa: E402
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,13 +330,13 @@ def main() -> None:
     servers: list[tuple[str, list[str], Path]] = []
     sdfp = [str(Path(sys.executable).with_name("sdfp-edge"))]
     for spec in a.parallel.split(","):  # "4": --parallel 4; "4w": + --whole-prefill; "4:off": + --mode off
-        spec, _, mode = spec.partition(":")
-        n, whole = int(spec.rstrip("w")), spec.endswith("w")
+        base, _, mode = spec.partition(":")
+        n, whole = int(base.rstrip("w")), base.endswith("w")
         flags = (["--whole-prefill"] if whole else []) + (["--mode", mode] if mode else [])
         cmd = sdfp + ["serve", "--model", str(model), "--threads", str(a.threads), "-c", str(a.slot_ctx * n),
                       "--parallel", str(n), "--port", "{port}", *flags]
-        spec += f"-{mode}" if mode else ""
-        servers.append((" ".join(["sdfp-edge --parallel", str(n), *flags]), cmd, logs / f"sdfp-{spec}.log"))
+        tag = spec.replace(":", "-")  # log file names
+        servers.append((" ".join(["sdfp-edge --parallel", str(n), *flags]), cmd, logs / f"sdfp-{tag}.log"))
         if a.baseline_src:
             src = a.baseline_src.resolve()
             if not (src / "sdfp_edge" / "__init__.py").is_file():
@@ -345,7 +344,7 @@ def main() -> None:
             rev = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip() or src.name
             servers.append((" ".join(["sdfp-edge --parallel", str(n), *flags, f"@{rev}"]),
-                            ["env", f"PYTHONPATH={src}", *cmd], logs / f"sdfp-{spec}-{rev}.log"))
+                            ["env", f"PYTHONPATH={src}", *cmd], logs / f"sdfp-{tag}-{rev}.log"))
     binary = a.llama_server
     if binary == "auto":
         out = subprocess.run([sys.executable, str(ROOT / "tools" / "build_llama_server.py"), "--print-path"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Which threading setting should sdfp-edge run llama.cpp with? Measure, don't guess.
 
-Figures: docs/threads-and-memory.md: both thread tables (records in models/bench/threads/).
+Figures: docs/threads-and-memory.md: the thread tables (records in models/bench/threads/).
 
 Plain llama-cpp-python `Llama` greedy generation, each run in a fresh process, under every
 option x condition, order rotated per repeat. Each run reports decoding (ms/token) and the

@@ -106,6 +106,7 @@ def single(smollm2_plain: Path):
 @pytest.fixture(scope="module")
 def par(smollm2_plain: Path):
     m = Model(smollm2_plain, n_ctx=SEQ_CTX * 3, n_threads=2, n_seq_max=3, cost_cache=False)
+    m.backend.use_reuse_grid()  # as every ParallelDecoder on it does: tests read prefill_chunk before making one
     yield m
     m.close()
 

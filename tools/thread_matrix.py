@@ -57,8 +57,8 @@ t0 = time.perf_counter()
 import llama_cpp
 path, n, threads, loop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "loop"
 prompt_tokens = int(sys.argv[5])
-llm = llama_cpp.Llama(model_path=path, n_ctx=prompt_tokens + n + 512, n_threads=threads, n_threads_batch=threads,
-                      n_batch=max(512, prompt_tokens), verbose=False)
+llm = llama_cpp.Llama(model_path=path, n_ctx=max(1024, prompt_tokens + n + 64), n_threads=threads,
+                      n_threads_batch=threads, n_batch=max(512, prompt_tokens), verbose=False)
 t_load = time.perf_counter() - t0
 prompt = llm.tokenize(b"Write a short story about a lighthouse keeper who finds a message in a bottle.")
 if prompt_tokens:  # the story's request repeated to length, one batch: the cost is the shape

@@ -30,9 +30,11 @@ def speeds(prompt: list[int], answer: list[int]) -> dict[str, float]:
     spent, emitted = replayer().run(prompt, answer)
     assert emitted == answer  # the engine, fed the answer's logits, emits the answer
     props = replay.proposals(prompt, answer, 32)
-    oracle = replay.replay_oracle(props, CURVE)
+    oracle = replay.replay_oracle([k for _, k, _ in props], CURVE)
+    any_occurrence = replay.replay_oracle(replay.kept_any_occurrence(prompt, answer, 32), CURVE)
     calibrated = replay.replay_calibrated(props, replay.kept_counts([props]), CURVE)
     return {"auto": len(answer) / spent, "oracle": len(answer) / oracle, "calibrated": len(answer) / calibrated,
+            "oracle, any occurrence": len(answer) / any_occurrence,
             "ngram-simple": len(answer) / replay.replay_ngram_simple(prompt, answer, CURVE),
             "ngram-mod": len(answer) / replay.NgramMod().replay(prompt, answer, CURVE)}
 
@@ -44,7 +46,8 @@ def test_the_curve_interpolates_between_and_extends_beyond_its_sizes() -> None:
 
 def test_an_answer_with_nothing_to_copy_runs_at_plain_speed_for_every_policy() -> None:
     s = speeds(PROMPT, list(range(300, 340)))
-    assert s == {"auto": 1.0, "oracle": 1.0, "calibrated": 1.0, "ngram-simple": 1.0, "ngram-mod": 1.0}
+    assert s == {"auto": 1.0, "oracle": 1.0, "calibrated": 1.0, "oracle, any occurrence": 1.0, "ngram-simple": 1.0,
+                 "ngram-mod": 1.0}
 
 
 def test_a_copy_pays_and_no_policy_beats_the_oracle() -> None:
@@ -60,7 +63,25 @@ def test_a_copy_pays_and_no_policy_beats_the_oracle() -> None:
     # a copy that strays twice: drafts fail, and the oracle knows where
     strays = speeds(PROMPT, [*PROMPT[:20], 400, *PROMPT[21:40], 401, *PROMPT[41:55]])
     assert strays["auto"] <= strays["oracle"] < copy["oracle"]
-    assert strays["calibrated"] <= strays["oracle"]
+    assert strays["calibrated"] <= strays["oracle"] <= strays["oracle, any occurrence"]
+
+
+def test_any_occurrence_finds_the_copy_that_the_latest_occurrence_misses() -> None:
+    # the prompt holds the function twice, first as it is answered, then with its second line
+    # changed: the drafter copies from the latest occurrence of the matched n-gram (the changed
+    # copy), the bound from whichever occurrence keeps most
+    first, changed = [1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 9, 4, 5, 6, 7, 8]
+    prompt, answer = [*first, 50, *changed, 60, 1], [2, 3, 4, 5, 6, 7, 8]
+    latest = [k for _, k, _ in replay.proposals(prompt, answer, 32)]
+    best = replay.kept_any_occurrence(prompt, answer, 32)
+    # after "1" the latest copy offers "2 9 ...", of which the answer keeps "2"; after "1 2", "9 ..."
+    assert latest == [1, 0, 4, 3, 2, 1, 0]
+    # the first copy keeps all but the answer's last token (that one comes from the verify)
+    assert best == [6, 5, 4, 3, 2, 1, 0]
+    # where verifying a batch costs little, one draft of the whole copy beats two from the latest
+    flat = replay.Curve([{"n": 1, "V": 1.0}, {"n": 64, "V": 2.0}])
+    assert replay.replay_oracle(best, flat) == pytest.approx(flat(7))
+    assert replay.replay_oracle(latest, flat) == pytest.approx(flat(2) + flat(5))
 
 
 def test_calibrated_drafts_what_the_statistics_say_pays_and_stops_where_they_do_not() -> None:

@@ -4,7 +4,8 @@
 Figures: docs/prompt-lookup.md, 'A replay without timing noise': the replay table and the
 `--lookup-max 48` figures (records in models/bench/replay/); docs/bench-method.md, 'The replay's
 bound': code, edits and multi-turn chats (`--generate MODEL --data humaneval,humaneval-edit,multiturn`);
-'Qwen2.5-Coder-1.5B on a Xeon VM's flat curve': the Xeon curve of 2026-12-06 and what `--set` buys.
+'Qwen2.5-Coder-1.5B on a Xeon VM's flat curve': the Xeon curve of 2026-12-06 and what `--set` buys;
+'A Zen 5 VM': both models on that VM's curves, and the any-occurrence oracle.
 
     .venv/bin/python tools/lookup_replay.py --answers ANSWERS.json \\
         --verify-cost models/bench/verify-cost/qwen2.5-coder-1.5b.json [--lookup-max 32] [--out R.md]
@@ -26,6 +27,9 @@ tools/compare_modes.py's prompts, `--limit` MT-Bench prompts per category and
 - `oracle`: the cheapest way through each answer with the same drafter's proposals and
   perfect foresight (dynamic programming over positions): no policy drafting from prompt
   lookup can do better on this machine;
+- `oracle, any occurrence`: the same with, at each position, the best of every earlier
+  occurrence of the last token instead of the drafter's one proposal: how much better
+  proposals (another occurrence, several verified together) could buy at most;
 - `calibrated`: the same proposals judged by a policy that knows, for every match length
   (and whether the match's earlier occurrences agreed), how many of a draft these very answers
   keep: the in-sample distribution, not this answer's outcome. It drafts the k with the most
@@ -75,6 +79,7 @@ from sdfp_edge.runtime.engine import LOOKUP_MAX, SpeculativeDecoder
 # llama-server's ngram-simple in the pinned source: common/common.h's defaults
 NGRAM_SIMPLE_N, NGRAM_SIMPLE_M = 12, 48
 ONE_SHOT, PROCESS, WARM = "auto, one-shot", "auto", "auto, V known"
+ANY_ORACLE = "oracle, any occurrence"
 
 
 class Curve:
@@ -238,18 +243,42 @@ def replay_calibrated(props: list[tuple[list[int], int, Feature]], counts: dict[
     return spent
 
 
-def replay_oracle(props: Sequence[tuple[list[int], int, Feature]], curve: Curve) -> float:
-    """The least verify cost through the answer with these proposals and perfect foresight:
-    at each position plain decoding (V(1), one token) or drafting j <= kept tokens (V(j+1),
-    j+1 tokens); drafting past what is kept only costs more."""
-    n = len(props)
+def replay_oracle(kept_at: Sequence[int], curve: Curve) -> float:
+    """The least verify cost through the answer with perfect foresight, given how many drafts
+    the proposal at each position would have kept: there plain decoding (V(1), one token) or
+    drafting j <= kept tokens (V(j+1), j+1 tokens); drafting past what is kept only costs more."""
+    n = len(kept_at)
     best = [0.0] * (n + 1)
     for i in range(n - 1, -1, -1):
         options = [curve(1) + best[i + 1]]
-        for j in range(1, min(props[i][1], n - i - 1) + 1):
+        for j in range(1, min(kept_at[i], n - i - 1) + 1):
             options.append(curve(j + 1) + best[i + j + 1])
         best[i] = min(options)
     return best[0]
+
+
+def kept_any_occurrence(prompt: list[int], answer: list[int], lookup_max: int) -> list[int]:
+    """At each answer position, the most drafts any earlier occurrence of the last token would
+    have had kept (the text after it, up to lookup_max): what a drafter that always picked
+    the best place to copy from could offer. `oracle, any occurrence` bounds what choosing
+    among a match's occurrences (latest, longest, several verified together) could buy."""
+    text = list(prompt)
+    ends: dict[int, list[int]] = defaultdict(list)  # token -> every index just after it, in text[:-1]
+    for e in range(1, len(text)):
+        ends[text[e - 1]].append(e)
+    out = []
+    for i in range(len(answer)):
+        room = min(len(answer) - i - 1, lookup_max)
+        best = 0
+        for e in ends[text[-1]] if room > 0 else ():
+            n = 0
+            while n < room and e + n < len(text) and text[e + n] == answer[i + n]:
+                n += 1
+            best = max(best, n)
+        out.append(best)
+        text.append(answer[i])
+        ends[text[-2]].append(len(text) - 1)
+    return out
 
 
 def replay_ngram_simple(prompt: list[int], answer: list[int], curve: Curve,
@@ -459,14 +488,15 @@ def _replay(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
             if emitted != answer:
                 raise SystemExit(f"{r['id']}: the replay emitted another text than the answer (a bug in the replay)")
             row[name] = n / spent
-        row["oracle"] = n / replay_oracle(prop, curve)
+        row["oracle"] = n / replay_oracle([k for _, k, _ in prop], curve)
+        row[ANY_ORACLE] = n / replay_oracle(kept_any_occurrence(prompt, answer, args.lookup_max), curve)
         row["calibrated"] = n / replay_calibrated(prop, counts, curve)
         row["ngram-simple"] = n / replay_ngram_simple(prompt, answer, curve)
         row["ngram-mod"] = n / mod.replay(prompt, answer, curve)
         rows.append((r["id"], r["category"], n, row))
         by_cat[r["category"]].append(row)
 
-    systems = [ONE_SHOT, PROCESS, WARM, "oracle", "calibrated", "ngram-simple", "ngram-mod"]
+    systems = [ONE_SHOT, PROCESS, WARM, "oracle", ANY_ORACLE, "calibrated", "ngram-simple", "ngram-mod"]
     measured = f"{record.get('cpu', '?')}, {record.get('threads', '?')} threads, {record.get('created', '?')[:10]}"
     lines = [f"# lookup replay, {dt.date.today()}: {d.get('model', '?')}, {len(runs)} greedy answers; "
              f"V(n) from {args.verify_cost} ({measured})",

@@ -11,7 +11,8 @@ batch can flip a near-tie and a greedy text part from plain decoding without any
 the speculation. A bench reports only where texts part (runs[].divergence); this decodes
 the prompt's first turn with `off` and with `auto` in one process, finds the first differing
 token, and prints plain decoding's two leading logits there (the prefix decoded as one
-batch): a gap of a few hundredths is a near-tie, a large one would be a bug.
+batch), with the ranks of the two tokens the texts part on and how far apart their logits
+are: a gap of a few hundredths is a near-tie, a large one would be a bug.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def main() -> None:
         backend.reset()
         row = np.asarray(backend.decode([*ids, *a[:i]], logits="last")[-1], dtype=np.float64)
         first, second = np.argsort(row)[::-1][:2]
+        rank = {t: int((row > row[t]).sum()) + 1 for t in (a[i], b[i])}
         print(f"{pid}: first difference at token {i} (off {a[i]}, auto {b[i]}); leading logits "
-              f"{int(first)} {row[first]:.4f}, {int(second)} {row[second]:.4f}: gap {row[first] - row[second]:.4f}")
+              f"{int(first)} {row[first]:.4f}, {int(second)} {row[second]:.4f}: gap {row[first] - row[second]:.4f}; "
+              f"off's token ranks {rank[a[i]]}, auto's {rank[b[i]]}, {abs(row[a[i]] - row[b[i]]):.4f} apart")
 
 
 if __name__ == "__main__":

@@ -269,13 +269,7 @@ def kept_any_occurrence(prompt: list[int], answer: list[int], lookup_max: int) -
     out = []
     for i in range(len(answer)):
         room = min(len(answer) - i - 1, lookup_max)
-        best = 0
-        for e in ends[text[-1]] if room > 0 else ():
-            n = 0
-            while n < room and e + n < len(text) and text[e + n] == answer[i + n]:
-                n += 1
-            best = max(best, n)
-        out.append(best)
+        out.append(max((kept(text[e : e + room], answer[i:]) for e in ends[text[-1]]), default=0) if room > 0 else 0)
         text.append(answer[i])
         ends[text[-2]].append(len(text) - 1)
     return out

@@ -338,6 +338,27 @@ def test_a_size_between_measured_ones_is_tried_before_a_costly_neighbour_prices_
     assert c.choose(copy, accepted_in_text=5).k == 3
 
 
+def test_an_unmeasured_tile_size_near_a_measured_one_is_tried() -> None:
+    # V(n) of Qwen2.5-Coder-1.5B Q4_K_M on the Zen 5 VM (models/bench/verify-cost/), at the sizes a
+    # replayed process had timed: V(32) = 9.33 lies below the line from V(27) to V(33)
+    t1 = 0.026
+    zen5 = {1: 1.0, 2: 1.68, 3: 2.17, 8: 4.52, 9: 4.93, 13: 6.10, 16: 5.37, 17: 6.62, 27: 8.88, 33: 10.64}
+    cm = CostModel(t_verify={n: t1 * v for n, v in zen5.items()}, samples=dict.fromkeys(zen5, 10),
+                   t_batch_token=0.28 * t1)
+    assert cm.verify(32) == pytest.approx(t1 * 8.88)  # the measured size at most TILE // 2 below
+    assert cm.verify(31) > cm.verify(32)  # other sizes between are interpolated as before
+    assert cm.verify(48) > cm.verify(33)  # no measured size within 8 below 48: extrapolated
+    assert CostModel(t_verify={1: t1, 2: 1.68 * t1}).verify(16) > 1.68 * t1  # nor below 16
+    c = Controller(cost=cm)
+    c.acceptance["lookup:64+"] = seen(100, 1, 1)
+    copy = [Candidate("lookup", 32, "lookup:64+", cost_prior=0.0, trusted=True)]
+    assert c.choose(copy, accepted_in_text=5).k == 31  # a batch of 32: tried, so measured
+    cm.observe_verify(32, t1 * 9.33)  # measured: it pays
+    assert c.choose(copy, accepted_in_text=5).k == 31
+    cm.t_verify[32] = t1 * 10.9  # had it been dear, the measurement says so
+    assert c.choose(copy, accepted_in_text=5).k == 15
+
+
 def test_one_off_drafting_work_is_counted_but_kept_out_of_the_step_cost() -> None:
     """A draft model's catch-up on the prompt, the small head's build and a drafter's first
     steps in a process (its graph) are not what a step costs: a c that carried them (the

@@ -122,11 +122,11 @@ class Acceptance:
 WARM_SAMPLES = 3  # the first decodes of a batch size carry one-off costs: keep their minimum
 PRIOR_SMALL_SLOPE = 0.5  # before a size is measured: each of the first extra tokens costs this
 SMALL_BATCH = 4  # ... up to this many tokens; beyond, a long batch's per-token cost applies
-# Quantized matrix kernels work on tiles of rows: on every VM measured, Qwen2.5-Coder-1.5B
-# Q4_K_M verified 16 tokens for less than 15 and 32 for less than 31 (V(15) / V(16) / V(17):
-# 6.98 / 5.37 / 6.62 and V(31) / V(32) / V(33): 10.54 / 9.33 / 10.64 on Zen 5, the same shape
-# on the EPYC and Xeon VMs; models/bench/verify-cost/). An unmeasured multiple of TILE is
-# therefore priced as the measured size at most TILE // 2 below it (_verify_from).
+# Quantized matrix kernels work on tiles of rows: Qwen2.5-Coder-1.5B Q4_K_M verified 16 tokens
+# for less than 15 on all four VMs measured and 32 for less than 31 on three (V(15) / V(16) /
+# V(17): 6.98 / 5.37 / 6.62 and V(31) / V(32) / V(33): 10.54 / 9.33 / 10.64 on Zen 5;
+# models/bench/verify-cost/). An unmeasured multiple of TILE is therefore priced as the
+# measured size at most TILE // 2 below it (_verify_from): one verify then says what it costs.
 TILE = 16
 MIN_PREFILL = 16  # a prompt this long is decoded at prompt-processing speed
 

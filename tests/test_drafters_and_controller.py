@@ -149,6 +149,23 @@ def test_the_cost_curve_equals_verify_at_every_size() -> None:
         assert m.curve(48) == [0.0] + [m.verify(n) for n in range(1, 49)]
 
 
+def test_no_verify_is_priced_below_the_floor_that_bounds_longer_drafts() -> None:
+    """Controller._best stops weighing longer drafts at Prices.floor_from(n): no size from n on
+    may be priced below it, tiles (16, 32, 48) near a measured size included, or a longer draft
+    that pays would go unweighed."""
+    rng = np.random.default_rng(3)
+    tiles_seen = 0
+    for _ in range(300):
+        sizes = {int(n) for n in rng.choice(np.arange(2, 52), size=int(rng.integers(1, 8)), replace=False)}
+        m = CostModel(t_verify={n: float(rng.uniform(0.01, 0.2)) for n in sizes} | {1: 0.02},
+                      t_batch_token=None if rng.random() < 0.3 else float(rng.uniform(0.001, 0.02)))
+        price, tail = m.prices(), m.curve(80)
+        for n in range(1, 80):
+            assert price.floor_from(n) <= min(tail[n:]), (sorted(sizes), n)
+        tiles_seen += any(t not in sizes and tail[t] < tail[t - 1] for t in (16, 32, 48))
+    assert tiles_seen > 10  # the cases include tiles priced below the size before them
+
+
 def test_verify_cost_interpolates() -> None:
     m = cost({1: 1.0, 3: 2.0}, {})
     assert m.verify(2) == pytest.approx(1.5)

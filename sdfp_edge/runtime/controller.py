@@ -279,13 +279,16 @@ class CostModel:
         return self._verify_from(fit, sorted(fit), n, self.t_batch_token)
 
     def curve(self, n_max: int, *, fresh: bool = False) -> list[float]:
-        """[0, verify(1), ..., verify(n_max)], fitting once: the controller weighs every k of
-        every candidate each cycle. `fresh`: from what this process timed only (and t_verify(1)),
-        as a process with no stored state would price drafts."""
+        """[0, verify(1), ..., verify(n_max)], fitting once (`fresh`: see prices)."""
+        price = self.prices(fresh=fresh)
+        return [0.0] + [price(n) for n in range(1, n_max + 1)]
+
+    def prices(self, *, fresh: bool = False) -> Prices:
+        """t_verify(n) for one weighing, each size priced when first asked for. `fresh`: from
+        what this process timed only (and t_verify(1)), as a process with no stored state would
+        price drafts."""
         fit = self._monotone_fit(self._points(fresh))
-        known = sorted(fit)
-        batch = self.t_batch_token if self.batch_here or not fresh else None
-        return [0.0] + [self._verify_from(fit, known, n, batch) for n in range(1, n_max + 1)]
+        return Prices(self, fit, self.t_batch_token if self.batch_here or not fresh else None)
 
     def _points(self, fresh: bool = False) -> dict[int, tuple[float, float]]:
         """n -> (seconds, weight) for the fit: the sizes known here, and the stored ones that
@@ -295,7 +298,7 @@ class CostModel:
                     if n == 1 or self.here.get(n, 0)}
         points = {n: (t, float(max(1, self.samples.get(n, 1)))) for n, t in self.t_verify.items()}
         one = self.t_verify.get(1)
-        if one is None:
+        if one is None or not self.stored:
             return points
         sizes = sorted(points)
         times = [points[n][0] for n in sizes]
@@ -320,8 +323,12 @@ class CostModel:
         draft out of use, and never be measured again (a persisted file had V(2) = 6.8 from
         4 samples beside V(4) = 3.0). Pooling lets the better-measured side decide.
         """
+        sizes = sorted(points)
+        times = [points[n][0] for n in sizes]
+        if all(a <= b for a, b in zip(times, times[1:])):
+            return dict(zip(sizes, times))  # already non-decreasing: the fit is the data
         blocks: list[tuple[float, float, list[int]]] = []  # (weight, weighted sum, sizes)
-        for n in sorted(points):
+        for n in sizes:
             t, w = points[n]
             block = (w, w * t, [n])
             while blocks and blocks[-1][1] / blocks[-1][0] > block[1] / block[0]:
@@ -488,6 +495,39 @@ class CostModel:
             self.here[n], self.timed_at[n] = self.here.get(n, 0) + len(ts), now
 
 
+class Prices:
+    """The cost model's prices for one weighing: the monotone fit made once, a size priced
+    when first asked for. The controller weighs each cycle the lengths of every candidate
+    until none longer can win, a few sizes where a lookup chain offers 32: pricing all of
+    them up front was half of Controller.choose (issue 34: the per-cycle Python of `auto`)."""
+
+    __slots__ = ("_model", "_fit", "_known", "_batch", "_memo")
+
+    def __init__(self, model: CostModel, fit: dict[int, float], batch: float | None) -> None:
+        self._model, self._fit, self._known, self._batch = model, fit, sorted(fit), batch
+        self._memo: dict[int, float] = {}
+
+    def __call__(self, n: int) -> float:
+        t = self._memo.get(n)
+        if t is None:
+            t = self._memo[n] = self._model._verify_from(self._fit, self._known, n, self._batch)
+        return t
+
+    def floor_from(self, n: int) -> float:
+        """A price no verify of n tokens or more is below (what bounds longer drafts in
+        Controller._best). Each size is priced at least at the fit of the largest measured size
+        not above it (_verify_from: interpolations, extrapolations and tiles add nothing
+        negative), and beyond the largest measured size, where no tile's price can apply,
+        extrapolation only rises."""
+        known, fit = self._known, self._fit
+        top = known[-1]
+        if n <= top:
+            return fit[known[bisect.bisect_right(known, n) - 1]]
+        if -(-n // TILE) * TILE <= top + TILE // 2:  # a tile's size ahead, priced at fit[top]
+            return fit[top]
+        return self(n)
+
+
 def probe_cap(k_cap: int, accepted_in_text: int | None, trusted: bool) -> int:
     """The most drafts a source may offer now: one-token probes while nothing was accepted
     in this text, unless its draft rests on the text itself (see Controller.choose)."""
@@ -648,29 +688,28 @@ class Controller:
                     and not self.cost.timed_recently(shadow.k + 1)):
                 cand = next(c for c in candidates if c.drafter == shadow.drafter and c.key == shadow.source)
                 # what the stored state expects of that draft: near or below plain decoding
-                verify = self.cost.curve(shadow.k + 1)
+                verify = self.cost.prices()
                 expected = expected_tokens_from_rates(self.rates(cand, shadow.k))
-                seconds = shadow.k * self.cost.step(cand.drafter, cand.cost_prior, one=verify[1]) + verify[-1]
+                seconds = shadow.k * self.cost.step(cand.drafter, cand.cost_prior, one=verify(1)) + verify(shadow.k + 1)
                 if expected / seconds <= NEAR * self.margin * best.plain_rate:
                     return replace(shadow, explore=True)
         return best
 
     def _best(self, candidates: Sequence[Candidate], caps: Sequence[int], *, fresh: bool) -> Decision:
-        verify = self.cost.curve(max(caps, default=0) + 1, fresh=fresh)
-        plain = 1.0 / verify[1]
+        verify = self.cost.prices(fresh=fresh)
+        one = verify(1)
+        plain = 1.0 / one
         best = Decision(None, 0, plain, plain_rate=plain)
-        # cheapest[n]: the cheapest verify of n tokens or more, what bounds any longer draft
-        cheapest = list(itertools.accumulate(reversed(verify), min))[::-1]
         for cand, k_top in zip(candidates, caps):
             if k_top <= 0:
                 continue
             rate_of = self._rate_of(cand, k_top, fresh=fresh)
-            step = self.cost.step(cand.drafter, cand.cost_prior, fresh=fresh, one=verify[1])
+            step = self.cost.step(cand.drafter, cand.cost_prior, fresh=fresh, one=one)
             expected, reach = 1.0, 1.0  # E(k), and the chance that all k drafts are accepted
             for k in range(1, k_top + 1):
                 reach *= rate_of(k - 1)
                 expected += reach
-                rate = expected / (k * step + verify[k + 1])
+                rate = expected / (k * step + verify(k + 1))
                 bar = best.expected_rate * (self.margin if best.drafter is None else 1.0)
                 if rate > bar:
                     best = Decision(cand.drafter, k, rate, cand.key, cand.chain_sources(k), plain_rate=plain)
@@ -678,7 +717,7 @@ class Controller:
                 # no longer draft can win: each adds at most `reach` tokens and costs at least
                 # the cheapest longer verify (rates never exceed 1; BOUND_SLACK covers rounding)
                 if k < k_top and (expected + reach * (k_top - k)) * BOUND_SLACK <= bar * (
-                        (k + 1) * step + cheapest[k + 2]):
+                        (k + 1) * step + verify.floor_from(k + 2)):
                     break
         return best
 

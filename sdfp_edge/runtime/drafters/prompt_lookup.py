@@ -76,7 +76,7 @@ class PromptLookupDrafter:
     ) -> Proposal:
         if k <= 0 or len(tokens) < 2:
             return Proposal.empty()
-        tokens = list(tokens)
+        tokens = tokens if isinstance(tokens, list) else list(tokens)  # read only: no copy per cycle
         self._index(tokens)
         n_tok = len(tokens)
         for n in range(min(self.max_ngram, n_tok - 1), self.min_ngram - 1, -1):

@@ -215,6 +215,7 @@ class LlamaBackend:
         self.mask = layer_skip.DraftMask()  # what later decodes leave out
         self.draft_vocab: tuple[int, ...] = ()  # the small head's tokens (draft_vocab.py); () none
         self.kv_tokens: list[int] = []  # the tokens at positions 0.. of sequence 0 in the KV cache
+        self._logit_views: dict[tuple[int | None, int], npt.NDArray[np.float32]] = {}  # _logits
 
     def _create_context(self, internals: Any, n_ctx: int, n_ctx_train: int, n_batch: int, n_threads: int, *,
                         kv_in_ram: bool, n_seq_max: int, verbose: bool) -> None:
@@ -397,10 +398,24 @@ class LlamaBackend:
                 raise
             if last_chunk:
                 n_rows = len(chunk) if logits == "all" else 1
-                ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)
-                out = np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab)).copy()
+                out = self._logits(n_rows)
         assert out is not None
         return out
+
+    def _logits(self, n_rows: int) -> npt.NDArray[np.float32]:
+        """A copy of the last decode's n_rows rows of logits. The numpy view of llama.cpp's
+        output buffer is made once per buffer address and row count: numpy.ctypeslib.as_array
+        builds a ctypes array type per call: about 20 us per decoded token in a generation
+        (SmolLM2, Xeon VM, 2026-12-07; issue 34). A view is keyed by the address the context
+        reports now, so a reallocated buffer gets a new one."""
+        ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)
+        key = (ctypes.cast(ptr, ctypes.c_void_p).value, n_rows)
+        view = self._logit_views.get(key)
+        if view is None:
+            if len(self._logit_views) >= 64:
+                self._logit_views.clear()
+            view = self._logit_views[key] = np.ctypeslib.as_array(ptr, shape=(n_rows, self.n_vocab))
+        return view.copy()
 
     def truncate(self, n_past: int) -> None:
         """Forget KV positions >= n_past (rejected drafts, or a new conversation)."""
@@ -445,8 +460,7 @@ class LlamaBackend:
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc} (KV cache full?)")
         rows = n if logits == "all" else 1
-        ptr = self._llama_cpp.llama_get_logits(self._ctx.ctx)  # rows in batch order
-        return np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab)).copy()
+        return self._logits(rows)  # rows in batch order
 
     def use_reuse_grid(self) -> None:
         """Cut prefills on the finer grid that exact prefix reuse needs (REUSE_GRID_CPU)."""

@@ -42,6 +42,8 @@ class Verdict:
 def accept_greedy(draft_tokens: npt.NDArray[np.integer], target_logits: npt.NDArray[np.floating]) -> Verdict:
     """Args: draft_tokens [k]; target_logits [k+1, V]."""
     k = len(draft_tokens)
+    if k == 0:  # a plain step (every token of `off`): one row, no comparison to make
+        return Verdict(0, int(target_logits[0].argmax()))
     target_top = np.argmax(target_logits[: k + 1], axis=-1)  # [k+1]
     agree = target_top[:k] == np.asarray(draft_tokens)
     n = k if agree.all() else int(np.argmin(agree))

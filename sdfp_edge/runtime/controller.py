@@ -497,9 +497,9 @@ class CostModel:
 
 class Prices:
     """The cost model's prices for one weighing: the monotone fit made once, a size priced
-    when first asked for. The controller weighs each cycle the lengths of every candidate
-    until none longer can win, a few sizes where a lookup chain offers 32: pricing all of
-    them up front was half of Controller.choose (issue 34: the per-cycle Python of `auto`)."""
+    when first asked for. The controller weighs a candidate's lengths only until no longer one
+    can win, often a few where a lookup chain offers 32; pricing every size up front made
+    Controller.choose about a fifth slower (issue 34: the per-cycle Python of `auto`)."""
 
     __slots__ = ("_model", "_fit", "_known", "_batch", "_memo")
 
@@ -522,7 +522,8 @@ class Prices:
         known, fit = self._known, self._fit
         top = known[-1]
         if n <= top:
-            return fit[known[bisect.bisect_right(known, n) - 1]]
+            i = bisect.bisect_right(known, n) - 1
+            return fit[known[i]] if i >= 0 else 0.0  # below every measured size: no floor
         if -(-n // TILE) * TILE <= top + TILE // 2:  # a tile's size ahead, priced at fit[top]
             return fit[top]
         return self(n)

@@ -275,8 +275,7 @@ class CostModel:
 
     def verify(self, n: int) -> float:
         """t_verify(n): from the monotone fit of the measured sizes, interpolated or extrapolated."""
-        fit = self._monotone_fit(self._points())
-        return self._verify_from(fit, sorted(fit), n, self.t_batch_token)
+        return self.prices()(n)
 
     def curve(self, n_max: int, *, fresh: bool = False) -> list[float]:
         """[0, verify(1), ..., verify(n_max)], fitting once (`fresh`: see prices)."""

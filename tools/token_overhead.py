@@ -5,14 +5,15 @@ Figures: docs/bench-method.md ("Python around each token").
 
     .venv/bin/python tools/token_overhead.py --model smollm2-135m --systems llama-cpp,off,auto --rounds 3
 
-Each system runs in a process of its own, one after the other, `--rounds` times in turn:
-`llama-cpp` is llama-cpp-python's `Llama.generate` as the bench's peer runs it (greedy through
-llama.cpp's own sampler, flash attention as llama.cpp's default), `off` and `auto` are
-sdfp-edge's decoder. Every process wraps llama_decode with a timer and generates --tokens
-tokens from the same text --repeats times (the first, a warm-up, is left out); from the first
-token to the last, the time inside llama_decode is "decode" and the rest, whatever the
-system does in Python and C around a decode (sampling, copying logits, choosing a draft),
-is "other", both per generated token. The cores must be otherwise idle: run it under the
+Each system runs in a process of its own, one after the other, `--rounds` times in turn, opened
+by the bench's own worker classes (sdfp_edge/bench/worker.py): `llama-cpp` is llama-cpp-python's
+`Llama.generate` as the bench's peer runs it (llama.cpp's own sampler with the peer's settings,
+flash attention as llama.cpp's default, its eval-counting wrapper), `off` and `auto` sdfp-edge's
+decoder. Every process wraps llama_decode with a timer and generates --tokens tokens from the
+same text --repeats times (the first, a warm-up, is left out); from the first token to the
+last, the time inside llama_decode is "decode" and the rest, whatever the system does in
+Python and C around a decode (sampling, copying logits, choosing a draft), is "other", both
+per generated token. The cores must be otherwise idle: run it under the
 same lock as the bench. Compare code versions by running it from each checkout.
 """
 
@@ -36,6 +37,11 @@ def measure(system: str, model: str, tokens: int, repeats: int, temperature: flo
     import llama_cpp
     import llama_cpp.llama_cpp as bindings
 
+    from sdfp_edge.bench.protocol import LoadConfig, SystemSpec
+    from sdfp_edge.bench.systems import Setup, spec_for
+    from sdfp_edge.bench.worker import LlamaCppSystem, SdfpSystem, peer_sampling
+    from sdfp_edge.runtime.sampling import SamplingParams
+
     calls: list[tuple[float, float]] = []
     inner = bindings.llama_decode
 
@@ -47,38 +53,37 @@ def measure(system: str, model: str, tokens: int, repeats: int, temperature: flo
 
     bindings.llama_decode = llama_cpp.llama_decode = timed  # both names the callers look up
     runs: list[list[float]] = []
+    # each system opened as the bench's worker opens it (its peer's kernels and sampler settings)
+    load = LoadConfig(model=model, n_ctx=4096, threads=threads, n_gpu_layers=None, k_max=4, threshold=0.8,
+                      cost_cache=False)
     if system == "llama-cpp":
-        flash = llama_cpp.llama_context_default_params().flash_attn_type != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        llm = llama_cpp.Llama(model_path=model, n_ctx=4096, n_threads=threads, n_threads_batch=threads,
-                              flash_attn=flash, verbose=False)
+        peer = LlamaCppSystem(spec_for(system, Setup((), "", False, 0, None, None, "", 0)), load)
+        llm = peer.llm
         ids = llm.tokenize(PROMPT.encode())
-        params = {"temp": 0.0} if temperature == 0 else {
-            "temp": temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
         for _ in range(repeats):
             llm.reset()
             llm.set_seed(1)
             calls.clear()
             times: list[float] = []
-            gen = llm.generate(ids, repeat_penalty=1.0, **params)
+            gen = llm.generate(ids, repeat_penalty=1.0, **peer_sampling(temperature))
             for _tok in gen:
                 times.append(time.perf_counter())
                 if len(times) >= tokens:
                     break
             gen.close()
             runs.append(_split(times, calls))
-        llm.close()
+        peer.close()
     else:
-        from sdfp_edge.api import Model
-        from sdfp_edge.runtime.sampling import SamplingParams
-
-        with Model(model, n_ctx=4096, n_threads=threads, mode=system, cost_cache=False) as m:
-            ids = m.backend.tokenize(PROMPT)
-            for _ in range(repeats):
-                m.decoder.backend.reset()
-                calls.clear()
-                times = [time.perf_counter() for _tok in m.decoder.generate(
-                    ids, max_tokens=tokens, sampling=SamplingParams(temperature=temperature, seed=1))]
-                runs.append(_split(times, calls))
+        sdfp = SdfpSystem(SystemSpec(system, "sdfp", "sdfp", system, {"mode": system}), load)
+        m = sdfp.model
+        ids = m.backend.tokenize(PROMPT)
+        for _ in range(repeats):
+            m.decoder.backend.reset()
+            calls.clear()
+            times = [time.perf_counter() for _tok in m.decoder.generate(
+                ids, max_tokens=tokens, sampling=SamplingParams(temperature=temperature, seed=1))]
+            runs.append(_split(times, calls))
+        sdfp.close()
     kept = runs[1:]  # the first is a warm-up
     return {"system": system, "tokens": tokens, "decode_ms": [r[0] for r in kept], "other_ms": [r[1] for r in kept],
             "generated": [r[2] for r in kept]}

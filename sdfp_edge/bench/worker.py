@@ -141,6 +141,14 @@ class _CountingDraft:
 PEER_LOOKUP_TOKENS = {"cpu": 2, "gpu": 10}
 
 
+def peer_sampling(temperature: float) -> dict[str, Any]:
+    """`Llama.generate`'s sampler settings for a request at `temperature` (0: greedy): the same
+    distribution as the engine's, temperature only, no top-k/top-p/min-p."""
+    if temperature == 0:
+        return {"temp": 0.0}
+    return {"temp": temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
+
+
 class LlamaCppSystem:
     """llama-cpp-python's `Llama.generate`, greedy or sampled, as a user would call it."""
 
@@ -193,11 +201,9 @@ class LlamaCppSystem:
         self.evals = 0
         if self.draft is not None:
             self.draft.drafted = 0
-        if req.temperature == 0:
-            params: dict[str, Any] = {"temp": 0.0}
-        else:  # the same distribution as the engine's: temperature only, no top-k/top-p/min-p
+        if req.temperature != 0:
             llm.set_seed(req.seed)
-            params = {"temp": req.temperature, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}
+        params = peer_sampling(req.temperature)
         vocab = llm._model.vocab
         trace = Trace()
         t0 = time.perf_counter()

@@ -315,6 +315,42 @@ def test_a_schema_2_record_still_renders_as_it_was_committed() -> None:
     assert report.markdown(result) == (run / "bench.md").read_text()  # min-max, no intervals
 
 
+
+def test_the_report_says_how_each_systems_threads_waited() -> None:
+    """sdfp-edge bounds libgomp's spin and a plain llama.cpp process does not: on an idle machine that alone
+    parted `off` from llama.cpp by 2% (docs/threads-and-memory.md), so a record says who waited how."""
+    from sdfp_edge.bench import report
+
+    run = Path(__file__).resolve().parents[1] / "models" / "bench" / "smollm2-135m-mtbench-zen5-2026-12-07"
+    result = json.loads((run / "bench.json").read_text())
+    assert not [line for line in report.markdown(result).splitlines() if "GOMP_SPINCOUNT" in line]  # kept no value
+    spins = {"off": "3000", "auto": "3000"}
+    for s in result["systems"]:
+        s["GOMP_SPINCOUNT"] = spins.get(s["name"])
+    lines = [line for line in report.markdown(result).splitlines() if "GOMP_SPINCOUNT" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("- GOMP_SPINCOUNT, as each process saw it: unset (libgomp's default) for "
+                               "`llama-cpp`, `llama-server-ngram-simple`, `llama-server-ngram-mod`; 3000 for "
+                               "`off`, `auto` (")
+
+
+def test_a_worker_reports_the_spin_its_llama_cpp_loaded_with(tmp_path: Path) -> None:
+    """libgomp reads GOMP_SPINCOUNT once, when llama.cpp loads: sdfp-edge's backend sets its bound first, a plain
+    llama-cpp-python import leaves the default, and build_info reports what each process loaded with."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    first = {"sdfp": "from sdfp_edge.runtime.backend import _import_llama_cpp; _import_llama_cpp()",
+             "plain": "import llama_cpp"}
+    seen = {}
+    for name, load in first.items():
+        code = f"{load}\nfrom sdfp_edge.bench.worker import build_info\nprint(build_info()['GOMP_SPINCOUNT'])"
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, capture_output=True,
+                             text=True, timeout=120)
+        seen[name] = out.stdout.strip().splitlines()[-1]
+    from sdfp_edge.runtime.backend import GOMP_SPINCOUNT
+
+    assert seen == {"sdfp": GOMP_SPINCOUNT, "plain": "None"}
+
+
 # --- the systems and how each is started -------------------------------------------------------------
 def _setup(**kw: object) -> Setup:
     base = dict(fit=(23, 25, 26), fit_source="GGUF metadata (fit)", fit_from_cli=False, n_layer=30,
@@ -594,6 +630,9 @@ def test_bench_each_system_in_its_own_process(smollm2: Path, tmp_path: Path) -> 
         assert key in res, key
     # every worker ran in the user's environment: the tests' own OpenMP setting reached them
     assert res["build"]["OMP_WAIT_POLICY"] == os.environ.get("OMP_WAIT_POLICY")
+    # ... and a spin count set by the user's environment (here none, with PASSIVE) reached each of them as it was
+    assert {s["name"]: s["GOMP_SPINCOUNT"] for s in res["systems"]} == dict.fromkeys(
+        [s["name"] for s in res["systems"]], os.environ.get("GOMP_SPINCOUNT"))
     assert res["model"]["weight_format"] == "Q4_1" and res["model"]["n_layer"] == 30
     assert re.fullmatch(r"[0-9a-f]{64}", res["model"]["sha256"])
     assert res["config"]["max_tokens"] == 8 and res["config"]["repeats"] == 1

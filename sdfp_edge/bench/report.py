@@ -60,6 +60,19 @@ def _has_intervals(result: dict[str, Any]) -> bool:
     return result["schema"] != "sdfp-edge-bench/2"
 
 
+def _spin_lines(systems: list[dict[str, Any]]) -> list[str]:
+    """How each system's threads waited: sdfp-edge bounds libgomp's spin, llama.cpp's own processes
+    keep its default, and on an idle machine that alone can part their speeds by a few percent."""
+    if not any("GOMP_SPINCOUNT" in s for s in systems):
+        return []  # a record from before it was kept
+    groups: dict[str, list[str]] = {}
+    for s in systems:
+        groups.setdefault(s.get("GOMP_SPINCOUNT") or "unset (libgomp's default)", []).append(f"`{s['name']}`")
+    return ["- GOMP_SPINCOUNT, as each process saw it: " + "; ".join(
+        f"{value} for {', '.join(names)}" for value, names in groups.items())
+        + " (how threads wait can alone part two systems' speeds: docs/threads-and-memory.md)"]
+
+
 def _rounds_text(cfg: dict[str, Any]) -> str:
     picked = cfg.get("rounds_selected")
     if picked is None:
@@ -94,6 +107,7 @@ def _header(result: dict[str, Any]) -> list[str]:
          + (f"; llama-server built from {server['source']}" if server else "")),
         (f"- environment: OMP_WAIT_POLICY={build.get('OMP_WAIT_POLICY') or 'unset'}, SDFP_EDGE_HUGE_PAGES="
          f"{build.get('SDFP_EDGE_HUGE_PAGES') or 'unset'} (every system ran with it)"),
+        *_spin_lines(result["systems"]),
         (f"- data: {len(result['data']['prompts'])} prompts ({', '.join(cfg['categories'])}; {per_cat} per "
          f"category), {sampling}, up to {cfg['max_tokens']} new tokens, {_rounds_text(cfg)}, "
          f"draft max {cfg['draft_max']}"),

@@ -154,6 +154,12 @@ def build_info(runtime: dict[str, Any], server: dict[str, Any] | None) -> dict[s
     }
 
 
+def _spin(info: dict[str, Any]) -> str | None:
+    """GOMP_SPINCOUNT as a system's process saw it: a worker reports its own; llama-server inherits the
+    bench's environment untouched (llama_server.py)."""
+    return info["build"].get("GOMP_SPINCOUNT") if "build" in info else os.environ.get("GOMP_SPINCOUNT")
+
+
 def gguf_info(path: Path) -> dict[str, Any]:
     """The model file: name, architecture, layers, weight format, size and sha256 (header only)."""
     import gguf
@@ -376,8 +382,8 @@ def run(
         machine       cpu, logical/usable CPUs, physical_cores, threads, memory_gib, os, python,
                       load_average_start, load_average_end
         build         sdfp_edge, git_commit, git_dirty, llama_cpp_python, llama_cpp_system_info, numpy,
-                      OMP_WAIT_POLICY (as every process saw it), llama_server {binary, source,
-                      build_info} or null
+                      OMP_WAIT_POLICY (as every process saw it), GOMP_SPINCOUNT (as `off` saw it),
+                      llama_server {binary, source, build_info} or null
         model         gguf_info(): model, architecture, n_layer, weight_format, path, size_bytes,
                       sha256; draft_model the same, or null
         config        max_tokens, temperature, greedy, seed, n_ctx, threads, n_gpu_layers, draft_max,
@@ -389,7 +395,8 @@ def run(
                       repeat, answers}]: the base's answers fed into each chat's next turns
         base          "llama-cpp", the headline reference; references ["llama-cpp", "off"]
         systems       [{name, kind, description, load_s, started (1 = first process started;
-                      systems.start_order), command (llama-server's, else null)}]
+                      systems.start_order), command (llama-server's, else null), GOMP_SPINCOUNT (as
+                      its process saw it: sdfp-edge sets it, llama.cpp's own processes do not)}]
         skip_lists    {system: {layers, source}}; cost_models {system: its last cost model}
         notes         [str], one per failed request too
         failures      [{system, prompt_id, repeat, [turn,] error}]: requests a system failed, left out
@@ -504,7 +511,8 @@ def run(
         "references": list(REFERENCES),
         "systems": [{"name": n, "kind": by_name[n].spec.kind, "description": by_name[n].spec.description,
                      "load_s": by_name[n].load_s, "started": start_order(names).index(n) + 1,
-                     "command": by_name[n].info.get("command")} for n in names],
+                     "command": by_name[n].info.get("command"), "GOMP_SPINCOUNT": _spin(by_name[n].info)}
+                    for n in names],
         "skip_lists": _skip_lists(names, setup),
         "cost_models": {n: t.cost_model for n, t in last.items()},
         "notes": notes + [f"{f['system']} failed on {f['prompt_id']} (left out): {f['error'].splitlines()[0]}"

@@ -315,7 +315,6 @@ def test_a_schema_2_record_still_renders_as_it_was_committed() -> None:
     assert report.markdown(result) == (run / "bench.md").read_text()  # min-max, no intervals
 
 
-
 def test_the_report_says_how_each_systems_threads_waited() -> None:
     """sdfp-edge bounds libgomp's spin and a plain llama.cpp process does not: on an idle machine that alone
     parted `off` from llama.cpp by 2% (docs/threads-and-memory.md), so a record says who waited how."""

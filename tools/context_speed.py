@@ -5,11 +5,11 @@ Figures: docs/bench-method.md ("`off`'s gap to plain llama.cpp is the thread spi
 
     .venv/bin/python tools/context_speed.py --model smollm2-135m --rounds 12
 
-Opens the model twice in one process: llama-cpp-python's `Llama` (flash attention as llama.cpp's
-default, as the bench's peer) and sdfp-edge's backend (its own context parameters), then drives
-both with the same raw `llama_decode` calls: the prompt in one batch, then --tokens single tokens
-with their logits, the cache cleared before each round, the two contexts taking turns (which goes
-first alternates). Both share the process, its threads' wait setting and its memory, so what is
+Opens the model twice in one process: llama-cpp-python's `Llama` as the bench's plain llama.cpp
+system opens it (sdfp_edge/bench/worker.py) and sdfp-edge's backend (its own context parameters),
+then drives both with the same raw `llama_decode` calls: the prompt in one batch, then --tokens
+single tokens with their logits, the cache cleared before each round, the two contexts taking
+turns (which goes first alternates). Both share the process, its threads' wait setting and its memory, so what is
 left to differ is the contexts themselves. Prints each context's mean time per decode per round
 and the median of the paired ratios (rounds after the first). Run it with nothing else computing.
 """
@@ -59,13 +59,18 @@ def main() -> None:
 
     import llama_cpp
 
+    from sdfp_edge.bench.protocol import LoadConfig
+    from sdfp_edge.bench.systems import Setup, spec_for
+    from sdfp_edge.bench.worker import LlamaCppSystem
     from sdfp_edge.models import resolve_model
     from sdfp_edge.runtime.backend import LlamaBackend
 
     model = str(resolve_model(args.model))
-    flash = llama_cpp.llama_context_default_params().flash_attn_type != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    llm = llama_cpp.Llama(model_path=model, n_ctx=args.n_ctx, n_threads=args.threads,
-                          n_threads_batch=args.threads, flash_attn=flash, verbose=False)
+    # the Llama the bench's plain llama.cpp system opens (its kernels and settings)
+    load = LoadConfig(model=model, n_ctx=args.n_ctx, threads=args.threads, n_gpu_layers=None, k_max=4,
+                      threshold=0.8, cost_cache=False)
+    peer = LlamaCppSystem(spec_for("llama-cpp", Setup((), "", False, 0, None, None, "", 0)), load)
+    llm = peer.llm
     backend = LlamaBackend(model, n_ctx=args.n_ctx, n_threads=args.threads)
     prompt = llm.tokenize(PROMPT)
     n_vocab = llm.n_vocab()
@@ -82,7 +87,7 @@ def main() -> None:
     print(f"sdfp-edge / Llama, time per decode, median of {len(ratios)} paired rounds: "
           f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
     backend.close()
-    llm.close()
+    peer.close()
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def build_info() -> dict[str, Any]:
         "numpy": numpy.__version__,
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         # how llama.cpp's threads wait at a barrier: sdfp-edge's processes bound the spin (backend.py), a plain
-        # llama.cpp process keeps libgomp's default; on an idle machine this alone parts their speeds
+        # llama.cpp process keeps libgomp's default, and this alone can part their speeds (threads-and-memory.md)
         "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
         "SDFP_EDGE_HUGE_PAGES": os.environ.get("SDFP_EDGE_HUGE_PAGES"),
     }

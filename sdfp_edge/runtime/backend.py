@@ -34,7 +34,8 @@ from sdfp_edge.metadata import check_gguf_file, read_model_info
 # (llm_arch_supports_layer_skip in tools/llama-layer-skip.patch; docs/architectures.md)
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen3moe", "gemma2", "phi3", "mistral3", "smollm3",
                       "granite", "olmo2", "gpt-oss", "llama4", "gemma4")
-GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on three machines (docs/threads-and-memory.md)
+GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on three machines; a fourth disagrees for small
+# models (docs/threads-and-memory.md)
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
 # SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches
@@ -64,9 +65,11 @@ def _import_llama_cpp() -> tuple[Any, Any]:
     # ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default spins
     # ~300k iterations there, which starves a decode whenever another process wants the
     # cores (Qwen 1.5B, 2 threads: 64 ms/token idle, 260-430 with one core busy or a second
-    # model decoding); PASSIVE sleeps at once and costs 1.4x idle. A bounded spin is as fast
-    # as the default idle and 1.4-2.2x faster under contention (tools/thread_matrix.py,
-    # docs/threads-and-memory.md). Set before libgomp loads; any setting of the user's wins.
+    # model decoding); PASSIVE sleeps at once and costs 1.4x idle. A bounded spin is within
+    # 1-4% of the default idle and 1.0-2.1x faster under contention on a Xeon and two EPYCs
+    # (Qwen 1.5B), but on a Zen 5 EPYC it halves SmolLM2's speed under contention (Qwen:
+    # 1.1-1.2x) and costs SmolLM2 2% idle (tools/thread_matrix.py, docs/threads-and-memory.md).
+    # Set before libgomp loads; any setting of the user's wins.
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
     try:

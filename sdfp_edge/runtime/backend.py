@@ -67,8 +67,9 @@ def _import_llama_cpp() -> tuple[Any, Any]:
     # cores (Qwen 1.5B, 2 threads: 64 ms/token idle, 260-430 with one core busy or a second
     # model decoding); PASSIVE sleeps at once and costs 1.4x idle. A bounded spin is within
     # 1-4% of the default idle and 1.0-2.1x faster under contention on a Xeon and two EPYCs
-    # (Qwen 1.5B), but on a Zen 5 EPYC it halves SmolLM2's speed under contention (Qwen:
-    # 1.1-1.2x) and costs SmolLM2 2% idle (tools/thread_matrix.py, docs/threads-and-memory.md).
+    # (Qwen 1.5B), but on a Zen 5 EPYC it halves SmolLM2's speed under contention or worse
+    # (Qwen there: 1.2x beside a second model) and costs SmolLM2 2% idle (tools/thread_matrix.py,
+    # docs/threads-and-memory.md).
     # Set before libgomp loads; any setting of the user's wins.
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT

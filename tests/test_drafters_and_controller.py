@@ -140,13 +140,20 @@ def test_acceptance_is_conditional_per_position_and_optimism_shrinks() -> None:
         Acceptance(reached=[10.0], accepted=[9.0]).rates(1)[0])
 
 
+def curve(m: CostModel, n_max: int, *, fresh: bool = False) -> list[float]:
+    """[0, t_verify(1), ..., t_verify(n_max)] from one weighing's prices: every size priced up front,
+    the reference the controller's early stop is checked against."""
+    price = m.prices(fresh=fresh)
+    return [0.0] + [price(n) for n in range(1, n_max + 1)]
+
+
 def test_the_cost_curve_equals_verify_at_every_size() -> None:
     rng = np.random.default_rng(1)
     for _ in range(200):  # noisy measurements, some of a larger batch cheaper than a smaller one
         sizes = rng.choice(np.arange(1, 40), size=int(rng.integers(1, 8)), replace=False)
         m = CostModel(t_verify={int(n): float(rng.uniform(0.01, 0.2)) for n in sizes} | {1: 0.02},
                       t_batch_token=None if rng.random() < 0.3 else float(rng.uniform(0.001, 0.02)))
-        assert m.curve(48) == [0.0] + [m.verify(n) for n in range(1, 49)]
+        assert curve(m, 48) == [0.0] + [m.verify(n) for n in range(1, 49)]
 
 
 def test_no_verify_is_priced_below_the_floor_that_bounds_longer_drafts() -> None:
@@ -159,7 +166,7 @@ def test_no_verify_is_priced_below_the_floor_that_bounds_longer_drafts() -> None
         sizes = {int(n) for n in rng.choice(np.arange(2, 52), size=int(rng.integers(1, 8)), replace=False)}
         m = CostModel(t_verify={n: float(rng.uniform(0.01, 0.2)) for n in sizes} | {1: 0.02},
                       t_batch_token=None if rng.random() < 0.3 else float(rng.uniform(0.001, 0.02)))
-        price, tail = m.prices(), m.curve(80)
+        price, tail = m.prices(), curve(m, 80)
         for n in range(1, 80):
             assert price.floor_from(n) <= min(tail[n:]), (sorted(sizes), n)
         tiles_seen += any(t not in sizes and tail[t] < tail[t - 1] for t in (16, 32, 48))
@@ -495,7 +502,7 @@ def test_layer_skip_candidates_from_the_gguf_scores() -> None:
 def exhaustive_best(c: Controller, candidates: list[Candidate], caps: list[int], fresh: bool) -> tuple:
     """The controller's rule weighed at every k of every candidate (what _best's early stop
     must reproduce): the largest E(k) / cost, plain decoding unless a draft beats it by the margin."""
-    verify = c.cost.curve(max(caps, default=0) + 1, fresh=fresh)
+    verify = curve(c.cost, max(caps, default=0) + 1, fresh=fresh)
     best, bar_rate = (None, 0), 1.0 / verify[1]
     for cand, k_top in zip(candidates, caps):
         if k_top <= 0:

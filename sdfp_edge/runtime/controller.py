@@ -277,11 +277,6 @@ class CostModel:
         """t_verify(n): from the monotone fit of the measured sizes, interpolated or extrapolated."""
         return self.prices()(n)
 
-    def curve(self, n_max: int, *, fresh: bool = False) -> list[float]:
-        """[0, verify(1), ..., verify(n_max)], fitting once (`fresh`: see prices)."""
-        price = self.prices(fresh=fresh)
-        return [0.0] + [price(n) for n in range(1, n_max + 1)]
-
     def prices(self, *, fresh: bool = False) -> Prices:
         """t_verify(n) for one weighing, each size priced when first asked for. `fresh`: from
         what this process timed only (and t_verify(1)), as a process with no stored state would
@@ -374,7 +369,7 @@ class CostModel:
         return fit[top] + small * extra_small + big * (n - top - extra_small)
 
     def fresh_is_full(self) -> bool:
-        """Whether curve(fresh=True) and step(fresh=True) are exactly the full ones: nothing was
+        """Whether prices(fresh=True) and step(fresh=True) are exactly the full ones: nothing was
         stored or given, and every timing (samples and their weights) is this process's own.
         Then the controller need not weigh drafts twice per cycle (Controller.choose)."""
         return (not self.stored and not self.record and self.here == self.samples

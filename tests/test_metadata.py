@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdfp_edge.errors import ModelFileError, SdfpError, SkipListError
-from sdfp_edge.metadata import SkipMetadata, read_kv, read_skip_metadata, write_skip_metadata
+from sdfp_edge.metadata import (SkipMetadata, layer_parameters, read_header, read_kv, read_skip_metadata,
+                                write_skip_metadata)
 
 
 def test_read_kv_matches_gguf_reader(smollm2_plain: Path) -> None:
@@ -24,6 +25,21 @@ def test_read_kv_matches_gguf_reader(smollm2_plain: Path) -> None:
             assert kv[k] == pytest.approx(v)
         else:
             assert kv[k] == v, k
+
+
+def test_read_header_gives_gguf_readers_shapes_in_one_pass(smollm2_plain: Path) -> None:
+    """The tensor shapes that decide libgomp's spin (backend.spin_bound), read with the metadata."""
+    import gguf
+
+    reader = gguf.GGUFReader(smollm2_plain, "r")
+    kv, shapes = read_header(smollm2_plain)
+    assert kv == read_kv(smollm2_plain)
+    assert shapes == {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    blocks = [t for t in reader.tensors if t.name.startswith("blk.")]
+    assert len({t.name.split(".")[1] for t in blocks}) == kv["llama.block_count"] == 30
+    assert layer_parameters(shapes) == sum(int(t.n_elements) for t in blocks) / 30
+    assert 3.4e6 < layer_parameters(shapes) < 3.7e6  # d = 576, ffn 1536, 3 KV heads: about 3.5M a layer
+    assert layer_parameters({"token_embd.weight": (576, 49152), "blk.x.y": (4,)}) == 0.0  # no numbered block
 
 
 def test_skip_metadata_round_trip(smollm2_plain: Path, tmp_path: Path) -> None:
@@ -122,5 +138,50 @@ def test_fuzzed_headers_fail_cleanly(header: bytes, tmp_path_factory, cut: int, 
         pytest.fail(f"unexpected error type {type(e).__name__}: {e}")
 
 
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A whole GGUF of a few hundred bytes, so that cuts and flips reach its tensor infos."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("small") / "s.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(2)
+    for name, shape in (("token_embd.weight", (8, 4)), ("blk.0.attn_q.weight", (4, 4)), ("blk.1.attn_q.weight", (4, 4))):
+        w.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()
+
+
+def test_small_gguf_reads(small_gguf: bytes, tmp_path: Path) -> None:
+    p = tmp_path / "s.gguf"
+    p.write_bytes(small_gguf)
+    kv, shapes = read_header(p)
+    assert kv["llama.block_count"] == 2 and shapes["blk.1.attn_q.weight"] == (4, 4)
+    assert layer_parameters(shapes) == 16.0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 1024), flips=st.lists(st.tuples(st.integers(0, 1023), st.integers(0, 255)), max_size=8))
+def test_fuzzed_tensor_infos_fail_cleanly(small_gguf: bytes, tmp_path_factory, cut: int, flips) -> None:
+    data = bytearray(small_gguf[:cut])
+    for pos, val in flips:
+        if pos < len(data):
+            data[pos] = val
+    p = tmp_path_factory.mktemp("fuzz") / "f.gguf"
+    p.write_bytes(bytes(data))
+    FUZZ_COUNT["tensors"] = FUZZ_COUNT.get("tensors", 0) + 1
+    try:
+        kv, shapes = read_header(p)
+    except ModelFileError:
+        return
+    except SdfpError as e:  # pragma: no cover - any other user error type is a bug here
+        pytest.fail(f"unexpected error type {type(e).__name__}: {e}")
+    layer_parameters(shapes)  # whatever was read: a number, no exception
+
+
 def test_fuzz_ran() -> None:
-    assert FUZZ_COUNT["n"] >= 400
+    assert FUZZ_COUNT["n"] >= 400 and FUZZ_COUNT["tensors"] >= 300

@@ -40,8 +40,8 @@ from sdfp_edge.runtime.grammar import Grammar
 from sdfp_edge.runtime.dry import Dry, breaker_table
 from sdfp_edge.runtime.logits_processors import LogitsProcessor, Mirostat, Penalties, TokenLogprob
 from sdfp_edge.runtime.sampler_chain import GIVEN, LLAMA_DEFAULTS, describe, parse_samplers, resolve_defaults
-from sdfp_edge.metadata import (SAMPLING_KEYS, SkipMetadata, model_info, read_kv, sampling_metadata, skip_metadata,
-                                validate_skip_layers)
+from sdfp_edge.metadata import (SAMPLING_KEYS, SkipMetadata, model_info, read_header, read_kv, sampling_metadata,
+                                skip_metadata, validate_skip_layers)
 from sdfp_edge.models import resolve_model
 from sdfp_edge.paths import stored_costs_enabled
 from sdfp_edge.runtime.sampling import SamplingParams
@@ -160,13 +160,15 @@ class SkipChoice:
     metadata: SkipMetadata | None = None  # the GGUF's sdfp.* keys when the list came from them
 
 
-def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None) -> SkipChoice:
+def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None,
+                        kv: dict[str, Any] | None = None) -> SkipChoice:
     """The draft's layers: given explicitly, else the GGUF's sdfp.* metadata, else none.
 
     Refuses a list the model cannot run (range, duplicates, last layer, another model's
     list, an architecture without layer-skip support) before llama.cpp loads anything.
+    `kv`: the file's metadata, when the caller read it (read_kv).
     """
-    kv = read_kv(path)  # one header read for both
+    kv = read_kv(path) if kv is None else kv  # one header read for both
     arch, n_layer = model_info(kv, path)
     meta = None
     if skip_layers is not None:
@@ -231,12 +233,13 @@ class Model:
         self._hub_note = hub_note
         path = resolve_model(None if model is None else str(model), log=hub_note)
         # everything that can be checked from the file's metadata is checked before loading
-        choice = resolve_skip_layers(path, skip_layers)
+        header = read_header(path)  # metadata and tensor shapes, read once for the checks and the backend
+        choice = resolve_skip_layers(path, skip_layers, header[0])
         self.skip_layers, self.skip_source = choice.layers, choice.source
         self._skip_choice = choice
         load_notes = [choice.note] if choice.note else []  # the Hub's notes were said as they came
         self.backend = LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
-                                    verbose=verbose, info=(choice.architecture, choice.n_layer),
+                                    verbose=verbose, header=header,
                                     n_seq_max=n_seq_max)
         self.path = self.backend.path
         if not self.backend.can_rollback:  # says all there is to say about drafts

@@ -337,7 +337,8 @@ def test_a_worker_reports_the_spin_its_llama_cpp_loaded_with(tmp_path: Path) -> 
     """libgomp reads GOMP_SPINCOUNT once, when llama.cpp loads: sdfp-edge's backend sets its bound first, a plain
     llama-cpp-python import leaves the default, and build_info reports what each process loaded with."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    first = {"sdfp": "from sdfp_edge.runtime.backend import _import_llama_cpp; _import_llama_cpp()",
+    first = {"sdfp": "from sdfp_edge.runtime.backend import GOMP_SPINCOUNT, _import_llama_cpp; "
+                     "_import_llama_cpp(GOMP_SPINCOUNT)",
              "plain": "import llama_cpp"}
     seen = {}
     for name, load in first.items():
@@ -348,6 +349,31 @@ def test_a_worker_reports_the_spin_its_llama_cpp_loaded_with(tmp_path: Path) -> 
     from sdfp_edge.runtime.backend import GOMP_SPINCOUNT
 
     assert seen == {"sdfp": GOMP_SPINCOUNT, "plain": "None"}
+
+
+def test_the_spin_is_bounded_only_where_a_layers_work_per_thread_is_large(
+        smollm2: Path, qwen05: Path, tmp_path: Path) -> None:
+    """A backend bounds libgomp's spin for Qwen2.5-Coder-0.5B on 2 threads (7.5M weights a layer per
+    thread, where the bound was measured to help under contention) and leaves llama.cpp's default for
+    SmolLM2 (1.8M, where it lost) and for the 0.5B on 4 threads; a setting of the user's wins, and
+    nothing is set once llama.cpp is loaded (libgomp has read its settings by then)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def spin_seen(model: Path, threads: int, *, before: str = "", extra: dict[str, str] | None = None) -> str:
+        code = (f"{before}\nfrom sdfp_edge.runtime.backend import LlamaBackend\n"
+                f"LlamaBackend({str(model)!r}, n_ctx=128, n_threads={threads})\n"
+                "from sdfp_edge.bench.worker import build_info\nprint(build_info()['GOMP_SPINCOUNT'])")
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **(extra or {})}, cwd=tmp_path, check=True,
+                             capture_output=True, text=True, timeout=180)
+        return out.stdout.strip().splitlines()[-1]
+
+    from sdfp_edge.runtime.backend import GOMP_SPINCOUNT
+
+    assert spin_seen(qwen05, 2) == GOMP_SPINCOUNT
+    assert spin_seen(smollm2, 2) == "None"
+    assert spin_seen(qwen05, 4) == "None"
+    assert spin_seen(qwen05, 2, extra={"GOMP_SPINCOUNT": "12345"}) == "12345"
+    assert spin_seen(qwen05, 2, before="import llama_cpp") == "None"
 
 
 # --- the systems and how each is started -------------------------------------------------------------

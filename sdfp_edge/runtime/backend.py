@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -28,14 +29,20 @@ from sdfp_edge.errors import (
     RuntimeBuildError,
     UnsupportedArchitectureError,
 )
-from sdfp_edge.metadata import check_gguf_file, read_model_info
+from sdfp_edge.metadata import check_gguf_file, layer_parameters, model_info, read_header
 
 # GGUF architectures whose graph builders honour layer/block masks and the small head
 # (llm_arch_supports_layer_skip in tools/llama-layer-skip.patch; docs/architectures.md)
 SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen3moe", "gemma2", "phi3", "mistral3", "smollm3",
                       "granite", "olmo2", "gpt-oss", "llama4", "gemma4")
-GOMP_SPINCOUNT = "3000"  # chosen by tools/thread_matrix.py on three machines; a fourth disagrees for small
-# models (docs/threads-and-memory.md)
+# libgomp's spin at llama.cpp's barriers, bounded where a layer's work per thread is large: the
+# bound, chosen by tools/thread_matrix.py (docs/threads-and-memory.md), sped Qwen2.5-Coder 0.5B and
+# 1.5B (15M and 47M weights a layer) under contention, up to 2.1x; it slowed SmolLM2-135M (3.5M)
+# to 0.5-0.7x with one core busy and to 0.4-0.5x beside a second model (Zen 4 and Zen 5 EPYCs) and
+# changed nothing for Gemma 3 270M (5.6M). All at 2 threads: how long the threads compute between
+# two barriers is what differs, so the threshold is per thread (other thread counts not measured).
+GOMP_SPINCOUNT = "3000"
+SPIN_BOUND_MIN_WEIGHTS = 4_000_000  # a layer's weights per thread: 2.8M (Gemma) gained nothing, 7.5M did
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
 # A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
 # SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches
@@ -61,18 +68,27 @@ DECODE_ERRORS = {
 }
 
 
-def _import_llama_cpp() -> tuple[Any, Any]:
-    # ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default spins
-    # ~300k iterations there, which starves a decode whenever another process wants the
-    # cores (Qwen 1.5B, 2 threads: 64 ms/token idle, 260-430 with one core busy or a second
-    # model decoding); PASSIVE sleeps at once and costs 1.4x idle. A bounded spin is within
-    # 1-4% of the default idle and 1.0-2.1x faster under contention on a Xeon and two EPYCs
-    # (Qwen 1.5B), but on a Zen 5 EPYC it halves SmolLM2's speed under contention or worse
-    # (Qwen there: 1.2x beside a second model) and costs SmolLM2 2% idle (tools/thread_matrix.py,
-    # docs/threads-and-memory.md).
-    # Set before libgomp loads; any setting of the user's wins.
-    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+def spin_bound(layer_weights: float, n_threads: int) -> str | None:
+    """GOMP_SPINCOUNT for a model whose layers hold `layer_weights` weights, decoded on
+    n_threads, or None: libgomp's own default, as plain llama.cpp runs.
+
+    ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default spins
+    ~300k iterations there, which starves a decode whenever another process wants the cores
+    (Qwen 1.5B, 2 threads: 64 ms/token idle, 260-430 with one core busy or a second model
+    decoding); PASSIVE sleeps at once and costs 1.4-3x idle. A bounded spin is within 1-4% of
+    the default idle and 1.0-2.1x faster under contention for Qwen 1.5B on four machines, but
+    where a layer's ops are short (SmolLM2) it was up to 2.8x slower under contention and 2%
+    slower idle (GOMP_SPINCOUNT above)."""
+    return GOMP_SPINCOUNT if layer_weights >= SPIN_BOUND_MIN_WEIGHTS * max(1, n_threads) else None
+
+
+def _import_llama_cpp(spin: str | None = None) -> tuple[Any, Any]:
+    """llama-cpp-python, loaded with libgomp's spin bounded at `spin` (spin_bound) unless the
+    user set OMP_WAIT_POLICY or GOMP_SPINCOUNT (theirs wins) or llama.cpp is loaded already
+    (libgomp reads its settings once: setting them later would only misreport them)."""
+    if (spin is not None and "llama_cpp" not in sys.modules
+            and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ):
+        os.environ["GOMP_SPINCOUNT"] = spin
     try:
         import llama_cpp
         from llama_cpp import _internals
@@ -161,19 +177,21 @@ class LlamaBackend:
         n_gpu_layers: int | None = None,
         n_batch: int = 512,
         verbose: bool = False,
-        info: tuple[str, int] | None = None,
+        header: tuple[dict[str, Any], dict[str, tuple[int, ...]]] | None = None,
         n_seq_max: int = 1,
     ) -> None:
-        """`info` is (architecture, n_layer) when the caller already read the header.
+        """`header` is metadata.read_header's (metadata, tensor shapes) when the caller read it.
         `n_seq_max`: sequences sharing the context (parallel.py); each gets its own KV stream
         of n_ctx / n_seq_max cells (why not a unified cache: parallel.py)."""
         if n_threads is not None and not 1 <= n_threads <= MAX_THREADS:
             raise InvalidRequestError(f"threads must be in 1..{MAX_THREADS} (llama.cpp's limit), got {n_threads}")
         path = check_gguf_file(model_path)
         self.path = path
-        self.arch, self.n_layer = info if info is not None else read_model_info(path)
+        kv, shapes = header if header is not None else read_header(path)
+        self.arch, self.n_layer = model_info(kv, path)
+        n_threads = n_threads or default_threads()
 
-        llama_cpp, internals = _import_llama_cpp()
+        llama_cpp, internals = _import_llama_cpp(spin_bound(layer_parameters(shapes), n_threads))
         self._llama_cpp = llama_cpp
         llama_cpp._logger.set_verbose(verbose)
         self._skip_fns = layer_skip.bind()
@@ -191,7 +209,6 @@ class LlamaBackend:
                 "unsupported by this llama.cpp, the file damaged, or the weights too large for memory"
             ) from e
 
-        n_threads = n_threads or default_threads()
         n_ctx_train = self._model.n_ctx_train()
         if n_ctx <= 0:
             n_ctx = n_ctx_train

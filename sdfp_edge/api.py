@@ -40,7 +40,7 @@ from sdfp_edge.runtime.grammar import Grammar
 from sdfp_edge.runtime.dry import Dry, breaker_table
 from sdfp_edge.runtime.logits_processors import LogitsProcessor, Mirostat, Penalties, TokenLogprob
 from sdfp_edge.runtime.sampler_chain import GIVEN, LLAMA_DEFAULTS, describe, parse_samplers, resolve_defaults
-from sdfp_edge.metadata import (SAMPLING_KEYS, SkipMetadata, model_info, read_header, read_kv, sampling_metadata,
+from sdfp_edge.metadata import (SkipMetadata, model_info, read_header, read_kv, sampling_metadata,
                                 skip_metadata, validate_skip_layers)
 from sdfp_edge.models import resolve_model
 from sdfp_edge.paths import stored_costs_enabled
@@ -265,12 +265,12 @@ class Model:
         self._dry_tables: dict[tuple[str, ...], Any] = {}
         self._head_tokens: OrderedDict[bytes, np.ndarray] = OrderedDict()  # chat_cuts' renderings, by text
         self._head_tokens_kept = 0
-        self.sampling_defaults, self.sampling_sources = self._read_sampling_defaults(path, log)
+        self.sampling_defaults, self.sampling_sources = self._read_sampling_defaults(path, header[0], log)
 
-    def _read_sampling_defaults(self, path: Path, log: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    def _read_sampling_defaults(self, path: Path, kv: dict[str, Any], log: Any) -> tuple[dict[str, Any], dict[str, str]]:
         """The GGUF's general.sampling.* values (a value this runtime cannot use is left out,
         with a note), else llama.cpp's defaults."""
-        gguf = sampling_metadata(read_kv(path, set(SAMPLING_KEYS)))
+        gguf = sampling_metadata(kv)  # the file's metadata (read_header)
         for k, v in list(gguf.items()):
             try:
                 if k == "samplers":

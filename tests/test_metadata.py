@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdfp_edge.errors import ModelFileError, SdfpError, SkipListError
-from sdfp_edge.metadata import (SkipMetadata, layer_parameters, read_header, read_kv, read_skip_metadata,
-                                write_skip_metadata)
+from sdfp_edge.metadata import (VOCABULARY_KEYS, SkipMetadata, layer_parameters, read_header, read_kv,
+                                read_model_info, read_skip_metadata, write_skip_metadata)
 
 
 def test_read_kv_matches_gguf_reader(smollm2_plain: Path) -> None:
@@ -33,7 +33,10 @@ def test_read_header_gives_gguf_readers_shapes_in_one_pass(smollm2_plain: Path) 
 
     reader = gguf.GGUFReader(smollm2_plain, "r")
     kv, shapes = read_header(smollm2_plain)
-    assert kv == read_kv(smollm2_plain)
+    every = read_kv(smollm2_plain)
+    assert "tokenizer.ggml.tokens" in every and "tokenizer.ggml.merges" in every  # left to llama.cpp
+    assert kv == {k: v for k, v in every.items() if k not in VOCABULARY_KEYS}
+    assert read_model_info(smollm2_plain) == ("llama", 30)
     assert shapes == {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
     blocks = [t for t in reader.tensors if t.name.startswith("blk.")]
     assert len({t.name.split(".")[1] for t in blocks}) == kv["llama.block_count"] == 30

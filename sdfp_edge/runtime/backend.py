@@ -215,7 +215,7 @@ class LlamaBackend:
         kv_in_ram = mparams.n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()
         try:
             self._create_context(internals, n_ctx, n_ctx_train, n_batch, n_threads, kv_in_ram=kv_in_ram,
-                                 n_seq_max=n_seq_max, verbose=verbose)
+                                 n_seq_max=n_seq_max, verbose=verbose, kv=kv)
         except BaseException:
             self.close()
             raise
@@ -239,8 +239,8 @@ class LlamaBackend:
         self._logit_views: dict[tuple[int | None, int], npt.NDArray[np.float32]] = {}  # _logits
 
     def _create_context(self, internals: Any, n_ctx: int, n_ctx_train: int, n_batch: int, n_threads: int, *,
-                        kv_in_ram: bool, n_seq_max: int, verbose: bool) -> None:
-        size = context_memory.kv_cache_size(self.path, self.arch, n_ctx_train)
+                        kv_in_ram: bool, n_seq_max: int, verbose: bool, kv: dict[str, Any]) -> None:
+        size = context_memory.kv_cache_size(self.path, self.arch, n_ctx_train, kv)
         context_memory.check_context(self.path, size, n_ctx, kv_in_ram=kv_in_ram)
         cparams = self._llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx

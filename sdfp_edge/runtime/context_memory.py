@@ -67,8 +67,10 @@ def bytes_per_token(kv: dict[str, Any], arch: str) -> int | None:
     return total
 
 
-def kv_cache_size(path: str | os.PathLike[str], arch: str, n_ctx_train: int) -> KVCacheSize:
-    kv = read_kv(path, {f"{arch}.{k}" for k in _KEYS})
+def kv_cache_size(path: str | os.PathLike[str], arch: str, n_ctx_train: int,
+                  kv: dict[str, Any] | None = None) -> KVCacheSize:
+    """`kv`: the file's metadata, when the caller read it (metadata.read_header)."""
+    kv = read_kv(path, {f"{arch}.{k}" for k in _KEYS}) if kv is None else kv
     return KVCacheSize(bytes_per_token(kv, arch), n_ctx_train)
 
 

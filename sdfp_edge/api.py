@@ -166,7 +166,7 @@ def resolve_skip_layers(path: Path, skip_layers: Sequence[int] | None,
 
     Refuses a list the model cannot run (range, duplicates, last layer, another model's
     list, an architecture without layer-skip support) before llama.cpp loads anything.
-    `kv`: the file's metadata, when the caller read it (read_kv).
+    `kv`: the file's metadata, when the caller read it (read_header or read_kv).
     """
     kv = read_kv(path) if kv is None else kv  # one header read for both
     arch, n_layer = model_info(kv, path)
@@ -267,7 +267,8 @@ class Model:
         self._head_tokens_kept = 0
         self.sampling_defaults, self.sampling_sources = self._read_sampling_defaults(path, header[0], log)
 
-    def _read_sampling_defaults(self, path: Path, kv: dict[str, Any], log: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    def _read_sampling_defaults(self, path: Path, kv: dict[str, Any],
+                                log: Any) -> tuple[dict[str, Any], dict[str, str]]:
         """The GGUF's general.sampling.* values (a value this runtime cannot use is left out,
         with a note), else llama.cpp's defaults."""
         gguf = sampling_metadata(kv)  # the file's metadata (read_header)

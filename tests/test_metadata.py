@@ -160,7 +160,8 @@ def small_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("small") / "s.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(2)
-    for name, shape in (("token_embd.weight", (8, 4)), ("blk.0.attn_q.weight", (4, 4)), ("blk.1.attn_q.weight", (4, 4))):
+    for name, shape in (("token_embd.weight", (8, 4)), ("blk.0.attn_q.weight", (4, 4)),
+                        ("blk.1.attn_q.weight", (4, 4))):
         w.add_tensor(name, np.zeros(shape, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()

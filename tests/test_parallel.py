@@ -12,11 +12,12 @@ import pytest
 from sdfp_edge.api import Model
 from sdfp_edge.runtime.controller import Acceptance, Candidate, Controller
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
-from sdfp_edge.runtime.backend import REUSE_GRID_CPU, common_prefix_len
+from sdfp_edge.runtime.backend import common_prefix_len
 from sdfp_edge.runtime.parallel import ParallelDecoder, Request, allocate_drafts, prefill_cuts, stream_batch_seconds
+from sdfp_edge.runtime.prefill_splits import CPU_ROW_GROUP, CPU_WHOLE_TILE, reusable
 from sdfp_edge.runtime.sampling import SamplingParams
 
-# long enough (over 64 tokens: REUSE_GRID_CPU) that later prompts reuse its KV
+# long enough (over 64 tokens: CPU_WHOLE_TILE) that later prompts reuse its KV inside a batch
 SYSTEM = ("You are a careful assistant. Answer briefly and copy names exactly as given. When a "
           "question asks for a list, give the list and nothing else; when it asks for code, give "
           "the code in one block; when it asks for a number, give the number first and then one "
@@ -95,10 +96,7 @@ def test_split_batches_draft_all_sequences_alike_or_none() -> None:
 # --- real model ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def single(smollm2_plain: Path):
-    m = Model(smollm2_plain, n_ctx=SEQ_CTX, n_threads=2, cost_cache=False)
-    # decoding alone on the batch mode's prefill grid: then bit for bit. generate's own grid
-    # (llama.cpp's batches) gives another KV past 64 tokens: near-ties only (the Qwen test below)
-    m.backend.use_reuse_grid()
+    m = Model(smollm2_plain, n_ctx=SEQ_CTX, n_threads=2, cost_cache=False)  # prefills as batch mode's
     yield m
     m.close()
 
@@ -106,7 +104,6 @@ def single(smollm2_plain: Path):
 @pytest.fixture(scope="module")
 def par(smollm2_plain: Path):
     m = Model(smollm2_plain, n_ctx=SEQ_CTX * 3, n_threads=2, n_seq_max=3, cost_cache=False)
-    m.backend.use_reuse_grid()  # as every ParallelDecoder on it does: tests read prefill_chunk before making one
     yield m
     m.close()
 
@@ -144,10 +141,13 @@ def test_greedy_each_prompt_matches_decoding_it_alone(single: Model, par: Model,
 def test_a_prompt_admitted_while_another_decodes_is_prefilled_a_chunk_per_step(par: Model) -> None:
     """The server's admission (interleave=True): the decoding slot gets a token at every step
     while the new prompt's prefill goes one chunk per step, and both texts are what each gives
-    alone, bit for bit (the chunks are the whole prefill's batches)."""
+    alone, bit for bit (the parts give the whole prefill's KV: prefill_splits)."""
     n = 20
     a = chat_ids(par, QUESTIONS[1])
-    b = chat_ids(par, "Repeat this code exactly:\n" + QUESTIONS[2] * 8)
+    # under 256 positions with its answer: past them llama.cpp decodes a lone token another way
+    # than one beside another stream (parallel.py), and its text could part at a near-tie
+    b = chat_ids(par, "Repeat this code exactly:\n" + QUESTIONS[2] * 5)
+    assert len(b) + n <= 256
     alone = {}
     for key, prompt in (("a", a), ("b", b)):
         (r,) = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off").run([Request(key, prompt, n)])
@@ -160,7 +160,8 @@ def test_a_prompt_admitted_while_another_decodes_is_prefilled_a_chunk_per_step(p
     assert dec.admit(Request("b", b, n), interleave=True) is None
     slot_b = next(s for s in dec.slots if s.req is not None and s.req.key == "b")
     chunks = len(slot_b.pending)
-    assert chunks >= 3  # the shared system prompt is copied (64 tokens), the rest is several chunks
+    assert chunks >= 2  # the shared system prompt is copied, the rest is several parts
+    assert all(z - a >= CPU_WHOLE_TILE for a, z in slot_b.pending)
     results = {}
     for step in range(1, chunks + 1):
         updates = {u.key: u for u in dec.step()}
@@ -173,7 +174,7 @@ def test_a_prompt_admitted_while_another_decodes_is_prefilled_a_chunk_per_step(p
     for key in ("a", "b"):
         r = results[key]
         assert (r.tokens, r.text, r.finish_reason) == alone[key], key
-    assert results["b"].reused_tokens >= par.backend.prefill_chunk and results["b"].t_prefill > 0
+    assert results["b"].reused_tokens >= CPU_WHOLE_TILE and results["b"].t_prefill > 0
 
 
 def test_prompts_arriving_together_are_prefilled_whole_each_with_its_first_token(par: Model) -> None:
@@ -201,8 +202,8 @@ def test_prompts_arriving_together_are_prefilled_whole_each_with_its_first_token
 
 
 def test_chat_cuts_let_a_short_system_prompt_and_a_whole_earlier_turn_be_reused_exactly(par: Model) -> None:
-    """Model.chat_cuts: a cut where each message's content starts. A system prompt shorter
-    than one 64-token reuse step is taken from the slot that holds it, a chat's next turn
+    """Model.chat_cuts: a cut where each message's content starts. A system prompt of any
+    length is taken from the slot that holds it, a chat's next turn
     takes the whole previous prompt, and each text is the one its prefill from an empty cache
     (with the same cuts) gives, bit for bit."""
     n = 10
@@ -220,7 +221,7 @@ def test_chat_cuts_let_a_short_system_prompt_and_a_whole_earlier_turn_be_reused_
         assert starts[1].startswith(chat[1]["content"]), starts
     assert cuts[0] == cuts[1]  # the same system prompt: its content and the user's start alike
     user_start = max(cuts[0])
-    assert user_start < REUSE_GRID_CPU  # reuse on the grid alone would give nothing
+    assert user_start % CPU_ROW_GROUP != 0  # inside a batch, reuse would stop short of it
 
     def alone(key: str, prompt: list[int], cut: frozenset[int]) -> Any:
         (r,) = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off").run([Request(key, prompt, n, cuts=cut)])
@@ -297,48 +298,59 @@ def test_prefill_cuts_equal_every_common_length_with_another(seed: int) -> None:
         assert cuts == {c for c in common if 0 < c <= len(a)}, a
 
 
-def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int], cuts: frozenset[int] = frozenset()) -> np.ndarray:
+def first_logits(dec: ParallelDecoder, slot: int, prompt: list[int], cuts: frozenset[int] = frozenset(),
+                 reused: list[int] | None = None) -> np.ndarray:
     """The target's logits after the prompt, from the KV the slot's prefill left: its last
-    position decoded again alone, on the KV of all the others."""
-    assert dec.admit(Request(slot, prompt, 1, cuts=cuts), dec.slots[slot]).result is not None  # one token: done
+    position decoded again alone, on the KV of all the others. `reused` gets the tokens reused."""
+    result = dec.admit(Request(slot, prompt, 1, cuts=cuts), dec.slots[slot]).result
+    assert result is not None  # one token: done
+    if reused is not None:
+        reused.append(result.reused_tokens)
     dec.backend.seq_remove(slot, len(prompt) - 1)
     return dec.backend.decode_seqs(prompt[-1:], [len(prompt) - 1], [slot])[0]
 
 
 def test_a_reused_prefix_gives_the_kv_of_a_prefill_from_an_empty_cache(par: Model) -> None:
-    """Bitwise. llama.cpp's KV depends on where a prefill's batches are cut (measured 0.46
-    logits apart on SmolLM2 on an AVX2 CPU), so reuse is whole prefill chunks only."""
-    a, b = chat_ids(par, QUESTIONS[0]), chat_ids(par, QUESTIONS[1])
-    chunk = par.backend.prefill_chunk
+    """Bitwise. llama.cpp's KV depends on how a prefill is cut into batches (measured 0.46
+    logits apart on SmolLM2 on an AVX2 CPU), so a prefix is reused only as far as
+    prefill_splits.reusable allows: here inside one batch, short of the shared length."""
+    a, b = chat_ids(par, QUESTIONS[0]), chat_ids(par, QUESTIONS[1] + QUESTIONS[2] * 3)  # long
     shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-    assert shared > chunk and shared % chunk != 0  # a partial chunk is shared, and must not be reused
+    keep = reusable(shared, cuts=frozenset(), end=len(b), held_cuts=frozenset({len(a)}),
+                    n_batch=par.backend.n_batch, rule=par.backend.split_rule)
+    assert CPU_WHOLE_TILE <= keep < shared  # reused inside the batch, a partial group left to compute
     dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
     fresh = first_logits(dec, 0, b)
     dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
     first_logits(dec, 0, a)
-    reused_own = first_logits(dec, 0, b)  # slot 0's own previous prompt
-    reused_copy = first_logits(dec, 1, b)  # a copy of slot 0's stream
-    assert dec.slots[0].kv and dec.slots[1].kv[: shared - shared % chunk] == b[: shared - shared % chunk]
+    reused: list[int] = []
+    reused_own = first_logits(dec, 0, b, reused=reused)  # slot 0's own previous prompt
+    first_logits(dec, 0, a)
+    reused_copy = first_logits(dec, 1, b, reused=reused)  # a copy of slot 0's stream
+    assert reused == [keep, keep]
     assert np.array_equal(fresh, reused_own) and np.array_equal(fresh, reused_copy)
 
 
 def test_a_short_shared_prefix_is_reused_at_the_cut_where_prompts_part(par: Model) -> None:
-    """Below one prefill chunk, the prompts of a run are cut where they part (prefill_cuts):
+    """Off a row group's bound, the prompts of a run are cut where they part (prefill_cuts):
     a chat template's system prompt is then evaluated once and still reused exactly."""
     a = par.tokenize_chat([{"role": "user", "content": QUESTIONS[0]}])
     b = par.tokenize_chat([{"role": "user", "content": QUESTIONS[1]}])
     cut_a, cut_b = prefill_cuts([a, b])
     shared = common_prefix_len(a, b)
-    assert 0 < shared < par.backend.prefill_chunk and cut_a == cut_b == {shared}
+    assert 0 < shared < CPU_WHOLE_TILE and shared % CPU_ROW_GROUP and cut_a == cut_b == {shared}
     fresh = first_logits(ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off"), 0, b, cut_b)
     dec = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
     first_logits(dec, 0, a, cut_a)
     assert np.array_equal(fresh, first_logits(dec, 1, b, cut_b))
     assert dec.slots[1].kv[:shared] == b[:shared]
-    no_cuts = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")  # requests without cuts: no reuse
+    # requests without cuts: reuse up to the last whole row group (both batches under a tile)
+    fresh = first_logits(ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off"), 0, b)
+    no_cuts = ParallelDecoder(par.backend, seq_ctx=SEQ_CTX, mode="off")
     first_logits(no_cuts, 0, a)
-    r = no_cuts.admit(Request(1, b, 1), no_cuts.slots[1]).result
-    assert r is not None and r.reused_tokens == 0
+    reused: list[int] = []
+    assert np.array_equal(fresh, first_logits(no_cuts, 1, b, reused=reused))
+    assert reused == [shared - shared % CPU_ROW_GROUP]
 
 
 def test_an_answer_does_not_depend_on_what_ran_before_it(par: Model) -> None:
@@ -427,4 +439,4 @@ def test_a_new_request_goes_to_the_free_slot_holding_its_prefix(par: Model) -> N
     stranger = par.tokenize_prompt("Something else.")
     assert dec.pick(stranger) not in (slot_a, slot_b)  # the slot never used
     done = dec.admit(Request("turn", turn, 1)).result
-    assert done is not None and done.reused_tokens >= 64 and done.reused_tokens % 64 == 0
+    assert done is not None and done.reused_tokens >= 64 and done.reused_tokens % CPU_ROW_GROUP == 0

@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
-"""Prefill time of one prompt cut into batches of different sizes (backend.REUSE_GRID_CPU), and
+"""Prefill time of one prompt cut into batches of different sizes (runtime/prefill_splits.py), and
 of several prompts prefilled one after another or in one batch (serve --parallel).
 
-Figures: The figures in the REUSE_GRID_CPU comment of sdfp_edge/runtime/backend.py (the cost of
-64-token prefill batches), and docs/serving.md ("One batch per step": --together; "on a Zen 4 VM":
+Figures: docs/serving.md ("One batch per step": --together; "on a Zen 4 VM":
 --reused, what exact prefix reuse's cuts cost a lone request).
 
     .venv/bin/python tools/prefill_batches.py --model qwen2.5-coder-1.5b --tokens 396 --sizes 64,128,256,512
@@ -16,8 +15,9 @@ KV stream, as serve --parallel N), prefilled one after another, then all in one 
 ask for every row's logits (one llama_batch with only each prompt's last row would need the
 batch built by hand), so both pay the output layer for the same rows.
 
-Each batch reads every weight once, so on a CPU small batches cost prefill time; the
-engine prefills in llama.cpp's own n_batch batches, batch mode on the 64-position grid.
+Each batch reads every weight once, so on a CPU small batches cost prefill time; every
+prefill is in llama.cpp's own n_batch batches (cut at a chat's messages for exact reuse: since
+2026-12-08; before, serve --parallel and batch mode cut every 64 positions).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import time
 
 from sdfp_edge.runtime.backend import LlamaBackend
+from sdfp_edge.runtime.prefill_splits import batches
 from sdfp_edge.models import resolve_model
 
 
@@ -47,18 +48,19 @@ def main() -> None:
         return
     with LlamaBackend(resolve_model(args.model), n_ctx=4096, n_threads=args.threads) as b:
         prompt = [(i * 7919) % 30000 + 100 for i in range(args.tokens)]  # any ids: the cost is the shape
+        rest = range(args.reused, args.tokens)
         for size in (int(s) for s in args.sizes.split(",")):
-            b.prefill_chunk = size
+            parts = [(args.reused + i, args.reused + j) for i, j in batches(rest, frozenset(), size)]
             times = []
             for _ in range(args.runs):
                 b.reset()
                 if args.reused:
                     b.decode(prompt[:args.reused], logits="last")
-                rest = range(args.reused, args.tokens)
                 t0 = time.perf_counter()
-                b.decode_seqs(prompt[args.reused:], rest, [0] * len(rest), logits="last")
+                for i, j in parts:
+                    b.decode_seqs(prompt[i:j], range(i, j), [0] * (j - i), logits="last")
                 times.append(time.perf_counter() - t0)
-            cut = [z - a for a, z in b.prefill_batches(rest)]
+            cut = [j - i for i, j in parts]
             print(f"batches of {size}: {len(rest)} tokens {cut} in " + " / ".join(f"{t:.2f}" for t in times) + " s",
                   flush=True)
 

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sdfp_edge.runtime import context_memory, layer_skip
+from sdfp_edge.runtime.prefill_splits import SplitRule, batches
 from sdfp_edge.errors import (
     BackendError,
     ContextOverflowError,
@@ -44,20 +45,10 @@ SKIP_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3", "qwen3moe", "gemma2",
 GOMP_SPINCOUNT = "3000"
 SPIN_BOUND_MIN_WEIGHTS = 4_000_000  # a layer's weights per thread: 2.8M (Gemma) gained nothing, 7.5M did
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
-# A prompt's KV depends on how its prefill was cut into batches: on a 2-vCPU AMD EPYC,
-# SmolLM2's logits moved by up to 0.77 when the same prompt was decoded in two batches
-# instead of one (2026-12-01). Prefills end their batches at multiples of `prefill_chunk`
-# positions, wherever they start. By default that is n_batch, llama.cpp's own batching:
-# a prompt prefilled into an empty cache gets the KV that llama.cpp itself computes
-# (llama-cpp-python's Llama, llama-server), so plain decoding gives llama.cpp's output,
-# and prefill runs at its speed (2-vCPU Xeon, Qwen 1.5B, 396 tokens: 4.14 s in one batch,
-# 4.51 s in batches of 64, each batch reading every weight once; 3.60 / 3.74 s an hour
-# later; tools/prefill_batches.py, 2026-12-02). A decoder
-# that reuses prefixes exactly (parallel.py) asks for this finer grid (use_reuse_grid),
-# so that reuse may end at any multiple of it: 64 cost 3% over one batch of 256 on SmolLM2
-# and 0.4% on Qwen 1.5B on the EPYC (16 and 32: 5-16%); a GPU, not measured, keeps whole
-# n_batch batches.
-REUSE_GRID_CPU = 64
+# Prefills end their batches at multiples of n_batch positions, as llama.cpp's own do: a prompt
+# prefilled into an empty cache gets the KV that llama.cpp itself computes (llama-cpp-python's
+# Llama, llama-server), so plain decoding gives llama.cpp's output, at its speed. Where a batch may
+# be split or a prefix reused without changing that KV: prefill_splits.py (`split_rule`).
 INT32_MAX = 2**31 - 1
 
 # llama_decode's return codes (llama.h)
@@ -223,7 +214,8 @@ class LlamaBackend:
         self.n_ctx = min(n_ctx, self._ctx.n_ctx())
         self.n_batch = n_batch
         self._gpu = mparams.n_gpu_layers > 0 and llama_cpp.llama_supports_gpu_offload()
-        self.prefill_chunk = n_batch  # see REUSE_GRID_CPU
+        # how prefills may be split and reused exactly (parallel.py): measured on CPU kernels only
+        self.split_rule = SplitRule.whole(n_batch) if self._gpu else SplitRule.cpu()
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.n_vocab = self._model.n_vocab()
@@ -483,20 +475,10 @@ class LlamaBackend:
         rows = n if logits == "all" else 1
         return self._logits(rows)  # rows in batch order
 
-    def use_reuse_grid(self) -> None:
-        """Cut prefills on the finer grid that exact prefix reuse needs (REUSE_GRID_CPU)."""
-        self.prefill_chunk = self.n_batch if self._gpu else min(REUSE_GRID_CPU, self.n_batch)
-
     def prefill_batches(self, positions: Sequence[int], cuts: AbstractSet[int] = frozenset()) -> list[tuple[int, int]]:
-        """[start, stop) index ranges: a new batch wherever a position is a multiple of
-        prefill_chunk (see REUSE_GRID_CPU) or in `cuts`, and at most n_batch tokens in one."""
-        bounds, start = [], 0
-        for i in range(1, len(positions) + 1):
-            if (i == len(positions) or positions[i] % self.prefill_chunk == 0 or positions[i] in cuts
-                    or i - start == self.n_batch):
-                bounds.append((start, i))
-                start = i
-        return bounds
+        """[start, stop) index ranges: llama.cpp's own batches (multiples of n_batch), and a new
+        one at each of `cuts` (prefill_splits.batches)."""
+        return batches(positions, cuts, self.n_batch)
 
     def seq_remove(self, seq_id: int, p0: int) -> None:
         """Forget sequence `seq_id`'s KV positions >= p0."""

@@ -9,16 +9,22 @@ plus its drafts at that slot's positions; each slot then accepts a prefix of its
 emits the accepted drafts plus the target's token. A slot whose text ends is refilled
 with the next request before the next cycle. A new prompt first takes the KV of the
 longest prefix that any slot already holds, up to a place where both prompts' prefills
-cut a batch (its own previous prompt, or a copy of another slot's: a shared system prompt
-is evaluated once), then decodes the rest (why only there: `_reusable`).
+start a batch, or where the rules of prefill_splits.py allow it inside one (its own previous
+prompt, or a copy of another slot's: a shared system prompt is evaluated once), then decodes
+the rest (why only there: prefill_splits.py).
 
 Why one KV stream per sequence and not llama.cpp's unified cache: in a unified cache a
 sequence's cells end up out of position order once others are freed, and the CPU
 flash-attention kernel (f16 accumulation) then gives other logits: up to 0.79 apart on
 SmolLM2 for the same context (measured, 2026-11-22), enough to change greedy tokens. With
 a stream per sequence each prompt's output equals decoding it alone, bit for bit in the
-tests. The price: llama.cpp splits a batch over streams into equal slices
-(stream_batch_seconds), so one sequence's drafts cost a pass of their own.
+tests, while its stream holds at most 256 positions. Past them, llama.cpp decodes a lone
+token of one stream with a flash-attention path that splits the cache between threads, which
+a batch holding another stream's token (or drafts) does not take: 0.54 logits apart on
+SmolLM2 at 286 positions (2026-12-08), so a long text may part from decoding it alone at a
+near-tie, as the single-sequence engine's verify batches may. The price of the streams:
+llama.cpp splits a batch over them into equal slices (stream_batch_seconds), so one
+sequence's drafts cost a pass of their own.
 
 Two ways in: `run(requests)` (batch mode) fills the slots in order and yields results as
 they finish; the server (server/slots.py) drives it step by step: `admit` a request into
@@ -26,8 +32,8 @@ the free slot whose KV gives the most of its prompt (`pick`), `step` one batch o
 active slots (each `Update` carries a slot's new text, held back while it could still be
 the start of a stop string, and its result when it ends), `release` one whose client left.
 The server admits with `interleave=True`: while other slots are streaming, a new prompt's
-prefill goes one chunk per step (its batches cut where a whole prefill cuts them, so its KV
-is the same bit for bit) and a long prompt no longer stops every other stream for its whole
+prefill goes one part per step (its batches split where prefill_splits.SplitRule allows,
+so its KV is the same bit for bit) and a long prompt no longer stops every other stream for its whole
 prefill; before any slot has decoded past its first token (nothing running, or a burst of
 requests arriving together) it runs whole at once.
 Per request: sampling, seed, stop strings, a LogitsProcessor (penalties, grammar,
@@ -56,6 +62,7 @@ from sdfp_edge.runtime.controller import Candidate, Controller, Stopwatch, probe
 from sdfp_edge.runtime.drafters.base import Proposal
 from sdfp_edge.runtime.drafters.prompt_lookup import PromptLookupDrafter, drafts_judged_by
 from sdfp_edge.runtime.engine import LOOKUP_MAX, PositionUniforms, verdict_on
+from sdfp_edge.runtime.prefill_splits import reusable
 from sdfp_edge.errors import ContextOverflowError, InvalidRequestError
 from sdfp_edge.runtime.logits_processors import LogitsProcessor
 from sdfp_edge.runtime.sampling import SamplingParams
@@ -113,7 +120,7 @@ class _Slot:
     seq_id: int
     kv: list[int] = field(default_factory=list)  # tokens at positions 0.. of this sequence's KV
     prefilled: int = 0  # kv[:prefilled] is the current prompt's prefill (the rest: generated)
-    cuts: frozenset[int] = frozenset()  # where that prefill's batches were cut, beside multiples of prefill_chunk
+    cuts: frozenset[int] = frozenset()  # where that prefill's batches were cut, beside multiples of n_batch
     req: Request | None = None
     tokens: list[int] = field(default_factory=list)  # prompt + generated
     result: Result | None = None
@@ -124,7 +131,7 @@ class _Slot:
     sent: int = 0  # text length already checked for stop strings
     out: int = 0  # text length already handed out in Updates
     used: int = 0  # when the slot last took a request (a counter): the least recent is reused first
-    pending: list[tuple[int, int]] = field(default_factory=list)  # prefill chunks [start, stop) of tokens still to decode
+    pending: list[tuple[int, int]] = field(default_factory=list)  # prefill parts [start, stop) of tokens still to decode
 
 
 def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: Callable[[int], float]) -> float:
@@ -150,7 +157,7 @@ def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: 
 def prefill_cuts(contexts: Sequence[Sequence[int]]) -> list[frozenset[int]]:
     """Per context, the positions where it parts from another one of the run.
 
-    A prefill cut there (besides the multiples of prefill_chunk) computes every prefix that
+    A prefill cut there (besides the multiples of n_batch) computes every prefix that
     the context shares with another in batches of its own, and the two compute it alike:
     below their common length both have the same cuts (a third context parts from both at
     the same place), so either may take the other's KV up to it, bit for bit (`_reusable`).
@@ -238,7 +245,6 @@ class ParallelDecoder:
         if seq_ctx * backend.n_seq_max > backend.n_ctx:
             raise ValueError(f"{backend.n_seq_max} sequences of {seq_ctx} tokens exceed n_ctx={backend.n_ctx}")
         backend.reset()  # the slots start empty: so must every sequence of the cache
-        backend.use_reuse_grid()  # reuse ends at a multiple of prefill_chunk (_reusable)
         self.backend = backend
         self.seq_ctx = seq_ctx
         # no draft can be rejected where the memory cannot be cut back (recurrent layers)
@@ -303,7 +309,7 @@ class ParallelDecoder:
 
         def kept(s: _Slot) -> int:
             shared = min(common_prefix_len(s.kv, head), s.prefilled)
-            return self._reusable(s, head, cuts) if shared >= SLOT_SIMILARITY * len(head) else 0
+            return self._reusable(s, prompt, cuts) if shared >= SLOT_SIMILARITY * len(head) else 0
 
         return max(free, key=lambda s: (kept(s), -s.used), default=None)
 
@@ -368,10 +374,9 @@ class ParallelDecoder:
         self.check(req)
         b = self.backend
         context = list(req.prompt)
-        head = context[:-1]  # a prompt's last token is always decoded: its logits give the first token
-        donor, keep = slot, self._reusable(slot, head, req.cuts)
+        donor, keep = slot, self._reusable(slot, context, req.cuts)
         for other in self.slots:
-            n = self._reusable(other, head, req.cuts)
+            n = self._reusable(other, context, req.cuts)
             if n > keep:
                 donor, keep = other, n
         if donor is slot:
@@ -385,8 +390,9 @@ class ParallelDecoder:
         # its batches' bounds beside the grid: the cuts, and the prompt's end (a chat's next turn,
         # cut where this prompt ended, takes all of it)
         slot.prefilled, slot.cuts = keep, req.cuts | {len(context)}
-        # the same batches as one whole prefill of context[keep:] (so the same KV, bit for bit)
-        slot.pending = [(keep + i, keep + j) for i, j in b.prefill_batches(range(keep, len(context)), req.cuts)]
+        # the batches of a whole prefill of context[keep:], each in parts that give its KV bit for bit
+        slot.pending = [part for i, j in b.prefill_batches(range(keep, len(context)), req.cuts)
+                        for part in b.split_rule.parts(keep + i, keep + j)]
         slot.req = req
         slot.tokens = list(req.prompt)
         slot.result = Result(req.key, "", [], "", len(req.prompt), keep)
@@ -397,7 +403,7 @@ class ParallelDecoder:
         slot.sent = slot.out = 0
 
     def _prefill(self, slot: _Slot, n_chunks: int) -> Update | None:
-        """Decode the slot's next n_chunks prefill chunks; after the last, emit its first token
+        """Decode the slot's next n_chunks prefill parts; after the last, emit its first token
         (from the last prompt token's logits, as in engine.py)."""
         assert slot.req is not None and slot.result is not None
         req, todo = slot.req, slot.pending[:n_chunks]
@@ -420,20 +426,17 @@ class ParallelDecoder:
             req.processor.accept([verdict.next_token], first)
         return self._emit(slot, [verdict.next_token])
 
-    def _reusable(self, slot: _Slot, context: Sequence[int], cuts: frozenset[int]) -> int:
-        """How much of `context` the slot's KV can give: up to a place where both prefills cut.
-
-        The KV of a prompt depends on where its prefill's batches were cut (backend.py,
-        REUSE_GRID_CPU). Reusing a prefix only up to a multiple of prefill_chunk or one
-        of the prompt's cuts (prefill_cuts), and prefilling the rest with the same cuts,
-        gives every prompt the KV of its prefill from an empty cache, bit for bit: its
-        prefill does not depend on what ran before it (a resumed run needs this).
-        Nothing where the memory cannot be cut back (a recurrent state holds no prefix)."""
+    def _reusable(self, slot: _Slot, prompt: Sequence[int], cuts: frozenset[int]) -> int:
+        """How much of `prompt` (prefilled with these cuts) the slot's KV gives, bit for bit:
+        prefill_splits.reusable. Exact, so a prompt's prefill does not depend on what ran before it
+        (a resumed run needs this). Nothing where the memory cannot be cut back (a recurrent state
+        holds no prefix)."""
         if not self.backend.can_rollback:
             return 0
-        n = min(common_prefix_len(slot.kv, context), slot.prefilled)
-        n = min(n, min(cuts ^ slot.cuts, default=n))  # past a cut that only one has, the prefills part
-        return max([n - n % self.backend.prefill_chunk, *(c for c in cuts & slot.cuts if c <= n)])
+        b = self.backend
+        shared = min(common_prefix_len(slot.kv, prompt), slot.prefilled, len(prompt) - 1)
+        return reusable(shared, cuts=cuts, end=len(prompt), held_cuts=slot.cuts, n_batch=b.n_batch,
+                        rule=b.split_rule)
 
     # --- one cycle -------------------------------------------------------------------------
     def _room(self, slot: _Slot) -> int:

@@ -22,9 +22,10 @@ penalties, grammar (response_format, forced tool calls), tool-call tags, and `sd
 among auto / lookup / off; layer-skip and draft-model modes are refused with a 400 (a layer
 mask would apply to the whole batch). What differs, by design: a request's prefix is reused
 from any slot (a shared system prompt is copied, llama_memory_seq_cp, not recomputed), but only
-up to a place where both prefills cut a batch (a multiple of 64 positions, or for a chat, where
-a message's content starts: Model.chat_cuts) and only from a previous prompt, never its generated
-answer (parallel.py: so a greedy request's text does not depend on what ran beside it or before it).
+as far as it gives the KV bit for bit (runtime/prefill_splits.py: where both prefills cut a batch,
+for a chat where a message's content starts, Model.chat_cuts, or inside a batch where its kernels
+allow) and only from a previous prompt, never its generated answer (parallel.py: so a greedy
+request's text does not depend on what ran beside it or before it).
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ class SlotRunner(Runner):
             job.emit(Event("error", error=e))
             return
         try:
-            cuts = job.cuts(m, list(args.prompt)) if job.cuts is not None else frozenset()
+            # a chat's cuts where its messages start; a completion's where its last whole tile ends
+            cuts = job.cuts(m, list(args.prompt)) if job.cuts is not None else \
+                d.backend.split_rule.tail_cut(len(args.prompt))
         except Exception:  # noqa: BLE001 - cuts only widen reuse: without them the request runs as before
             log.exception("%s: no prefill cuts", job.label)
             cuts = frozenset()

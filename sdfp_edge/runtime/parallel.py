@@ -33,8 +33,8 @@ active slots (each `Update` carries a slot's new text, held back while it could 
 the start of a stop string, and its result when it ends), `release` one whose client left.
 The server admits with `interleave=True`: while other slots are streaming, a new prompt's
 prefill goes one part per step (its batches split where prefill_splits.SplitRule allows,
-so its KV is the same bit for bit) and a long prompt no longer stops every other stream for its whole
-prefill; before any slot has decoded past its first token (nothing running, or a burst of
+so its KV is the same bit for bit) and a long prompt no longer stops every other stream for
+its whole prefill; before any slot has decoded past its first token (nothing running, or a burst of
 requests arriving together) it runs whole at once.
 Per request: sampling, seed, stop strings, a LogitsProcessor (penalties, grammar,
 logprobs), special tokens kept in the text, and a mode among PARALLEL_MODES.
@@ -131,7 +131,7 @@ class _Slot:
     sent: int = 0  # text length already checked for stop strings
     out: int = 0  # text length already handed out in Updates
     used: int = 0  # when the slot last took a request (a counter): the least recent is reused first
-    pending: list[tuple[int, int]] = field(default_factory=list)  # prefill parts [start, stop) of tokens still to decode
+    pending: list[tuple[int, int]] = field(default_factory=list)  # prefill parts [start, stop) still to decode
 
 
 def stream_batch_seconds(seq_ids: Sequence[int], counts: Sequence[int], verify: Callable[[int], float]) -> float:
@@ -387,8 +387,8 @@ class ParallelDecoder:
         self._uses += 1
         slot.used = self._uses
         slot.kv = context[:keep]
-        # its batches' bounds beside the grid: the cuts, and the prompt's end (a chat's next turn,
-        # cut where this prompt ended, takes all of it)
+        # its batches' bounds beside n_batch's multiples: the cuts, and the prompt's end (a chat's
+        # next turn, cut where this prompt ended, takes all of it)
         slot.prefilled, slot.cuts = keep, req.cuts | {len(context)}
         # the batches of a whole prefill of context[keep:], each in parts that give its KV bit for bit
         slot.pending = [part for i, j in b.prefill_batches(range(keep, len(context)), req.cuts)

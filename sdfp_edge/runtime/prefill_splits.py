@@ -12,10 +12,11 @@ Two things in the pinned llama.cpp's CPU kernels make a batch's rows depend on t
 (found 2026-12-08, tools/prefill_exactness.py): flash attention computes a batch of 64 rows
 or more another way than a smaller one (GGML_FA_TILE_Q), and repacked weights (Q4_K, Q4_0
 on x86) multiply rows in groups of 4 from the batch's start, the last (rows mod 4) one at a
-time. Split anywhere else, a batch gives the same KV: measured on SmolLM2 Q4_1 and
-Qwen2.5-Coder-0.5B Q4_K_M, every split a multiple of 4 rows from the batch's start with every
-part of 64 rows or more gave the whole batch's logits bit for bit, and each split that broke
-either rule changed them. `SplitRule` states that with margins (groups of 16, for kernels
+time. Split anywhere else, a batch gives the same KV: on a Zen 5 EPYC, for SmolLM2 Q4_1,
+Qwen2.5-Coder 0.5B and 1.5B Q4_K_M and Gemma 3 270M Q4_K_M, every split a multiple of 4 rows
+from the batch's start with both sides of 64 rows or more (or both under) gave the whole
+batch's logits bit for bit, and each split that broke either rule changed them on the Q4_K
+models (the tile rule on all four). `SplitRule` states that with margins (groups of 16, for kernels
 that take more rows at a time); a GPU's kernels were never measured, so there a batch is
 never split (SplitRule.whole).
 """
@@ -51,8 +52,8 @@ class SplitRule:
 
         Reuse inside a batch keeps a whole tile to compute (`reusable`); after a cut here the
         rest is a batch under a tile, so a prompt that extends this one by a few tokens (an
-        editor's next completion) reuses all of it but the last row group, at the price of
-        one small batch more in its prefill.
+        editor's next completion) reuses all of it but the last row group (the last tile where
+        it ends in the next one), at the price of one small batch more in its prefill.
 
         >>> SplitRule(16, 64).tail_cut(150), SplitRule(16, 64).tail_cut(128)
         (frozenset({128}), frozenset())
@@ -118,5 +119,4 @@ def reusable(shared: int, *, cuts: frozenset[int], end: int, held_cuts: frozense
     if (held_stop - start >= rule.tile) != whole:  # the cached rows were computed the other way
         return start
     limit = stop - rule.tile if whole else n  # the rest from k keeps a whole tile
-    k = start + (min(n, limit) - start) // rule.group * rule.group
-    return max(k, start)
+    return start + (min(n, limit) - start) // rule.group * rule.group

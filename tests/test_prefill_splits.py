@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from sdfp_edge.api import Model
+from sdfp_edge.runtime.backend import common_prefix_len
 from sdfp_edge.runtime.parallel import ParallelDecoder, Request
 from sdfp_edge.runtime.prefill_splits import CPU_ROW_GROUP, CPU_WHOLE_TILE, SplitRule, batches, reusable
 
@@ -113,7 +114,7 @@ def test_qwen_reuses_inside_a_batch_bit_for_bit(qwen05: Path) -> None:
         b = m.backend
         text = m.tokenize_prompt("def total(items):\n    return sum(i.price for i in items)\n" * 12)
         a, p = text[:140], text[:102] + m.tokenize_prompt(" # and now in another order:\n" * 30)[:160]
-        assert len(p) >= 102 + CPU_WHOLE_TILE * 2 and common(a, p) == 102
+        assert len(p) >= 102 + CPU_WHOLE_TILE * 2 and common_prefix_len(a, p) == 102
 
         def first(dec: ParallelDecoder, slot: int, prompt: list[int], *, parts: bool = False) -> tuple[np.ndarray, int]:
             s = dec.slots[slot]
@@ -138,7 +139,3 @@ def test_qwen_reuses_inside_a_batch_bit_for_bit(qwen05: Path) -> None:
         first(dec, 0, a)
         got, reused = first(dec, 1, p)
         assert reused == 102 and not np.array_equal(got, fresh), "these kernels no longer group rows by 4"
-
-
-def common(x: list[int], y: list[int]) -> int:
-    return next((i for i, (s, t) in enumerate(zip(x, y)) if s != t), min(len(x), len(y)))
